@@ -1,0 +1,3 @@
+"""telefhir: a FHIR R4 server with IHE profiles for teleconsultation."""
+
+__version__ = "0.1.0"

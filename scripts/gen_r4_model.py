@@ -78,7 +78,7 @@ def main() -> int:
     doc = {"fhirVersion": "4.0.1", "source": FHIRJS, "types": model_types, "valuesets": valuesets}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(OUT, "wt", encoding="utf-8") as fh:
-        json.dump(doc, fh, separators=(",", ":"), sort_keys=True)
+        json.dump(doc, fh, separators=(",", ":"))  # element order = definition order (XML needs it)
     print(f"wrote {OUT} ({OUT.stat().st_size} bytes, {len(model_types)} types, {len(valuesets)} value sets)")
     return 0
 

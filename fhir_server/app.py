@@ -1,0 +1,86 @@
+"""Application factory: ``create_app(settings)`` wires storage, search and the REST adapter.
+
+Why a factory: tests, the pre-forked workers and the loader each build their own app or
+repository from one ``Settings`` without global state.
+"""
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response, g, request
+
+from fhir_server.config import Settings
+from fhir_server.context import RequestContext
+from fhir_server.search.engine import SearchEngine
+from fhir_server.search.index import index_rows
+from fhir_server.search.registry import get_registry
+from fhir_server.storage.engine import make_engine
+from fhir_server.storage.migrate import ensure_schema
+from fhir_server.storage.repository import Repository
+
+
+@dataclass
+class Services:
+    settings: Settings
+    repo: Repository
+    search: SearchEngine
+
+
+def build_services(settings: Settings, migrate: bool = True) -> Services:
+    engine = make_engine(settings.resolved_database_url, pool_size=settings.pool_size)
+    if migrate:
+        ensure_schema(engine)
+    registry = get_registry()
+    repo = Repository(engine, functools.partial(index_rows, registry=registry))
+    return Services(settings, repo, SearchEngine(registry))
+
+
+def base_url(settings: Settings) -> str:
+    if settings.base_url:
+        return settings.base_url.rstrip("/")
+    return request.host_url.rstrip("/") + "/fhir"
+
+
+def create_app(settings: Settings, services: Services | None = None) -> Flask:
+    from fhir_server.rest import adapter
+    from fhir_server.rest.metrics import Metrics
+
+    services = services or build_services(settings)
+    app = Flask("fhir_server")
+    app.config["SERVICES"] = services
+    metrics = Metrics()
+
+    def make_context() -> RequestContext:
+        return RequestContext(services.repo, settings, services.search, base_url(settings))
+
+    adapter.register(app, make_context)
+
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _observe(resp: Any) -> Any:
+        metrics.observe(request.method, resp.status_code, time.perf_counter() - g.get("started", time.perf_counter()))
+        return resp
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return Response("ok\n", mimetype="text/plain")
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        try:
+            services.repo.ping()
+        except Exception as exc:  # noqa: BLE001 - any database failure means not ready
+            return Response(f"database unreachable: {exc.__class__.__name__}\n", status=503, mimetype="text/plain")
+        return Response("ready\n", mimetype="text/plain")
+
+    @app.get("/metrics")
+    def metrics_endpoint() -> Response:
+        return Response(metrics.render(), mimetype="text/plain; version=0.0.4")
+
+    return app

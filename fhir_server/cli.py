@@ -1,0 +1,23 @@
+"""The ``fhir-server`` command: ``serve``, ``db upgrade``, ``load``.
+
+Every option also reads ``FHIR_SERVER_<OPTION>`` from the environment (ARCHITECTURE.md).
+``serve`` patches the standard library for gevent before anything else is imported, because
+sockets, threads and the database drivers must all cooperate with gevent's event loop.
+"""
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "serve":
+        from gevent import monkey
+
+        monkey.patch_all()
+    from fhir_server.commands import cli
+
+    cli(auto_envvar_prefix="FHIR_SERVER")
+
+
+if __name__ == "__main__":
+    main()

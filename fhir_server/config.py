@@ -1,0 +1,53 @@
+"""Typed settings for the server, filled from the command line and ``FHIR_SERVER_*`` variables.
+
+Why one object: every entrance (REST, loader, later DICOM and MLLP) needs the same database URL,
+data directory and limits; passing one frozen ``Settings`` keeps them from drifting apart.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database_url: str = "sqlite:///var/fhir.db"
+    data_dir: pathlib.Path = field(default_factory=lambda: pathlib.Path("var"))
+    dicom_port: int = 11112
+    dicom_aet: str = "TELEFHIR"
+    mllp_port: int = 2575
+    workers: int = 1
+    #: Public base URL of the FHIR endpoint; derived from the request when not set.
+    base_url: str | None = None
+    default_count: int = 50
+    max_count: int = 1000
+    #: Largest request body accepted, in bytes.
+    max_body: int = 64 * 1024 * 1024
+    #: Most resources a conditional delete may remove in one request.
+    max_conditional_delete: int = 1000
+    access_log: bool = True
+    #: gzip responses larger than this when the client accepts gzip.
+    gzip_min_size: int = 1400
+    pool_size: int = 10
+
+    def with_overrides(self, **values: object) -> Settings:
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL with a relative SQLite path placed under the working directory."""
+        url = self.database_url
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            path = pathlib.Path(url[len("sqlite:///"):])
+            if str(path) not in ("", ":memory:"):
+                path = path.resolve()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                return f"sqlite:///{path}"
+        return url
+
+
+def env(name: str) -> str | None:
+    return os.environ.get(f"FHIR_SERVER_{name.upper()}")

@@ -1,0 +1,45 @@
+"""The request context: what a handler needs besides the request itself.
+
+Why: handlers stay pure functions of ``(request, ctx)``. The context carries the repository,
+settings, search engine and public base URL, and, inside a transaction Bundle, the open
+session, so that nested handlers join the Bundle's database transaction instead of opening
+their own.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator
+
+from fhir_server.config import Settings
+from fhir_server.storage.repository import Repository, Session
+
+if TYPE_CHECKING:
+    from fhir_server.search.engine import SearchEngine
+
+
+@dataclass
+class RequestContext:
+    repo: Repository
+    settings: Settings
+    search: SearchEngine
+    base_url: str
+    #: the open session of an enclosing transaction Bundle, if any
+    active_session: Session | None = None
+    #: informational/warning issues to add to the response (e.g. lenient search)
+    notes: list[Any] = field(default_factory=list)
+
+    @contextmanager
+    def session(self, write: bool = False) -> Iterator[Session]:
+        """Join the enclosing transaction if there is one, else open a new one."""
+        if self.active_session is not None:
+            yield self.active_session
+            return
+        with self.repo.session(write=write) as sess:
+            yield sess
+
+    def full_url(self, relative: str) -> str:
+        return f"{self.base_url}/{relative}"
+
+    def child(self, session: Session) -> RequestContext:
+        return RequestContext(self.repo, self.settings, self.search, self.base_url, session)

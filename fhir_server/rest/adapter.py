@@ -1,0 +1,160 @@
+"""The one place where HTTP meets the FHIR handlers (Flask/Werkzeug).
+
+Why one adapter: content negotiation (``Accept``/``_format``, JSON or XML, ``_pretty``, gzip),
+body parsing, ``FhirError`` → ``OperationOutcome`` and response headers are done once here;
+handlers only ever see :class:`FhirRequest` and return :class:`FhirResponse`.
+"""
+from __future__ import annotations
+
+import gzip
+import logging
+from typing import Any
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from fhir_server.context import RequestContext
+from fhir_server.errors import FhirError
+from fhir_server.formats import json as fjson
+from fhir_server.rest.messages import FhirRequest, FhirResponse
+from fhir_server.rest.routes import dispatch
+
+log = logging.getLogger("fhir_server.rest")
+
+JSON = "application/fhir+json"
+XML = "application/fhir+xml"
+_JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fhir", "json", "text/json"}
+_XML_TYPES = {"application/fhir+xml", "application/xml", "application/xml+fhir", "xml", "text/xml"}
+_PATCH_TYPES = {"application/json-patch+json"}
+
+
+def response_format(params: list[tuple[str, str]], accept: str | None) -> str:
+    """JSON or XML from ``_format`` first, then ``Accept``; JSON when the client does not care."""
+    fmt = next((v for k, v in params if k == "_format"), None)
+    if fmt is not None:
+        base = fmt.split(";")[0].strip().lower()
+        if base in _JSON_TYPES:
+            return JSON
+        if base in _XML_TYPES:
+            return XML
+        raise FhirError("not-acceptable", f"_format={fmt} is not supported; use json or xml")
+    if not accept:
+        return JSON
+    best, best_q = None, -1.0
+    for part in accept.split(","):
+        media, *opts = [p.strip() for p in part.split(";")]
+        q = 1.0
+        for opt in opts:
+            if opt.startswith("q="):
+                try:
+                    q = float(opt[2:])
+                except ValueError:
+                    q = 0.0
+        media = media.lower()
+        kind = JSON if media in _JSON_TYPES or media == "*/*" or media == "application/*" else XML if media in _XML_TYPES else None
+        if kind and q > best_q and q > 0:
+            best, best_q = kind, q
+    if best is None:
+        raise FhirError("not-acceptable", f"Cannot produce any of {accept}; use application/fhir+json or application/fhir+xml")
+    return best
+
+
+def parse_body(body: bytes, content_type: str | None) -> dict[str, Any] | None:
+    if not body:
+        return None
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media in _PATCH_TYPES:
+        return None
+    if media in _XML_TYPES or (not media and body.lstrip()[:1] == b"<"):
+        from fhir_server.formats.xml import xml_to_json
+
+        return xml_to_json(body)
+    if media and media not in _JSON_TYPES and media != "application/x-www-form-urlencoded":
+        raise FhirError("unsupported-media", f"Content-Type {content_type} is not supported; use application/fhir+json or application/fhir+xml")
+    value = fjson.loads(body)
+    if not isinstance(value, dict):
+        raise FhirError("malformed", "The body must be a JSON object (a FHIR resource)")
+    return value
+
+
+def render(resp: FhirResponse, fmt: str, pretty: bool) -> bytes | None:
+    if resp.resource is None and resp.body is None:
+        return None
+    if fmt == XML:
+        from fhir_server.formats.xml import json_to_xml
+
+        resource = resp.resource if resp.resource is not None else fjson.loads(resp.body)  # type: ignore[arg-type]
+        if resp.resource is not None:
+            resource = fjson.loads(fjson.dumps(resource))  # resolve spliced fragments
+        return json_to_xml(resource, pretty=pretty)
+    if resp.resource is not None:
+        return fjson.dumps(resp.resource, pretty=pretty)
+    if pretty:
+        return fjson.dumps(fjson.loads(resp.body), pretty=True)  # type: ignore[arg-type]
+    return resp.body
+
+
+def register(app: Flask, make_context: Any) -> None:
+    """Route every ``/fhir`` URL to :func:`handle`; turn every error into an OperationOutcome."""
+
+    def handle(path: str = "") -> Response:
+        params = list(request.args.items(multi=True))
+        fmt = JSON
+        pretty = False
+        try:
+            fmt = response_format(params, request.headers.get("Accept"))
+            pretty = request.args.get("_pretty") == "true"
+            body = request.get_data(cache=False)
+            content_type = request.headers.get("Content-Type")
+            if request.method == "POST" and path.endswith("_search") and body:
+                params += _form(body)
+                body = b""
+            req = FhirRequest(
+                method=request.method,
+                params=params,
+                headers={k.lower(): v for k, v in request.headers.items()},
+                body=body,
+                content_type=content_type,
+            )
+            if request.method in ("POST", "PUT") and body:
+                req.resource = parse_body(body, content_type)
+            ctx: RequestContext = make_context()
+            resp = dispatch(req, path, ctx)
+        except FhirError as err:
+            resp = FhirResponse(err.status, resource=err.outcome(), headers=dict(err.headers))
+        except Exception:  # noqa: BLE001 - the client gets an OperationOutcome, the log the trace
+            log.exception("unhandled error on %s %s", request.method, request.full_path)
+            err = FhirError("exception", "Internal server error; the incident was logged")
+            resp = FhirResponse(500, resource=err.outcome())
+        return _to_http(resp, fmt, pretty)
+
+    def not_allowed(exc: HTTPException) -> Response:
+        err = FhirError("not-allowed" if exc.code == 405 else "not-found", f"{request.method} {request.path}: {exc.name}")
+        return _to_http(FhirResponse(err.status, resource=err.outcome()), JSON, False)
+
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+    app.add_url_rule("/fhir", "fhir_root", handle, methods=methods, strict_slashes=False)
+    app.add_url_rule("/fhir/<path:path>", "fhir", handle, methods=methods)
+    app.register_error_handler(404, not_allowed)
+    app.register_error_handler(405, not_allowed)
+
+
+def _form(body: bytes) -> list[tuple[str, str]]:
+    from urllib.parse import parse_qsl
+
+    return parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+
+
+def _to_http(resp: FhirResponse, fmt: str, pretty: bool) -> Response:
+    data = render(resp, fmt, pretty) if resp.status != 304 else None
+    headers = dict(resp.headers)
+    out = Response(status=resp.status, headers=headers)
+    if data is not None:
+        out.content_type = f"{fmt}; charset=utf-8"
+        encoding = request.headers.get("Accept-Encoding", "")
+        if "gzip" in encoding and len(data) >= 1400:
+            data = gzip.compress(data, compresslevel=5)
+            out.headers["Content-Encoding"] = "gzip"
+            out.headers["Vary"] = "Accept, Accept-Encoding"
+        out.set_data(data)  # Werkzeug drops the body of a HEAD response but keeps its length
+    return out

@@ -1,0 +1,15 @@
+"""read: ``GET [base]/[type]/[id]`` (http://hl7.org/fhir/R4/http.html#read)."""
+from __future__ import annotations
+
+from fhir_server.context import RequestContext
+from fhir_server.rest.interactions.common import not_modified, read_live, require_id, require_type
+from fhir_server.rest.messages import FhirRequest, FhirResponse
+
+
+def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
+    res_type, res_id = require_type(req.res_type), require_id(req.res_id)
+    with ctx.session() as session:
+        current = read_live(session, res_type, res_id)
+    if not_modified(req, current):
+        return FhirResponse.for_version(304, current, ctx.base_url, body=False)
+    return FhirResponse.for_version(200, current, ctx.base_url)

@@ -1,0 +1,26 @@
+"""vread: ``GET [base]/[type]/[id]/_history/[vid]`` (http://hl7.org/fhir/R4/http.html#vread)."""
+from __future__ import annotations
+
+from fhir_server.context import RequestContext
+from fhir_server.errors import FhirError
+from fhir_server.rest.interactions.common import not_modified, require_id, require_type
+from fhir_server.rest.messages import FhirRequest, FhirResponse
+
+
+def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
+    res_type, res_id = require_type(req.res_type), require_id(req.res_id)
+    if not req.vid or not req.vid.isdigit():
+        raise FhirError("not-found", f"Version {req.vid!r} of {res_type}/{res_id} is not known")
+    with ctx.session() as session:
+        version = session.read_version(res_type, res_id, int(req.vid))
+    if version is None:
+        raise FhirError("not-found", f"Version {req.vid} of {res_type}/{res_id} is not known")
+    if version.deleted:
+        raise FhirError(
+            "gone",
+            f"Version {req.vid} of {res_type}/{res_id} is its deletion",
+            headers={"ETag": version.etag, "Last-Modified": version.last_modified},
+        )
+    if not_modified(req, version):
+        return FhirResponse.for_version(304, version, ctx.base_url, body=False)
+    return FhirResponse.for_version(200, version, ctx.base_url)

@@ -1,0 +1,104 @@
+"""The route table: every FHIR interaction the server answers, in one place.
+
+Why one table: the HTTP adapter, the batch/transaction processor and the CapabilityStatement
+all read it, so the server cannot claim an interaction it does not route, nor route one it
+does not claim (ARCHITECTURE.md, "One route table").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from fhir_server.context import RequestContext
+from fhir_server.errors import FhirError
+from fhir_server.rest.interactions import (
+    batch,
+    capabilities,
+    create,
+    delete,
+    history,
+    patch,
+    read,
+    search,
+    update,
+    vread,
+)
+from fhir_server.rest.messages import FhirRequest, FhirResponse
+
+Handler = Callable[[FhirRequest, RequestContext], FhirResponse]
+
+
+@dataclass(frozen=True)
+class Route:
+    """``pattern`` segments: literals, ``{type}``, ``{id}``, ``{vid}``."""
+
+    interaction: str  # CapabilityStatement code (TypeRestfulInteraction / SystemRestfulInteraction)
+    level: str  # instance | type | system
+    method: str
+    pattern: tuple[str, ...]
+    handler: Handler
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("capabilities", "system", "GET", ("metadata",), capabilities.handle),
+    Route("transaction", "system", "POST", (), batch.handle),
+    Route("history-system", "system", "GET", ("_history",), history.handle),
+    Route("search-system", "system", "GET", (), search.handle),
+    Route("search-system", "system", "POST", ("_search",), search.handle),
+    Route("search-type", "type", "GET", ("{type}",), search.handle),
+    Route("search-type", "type", "POST", ("{type}", "_search"), search.handle),
+    Route("create", "type", "POST", ("{type}",), create.handle),
+    Route("update", "type", "PUT", ("{type}",), update.handle),  # conditional update
+    Route("patch", "type", "PATCH", ("{type}",), patch.handle),  # conditional patch
+    Route("delete", "type", "DELETE", ("{type}",), delete.handle),  # conditional delete
+    Route("history-type", "type", "GET", ("{type}", "_history"), history.handle),
+    Route("read", "instance", "GET", ("{type}", "{id}"), read.handle),
+    Route("update", "instance", "PUT", ("{type}", "{id}"), update.handle),
+    Route("patch", "instance", "PATCH", ("{type}", "{id}"), patch.handle),
+    Route("delete", "instance", "DELETE", ("{type}", "{id}"), delete.handle),
+    Route("history-instance", "instance", "GET", ("{type}", "{id}", "_history"), history.handle),
+    Route("vread", "instance", "GET", ("{type}", "{id}", "_history", "{vid}"), vread.handle),
+)
+
+
+def _matches(pattern: tuple[str, ...], segments: list[str]) -> dict[str, str] | None:
+    if len(pattern) != len(segments):
+        return None
+    out: dict[str, str] = {}
+    for pat, seg in zip(pattern, segments):
+        if pat.startswith("{"):
+            if seg.startswith("_") or seg.startswith("$") or seg == "metadata":
+                return None
+            out[pat[1:-1]] = seg
+        elif pat != seg:
+            return None
+    return out
+
+
+def resolve(method: str, path: str) -> tuple[Route, dict[str, str]]:
+    """Route and path variables for ``method`` and ``path`` (relative to the FHIR base)."""
+    method = "GET" if method == "HEAD" else method
+    segments = [s for s in path.strip("/").split("/") if s]
+    shape_matched = False
+    for route in ROUTES:
+        found = _matches(route.pattern, segments)
+        if found is None:
+            continue
+        shape_matched = True
+        if route.method == method:
+            return route, found
+    if shape_matched:
+        raise FhirError("not-allowed", f"{method} is not supported on /{'/'.join(segments)}")
+    raise FhirError("not-found", f"No FHIR interaction at /{'/'.join(segments)}")
+
+
+def bind(req: FhirRequest, variables: dict[str, str]) -> FhirRequest:
+    req.res_type = variables.get("type")
+    req.res_id = variables.get("id")
+    req.vid = variables.get("vid")
+    return req
+
+
+def dispatch(req: FhirRequest, path: str, ctx: RequestContext) -> FhirResponse:
+    route, variables = resolve(req.method, path)
+    return route.handler(bind(req, variables), ctx)

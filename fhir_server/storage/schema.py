@@ -1,0 +1,161 @@
+"""Database tables (SQLAlchemy Core), identical on SQLite and PostgreSQL.
+
+Why this shape (see docs/architecture.md):
+- ``resources`` holds the current version of each resource, ``resource_history`` the versions
+  it replaced, so reads and searches touch only current rows and history never grows them.
+- Index tables are typed (string, token, date, number, quantity, reference, uri), keyed by the
+  surrogate ``rid`` and by ``sp``, a 64-bit hash of ``"<ResourceType>.<code>"``; tokens also
+  carry hashes of system/code so a token predicate is one integer comparison (as in HAPI).
+- Times are integer microseconds since the epoch (UTC): same ordering and precision on both
+  databases, and no timezone conversions in SQL.
+"""
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Sequence,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid alias).
+RowId = BigInteger().with_variant(Integer(), "sqlite")
+
+resources = Table(
+    "resources",
+    metadata,
+    Column("rid", RowId, Sequence("resources_rid_seq"), primary_key=True),
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("method", String(8), nullable=False),
+    #: bit i set = the resource has rows in the i-th index table (skip needless deletes)
+    Column("idx_mask", Integer, nullable=False, default=0),
+    Column("content", LargeBinary, nullable=True),
+    Index("ux_resources_type_id", "res_type", "res_id", unique=True),
+    Index("ix_resources_type_updated", "res_type", "updated_us"),
+    Index("ix_resources_updated", "updated_us"),
+)
+
+resource_history = Table(
+    "resource_history",
+    metadata,
+    Column("rid", BigInteger, primary_key=True, autoincrement=False),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("method", String(8), nullable=False),
+    Column("content", LargeBinary, nullable=True),
+    Index("ix_history_type_updated", "res_type", "updated_us"),
+    Index("ix_history_updated", "updated_us"),
+)
+
+idx_string = Table(
+    "idx_string",
+    metadata,
+    Column("rid", BigInteger, nullable=False),
+    Column("sp", BigInteger, nullable=False),
+    Column("value", String(255), nullable=False),  # normalised: case- and accent-folded
+    Column("exact", Text, nullable=False),
+    Index("ix_string_sp_value", "sp", "value"),
+    Index("ix_string_rid", "rid"),
+)
+
+idx_token = Table(
+    "idx_token",
+    metadata,
+    Column("rid", BigInteger, nullable=False),
+    Column("sp", BigInteger, nullable=False),
+    Column("system", Text, nullable=True),
+    Column("code", Text, nullable=True),
+    Column("text", String(255), nullable=True),  # normalised display/text for :text
+    Column("h_code", BigInteger, nullable=False),  # hash(sp, code)
+    Column("h_sys_code", BigInteger, nullable=False),  # hash(sp, system, code)
+    Column("h_sys", BigInteger, nullable=False),  # hash(sp, system)
+    Index("ix_token_h_code", "h_code"),
+    Index("ix_token_h_sys_code", "h_sys_code"),
+    Index("ix_token_h_sys", "h_sys"),
+    Index("ix_token_rid", "rid"),
+)
+
+idx_date = Table(
+    "idx_date",
+    metadata,
+    Column("rid", BigInteger, nullable=False),
+    Column("sp", BigInteger, nullable=False),
+    Column("lo", BigInteger, nullable=False),  # inclusive, µs since epoch
+    Column("hi", BigInteger, nullable=False),  # inclusive
+    Index("ix_date_sp_lo_hi", "sp", "lo", "hi"),
+    Index("ix_date_rid", "rid"),
+)
+
+idx_number = Table(
+    "idx_number",
+    metadata,
+    Column("rid", BigInteger, nullable=False),
+    Column("sp", BigInteger, nullable=False),
+    Column("value", Float, nullable=False),
+    Column("lo", Float, nullable=False),  # implied-precision range
+    Column("hi", Float, nullable=False),
+    Index("ix_number_sp_lo", "sp", "lo", "hi"),
+    Index("ix_number_rid", "rid"),
+)
+
+idx_quantity = Table(
+    "idx_quantity",
+    metadata,
+    Column("rid", BigInteger, nullable=False),
+    Column("sp", BigInteger, nullable=False),
+    Column("system", Text, nullable=True),
+    Column("code", Text, nullable=True),
+    Column("unit", Text, nullable=True),
+    Column("value", Float, nullable=False),
+    Column("lo", Float, nullable=False),
+    Column("hi", Float, nullable=False),
+    Index("ix_quantity_sp_lo", "sp", "lo", "hi"),
+    Index("ix_quantity_rid", "rid"),
+)
+
+idx_reference = Table(
+    "idx_reference",
+    metadata,
+    Column("rid", BigInteger, nullable=False),
+    Column("sp", BigInteger, nullable=False),
+    Column("target_type", String(64), nullable=True),
+    Column("target_id", String(64), nullable=True),
+    Column("target_version", String(64), nullable=True),
+    Column("url", Text, nullable=True),  # absolute or canonical reference as written
+    Index("ix_reference_target", "target_id", "target_type", "sp"),
+    Index("ix_reference_rid", "rid", "sp"),
+    Index("ix_reference_url", "url"),
+)
+
+idx_uri = Table(
+    "idx_uri",
+    metadata,
+    Column("rid", BigInteger, nullable=False),
+    Column("sp", BigInteger, nullable=False),
+    Column("uri", Text, nullable=False),
+    Index("ix_uri_sp_uri", "sp", "uri"),
+    Index("ix_uri_rid", "rid"),
+)
+
+INDEX_TABLES: dict[str, Table] = {
+    t.name: t for t in (idx_string, idx_token, idx_date, idx_number, idx_quantity, idx_reference, idx_uri)
+}
+#: bit of each index table in ``resources.idx_mask``
+INDEX_BITS: dict[str, int] = {name: 1 << i for i, name in enumerate(INDEX_TABLES)}

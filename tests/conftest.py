@@ -1,0 +1,159 @@
+"""Shared fixtures: databases (SQLite and PostgreSQL), in-process apps and real server processes.
+
+PostgreSQL runs get a fresh database per test session, dropped at the end. Without a reachable
+PostgreSQL those runs are skipped, unless ``REQUIRE_POSTGRES=1`` (CI), which makes it a failure.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from typing import Iterator
+
+import pytest
+import requests
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def shared_data(*parts: str) -> pathlib.Path:
+    """A folder of ../shared/data, or skip the test (with the reason printed) if it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared sample data not found at {path}")
+    return path
+
+
+def _pg_create() -> str | None:
+    from sqlalchemy import create_engine, text
+
+    name = f"telefhir_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no PostgreSQL here"
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"REQUIRE_POSTGRES=1 but PostgreSQL is not usable: {exc}")
+        return None
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def _pg_drop(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    name = url.rsplit("/", 1)[1]
+    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    url = _pg_create()
+    if url is None:
+        pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432 (set REQUIRE_POSTGRES=1 to make this a failure)")
+    yield url
+    _pg_drop(url)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Each test that uses it runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'fhir.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="session")
+def services(database_url: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from fhir_server.app import build_services
+    from fhir_server.config import Settings
+
+    settings = Settings(database_url=database_url, data_dir=tmp_path_factory.mktemp("data"), base_url="http://testserver/fhir")
+    svc = build_services(settings)
+    yield svc
+    svc.repo.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def app(services):  # type: ignore[no-untyped-def]
+    from fhir_server.app import create_app
+
+    return create_app(services.settings, services)
+
+
+@pytest.fixture()
+def client(app):  # type: ignore[no-untyped-def]
+    return app.test_client()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``fhir-server serve`` in a subprocess, as a user would start it."""
+
+    def __init__(self, database_url: str, data_dir: pathlib.Path, workers: int = 1) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}/fhir"
+        self.root = f"http://127.0.0.1:{self.port}"
+        self.log_path = data_dir / "server.log"
+        cmd = [
+            str(pathlib.Path(sys.executable).with_name("fhir-server")),
+            "serve",
+            "--port",
+            str(self.port),
+            "--database-url",
+            database_url,
+            "--data-dir",
+            str(data_dir),
+            "--workers",
+            str(workers),
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()}")
+            try:
+                if requests.get(self.root + "/readyz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"server not ready in 60 s: {self.log_path.read_text()}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = ServerProcess(database_url, tmp_path_factory.mktemp("server"))
+    yield proc
+    proc.stop()
