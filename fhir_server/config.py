@@ -38,9 +38,9 @@ class Settings:
 
     @property
     def resolved_database_url(self) -> str:
-        """The database URL with a relative SQLite path placed under the working directory."""
+        """The database URL with the SQLite file's path made absolute and its folder created."""
         url = self.database_url
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        if url.startswith("sqlite:///"):
             path = pathlib.Path(url[len("sqlite:///"):])
             if str(path) not in ("", ":memory:"):
                 path = path.resolve()

@@ -22,7 +22,7 @@ references.html, narrative.html, extensibility.html):
   ``#fragment`` to a contained resource, conditional ``Type?query``) and allowed target types;
 * Extension (ext-1), contained resources (dom-2, dom-3 as a warning, dom-4, dom-5) and
   narrative XHTML (well-formed, an XHTML ``div``, only the basic HTML elements and attributes,
-  no scripts or event attributes; txt-1, txt-2).
+  no scripts or event attributes, HTML named entities allowed; txt-1, txt-2).
 
 Checks are data: each complex type or backbone element is compiled once into a
 :class:`_Shape` (JSON property name to a small tuple saying how to check it), and each
@@ -416,8 +416,7 @@ class _Shape:
     choice_of: dict[str, tuple[str, str]] | None = None  # JSON key -> (group, member)
     required_groups: tuple[str, ...] = ()
     post: Hook | None = None
-    is_resource: bool = False
-    check_ele1: bool = True
+    check_ele1: bool = True  # ele-1: an object with only an id is empty (not for resources)
     has_rules: bool = False  # required elements, choices or a post hook: checked after the properties
 
 
@@ -471,7 +470,7 @@ class _Compiler:
         shape = self._shapes.get(key)
         if shape is not None:
             return shape
-        shape = _Shape(name, is_resource=resource, check_ele1=not resource)
+        shape = _Shape(name, check_ele1=not resource)
         self._shapes[key] = shape  # registered first: content references are recursive
         self._fill(shape, elements, resource)
         return shape
@@ -592,7 +591,8 @@ def _extension_rules(obj: dict, path: str, st: _State) -> None:
             break
     if has_value == ("extension" in obj):
         found = "both" if has_value else "neither"
-        st.error("invalid", f"an extension must have either a value[x] or nested extensions, found {found} (ext-1)", path)
+        message = f"an extension must have either a value[x] or nested extensions, found {found} (ext-1)"
+        st.error("invalid", message, path)
 
 
 def _coding_error(valueset: str, systems: dict[str, frozenset[str]], coding: Any, path: str, st: _State) -> bool:
@@ -778,7 +778,8 @@ def _contained(comp: _Compiler, items: Any, path: str, st: _State) -> None:
         if meta.__class__ is dict:
             for key, rule in (("versionId", "dom-4"), ("lastUpdated", "dom-4"), ("security", "dom-5")):
                 if key in meta:
-                    st.error("invalid", f"a contained resource must not have meta.{key} ({rule})", f"{ipath}.meta.{key}")
+                    message = f"a contained resource must not have meta.{key} ({rule})"
+                    st.error("invalid", message, f"{ipath}.meta.{key}")
         _walk(comp, item, shape, ipath, st)
     st.in_contained = saved
 
