@@ -1,0 +1,92 @@
+"""Repository on SQLite and PostgreSQL: versions, history apart from current rows, atomic writes."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import pytest
+from sqlalchemy import func, select
+
+from fhir_server.errors import FhirError
+from fhir_server.storage.schema import idx_string, idx_token, resource_history, resources
+
+
+def _count(services, table, rid: int) -> int:  # type: ignore[no-untyped-def]
+    with services.repo.session() as s:
+        return int(s.conn.execute(select(func.count()).select_from(table).where(table.c.rid == rid)).scalar_one())
+
+
+def test_versions_are_kept_apart_from_current(services) -> None:  # type: ignore[no-untyped-def]
+    repo = services.repo
+    with repo.session(write=True) as s:
+        v1 = s.create({"resourceType": "Patient", "name": [{"family": "Zhou"}]})
+    with repo.session(write=True) as s:
+        v2 = s.update(s.read_current("Patient", v1.res_id), {"resourceType": "Patient", "name": [{"family": "Wu"}]})
+    assert (v1.version, v2.version) == (1, 2)
+    assert _count(services, resources, v1.rid) == 1
+    assert _count(services, resource_history, v1.rid) == 1
+    with repo.session() as s:
+        assert s.read_version("Patient", v1.res_id, 1).resource()["name"][0]["family"] == "Zhou"
+        assert s.read_current("Patient", v1.res_id).resource()["name"][0]["family"] == "Wu"
+
+
+def test_index_rows_follow_the_current_version(services) -> None:  # type: ignore[no-untyped-def]
+    repo = services.repo
+    with repo.session(write=True) as s:
+        v1 = s.create({"resourceType": "Patient", "name": [{"family": "Qian"}], "gender": "female"})
+    assert _count(services, idx_string, v1.rid) >= 1 and _count(services, idx_token, v1.rid) >= 1
+    with repo.session(write=True) as s:
+        s.delete(s.read_current("Patient", v1.res_id))
+    assert _count(services, idx_string, v1.rid) == 0 and _count(services, idx_token, v1.rid) == 0
+
+
+def test_failed_transaction_writes_nothing(services) -> None:  # type: ignore[no-untyped-def]
+    repo = services.repo
+    marker = f"Atomic{uuid.uuid4().hex[:8]}"
+    with pytest.raises(FhirError):
+        with repo.session(write=True) as s:
+            s.create({"resourceType": "Patient", "name": [{"family": marker}]})
+            s.flush()
+            raise FhirError("invalid", "a later entry failed")
+    with repo.session() as s:
+        rows = s.conn.execute(select(func.count()).select_from(idx_string).where(idx_string.c.exact == marker)).scalar_one()
+    assert rows == 0
+
+
+def test_stale_version_is_a_conflict(services) -> None:  # type: ignore[no-untyped-def]
+    repo = services.repo
+    with repo.session(write=True) as s:
+        v1 = s.create({"resourceType": "Patient"})
+    with repo.session(write=True) as s:
+        s.update(v1, {"resourceType": "Patient", "gender": "male"})
+    with pytest.raises(FhirError) as err:
+        with repo.session(write=True) as s:
+            s.update(v1, {"resourceType": "Patient", "gender": "female"})  # v1 is no longer current
+    assert err.value.status == 409
+    with repo.session() as s:
+        assert s.read_current("Patient", v1.res_id).version == 2
+
+
+def test_postgres_queries_yield_to_gevent(postgres_url) -> None:  # type: ignore[no-untyped-def]
+    """The server runs psycopg under gevent: four 0.5 s queries must overlap, not queue."""
+    script = textwrap.dedent(
+        f"""
+        from gevent import monkey; monkey.patch_all()
+        import time, gevent
+        from sqlalchemy import text
+        from fhir_server.storage.engine import make_engine
+        engine = make_engine({postgres_url!r})
+        def query():
+            with engine.connect() as conn:
+                conn.execute(text("SELECT pg_sleep(0.5)"))
+        query()
+        start = time.time()
+        gevent.joinall([gevent.spawn(query) for _ in range(4)])
+        print(round(time.time() - start, 2))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) < 1.2
