@@ -3,6 +3,7 @@
 Why a factory: tests, the pre-forked workers and the loader each build their own app or
 repository from one ``Settings`` without global state.
 """
+
 from __future__ import annotations
 
 import functools

@@ -4,6 +4,7 @@ Every option also reads ``FHIR_SERVER_<OPTION>`` from the environment (ARCHITECT
 ``serve`` patches the standard library for gevent before anything else is imported, because
 sockets, threads and the database drivers must all cooperate with gevent's event loop.
 """
+
 from __future__ import annotations
 
 import sys

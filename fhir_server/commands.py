@@ -1,4 +1,5 @@
 """Sub-commands of ``fhir-server`` (click), kept apart from ``cli.py`` so gevent patches first."""
+
 from __future__ import annotations
 
 import logging
@@ -23,7 +24,10 @@ def _database_option(f):  # type: ignore[no-untyped-def]
 
 def _data_dir_option(f):  # type: ignore[no-untyped-def]
     return click.option(
-        "--data-dir", default=str(_DEFAULTS.data_dir), show_default=True, help="Folder for the SQLite file and stored files"
+        "--data-dir",
+        default=str(_DEFAULTS.data_dir),
+        show_default=True,
+        help="Folder for the SQLite file and stored files",
     )(f)
 
 
@@ -38,7 +42,9 @@ def _settings(database_url: str, data_dir: str, **extra: object) -> Settings:
 @click.option("--log-level", default="INFO", show_default=True)
 def cli(log_level: str) -> None:
     """FHIR R4 server for teleconsultation."""
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 @cli.command()
@@ -49,11 +55,15 @@ def cli(log_level: str) -> None:
 @click.option("--workers", default=_DEFAULTS.workers, show_default=True, type=int, help="Pre-forked worker processes")
 @click.option("--base-url", default=None, help="Public FHIR base URL (default: from the request)")
 @click.option("--access-log/--no-access-log", default=True, show_default=True)
-def serve(host: str, port: int, database_url: str, data_dir: str, workers: int, base_url: str | None, access_log: bool) -> None:
+def serve(
+    host: str, port: int, database_url: str, data_dir: str, workers: int, base_url: str | None, access_log: bool
+) -> None:
     """Serve FHIR over HTTP."""
     from fhir_server.server import serve as run
 
-    settings = _settings(database_url, data_dir, host=host, port=port, workers=workers, base_url=base_url, access_log=access_log)
+    settings = _settings(
+        database_url, data_dir, host=host, port=port, workers=workers, base_url=base_url, access_log=access_log
+    )
     run(settings)
 
 
@@ -68,7 +78,8 @@ def db() -> None:
 def upgrade(database_url: str, data_dir: str) -> None:
     """Apply schema migrations up to the newest."""
     from fhir_server.storage.engine import make_engine
-    from fhir_server.storage.migrate import current_revision, upgrade as run
+    from fhir_server.storage.migrate import current_revision
+    from fhir_server.storage.migrate import upgrade as run
 
     settings = _settings(database_url, data_dir)
     engine = make_engine(settings.resolved_database_url)

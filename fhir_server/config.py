@@ -3,6 +3,7 @@
 Why one object: every entrance (REST, loader, later DICOM and MLLP) needs the same database URL,
 data directory and limits; passing one frozen ``Settings`` keeps them from drifting apart.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,7 +42,7 @@ class Settings:
         """The database URL with the SQLite file's path made absolute and its folder created."""
         url = self.database_url
         if url.startswith("sqlite:///"):
-            path = pathlib.Path(url[len("sqlite:///"):])
+            path = pathlib.Path(url[len("sqlite:///") :])
             if str(path) not in ("", ":memory:"):
                 path = path.resolve()
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,11 +5,13 @@ settings, search engine and public base URL, and, inside a transaction Bundle, t
 session, so that nested handlers join the Bundle's database transaction instead of opening
 their own.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from fhir_server.config import Settings
 from fhir_server.storage.repository import Repository, Session

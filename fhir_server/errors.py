@@ -5,15 +5,17 @@ Why: handlers deep in storage or validation must be able to say "this is a confl
 processor and the loader all turn the same error into an ``OperationOutcome``.
 See http://hl7.org/fhir/R4/operationoutcome.html and http://hl7.org/fhir/R4/http.html.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 #: kind -> (HTTP status, OperationOutcome issue code)
 ERROR_KINDS: dict[str, tuple[int, str]] = {
-    "malformed": (400, "structure"),        # unparseable JSON/XML, bad Bundle shape
-    "invalid-param": (400, "invalid"),      # bad search/query/operation parameter
+    "malformed": (400, "structure"),  # unparseable JSON/XML, bad Bundle shape
+    "invalid-param": (400, "invalid"),  # bad search/query/operation parameter
     "bad-request": (400, "invalid"),
     "unauthorized": (401, "login"),
     "forbidden": (403, "forbidden"),
@@ -26,8 +28,8 @@ ERROR_KINDS: dict[str, tuple[int, str]] = {
     "precondition-failed": (412, "conflict"),
     "multiple-matches": (412, "multiple-matches"),
     "unsupported-media": (415, "not-supported"),
-    "invalid": (422, "invalid"),            # resource fails validation
-    "processing": (422, "processing"),      # business rule
+    "invalid": (422, "invalid"),  # resource fails validation
+    "processing": (422, "processing"),  # business rule
     "too-costly": (413, "too-costly"),
     "exception": (500, "exception"),
     "unavailable": (503, "transient"),

@@ -9,6 +9,7 @@ Why it works this way:
   so a file of any size loads in constant memory.
 - A rejected resource is reported with its reason and location and loading goes on.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -16,9 +17,10 @@ import gzip
 import io
 import logging
 import pathlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 import ijson
 from tqdm import tqdm
@@ -76,7 +78,9 @@ def _fix_numbers(value: Any) -> Any:
 
 
 class Loader:
-    def __init__(self, settings: Settings, batch_size: int = 500, progress: bool = True, services: Services | None = None) -> None:
+    def __init__(
+        self, settings: Settings, batch_size: int = 500, progress: bool = True, services: Services | None = None
+    ) -> None:
         self.settings = settings
         self.services = services or build_services(settings)
         self.batch_size = batch_size

@@ -8,6 +8,7 @@ Why these choices:
   Nagle's algorithm meeting delayed ACKs would add ~40 ms to every keep-alive request.
 - SIGTERM/SIGINT stop accepting, let running requests finish (up to ``GRACE`` seconds), then exit.
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,7 +50,9 @@ def run_worker(settings: Settings, sock: socket.socket) -> None:
 
     app = create_app(settings)
     access = logging.getLogger("fhir_server.access") if settings.access_log else None
-    server = WSGIServer(sock, app, handler_class=NoDelayHandler, log=access, error_log=logging.getLogger("fhir_server.wsgi"))
+    server = WSGIServer(
+        sock, app, handler_class=NoDelayHandler, log=access, error_log=logging.getLogger("fhir_server.wsgi")
+    )
 
     def stop() -> None:
         log.info("worker %d stopping", os.getpid())

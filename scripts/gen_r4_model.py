@@ -8,6 +8,7 @@ This script turns it into a compact file the server loads in milliseconds.
 
 Usage: ``python scripts/gen_r4_model.py`` (needs ``npm`` once; the output is committed).
 """
+
 from __future__ import annotations
 
 import gzip

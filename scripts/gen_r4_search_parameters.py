@@ -19,6 +19,7 @@ Medplum edited a few things; this script undoes them so the output is the offici
 
 Usage: ``python scripts/gen_r4_search_parameters.py`` (needs ``npm`` once; the output is committed).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -45,15 +46,32 @@ DROP_URLS = frozenset(
 TARGET_FIXES = {
     "http://hl7.org/fhir/SearchParameter/clinical-patient": ["Patient", "Group"],
     "http://hl7.org/fhir/SearchParameter/MeasureReport-subject": [
-        "Practitioner", "Group", "Device", "Patient", "PractitionerRole", "RelatedPerson", "Location",
+        "Practitioner",
+        "Group",
+        "Device",
+        "Patient",
+        "PractitionerRole",
+        "RelatedPerson",
+        "Location",
     ],
 }
 # resource type -> official R4 compartment params (None: not a member)
 COMPARTMENT_FIXES: dict[str, list[str] | None] = {"Encounter": ["patient"], "Task": None}
 
 KEEP = (
-    "url", "name", "code", "base", "type", "expression", "target", "multipleOr", "multipleAnd",
-    "comparator", "modifier", "chain", "component",
+    "url",
+    "name",
+    "code",
+    "base",
+    "type",
+    "expression",
+    "target",
+    "multipleOr",
+    "multipleAnd",
+    "comparator",
+    "modifier",
+    "chain",
+    "component",
 )
 
 

@@ -3,6 +3,7 @@
 PostgreSQL runs get a fresh database per test session, dropped at the end. Without a reachable
 PostgreSQL those runs are skipped, unless ``REQUIRE_POSTGRES=1`` (CI), which makes it a failure.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import requests
@@ -78,7 +79,9 @@ def services(database_url: str, tmp_path_factory: pytest.TempPathFactory):  # ty
     from fhir_server.app import build_services
     from fhir_server.config import Settings
 
-    settings = Settings(database_url=database_url, data_dir=tmp_path_factory.mktemp("data"), base_url="http://testserver/fhir")
+    settings = Settings(
+        database_url=database_url, data_dir=tmp_path_factory.mktemp("data"), base_url="http://testserver/fhir"
+    )
     svc = build_services(settings)
     yield svc
     svc.repo.engine.dispose()
@@ -122,7 +125,9 @@ class ServerProcess:
             "--workers",
             str(workers),
         ]
-        self.proc = subprocess.Popen(cmd, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True
+        )
         self._wait_ready()
 
     def _wait_ready(self) -> None:

@@ -6,6 +6,7 @@ search ranges, http://hl7.org/fhir/R4/search.html#number). Documents whose decim
 would change take a slower path that keeps them as :class:`FhirDecimal`, which is written back
 verbatim through ``orjson.Fragment``.
 """
+
 from __future__ import annotations
 
 import json as _stdjson
@@ -19,9 +20,7 @@ from fhir_server.errors import FhirError
 
 # A JSON number a float round trip would change: trailing zeros after the point (other than a
 # lone ``.0``), an exponent, or more than 15 fraction digits.
-_LOSSY_NUMBER = re.compile(
-    rb"[:\[,]\s*-?\d+(?:\.(?:\d*[1-9]0+|00+)(?=[\s,\]}])|(?:\.\d+)?[eE][-+]?\d+|\.\d{16,})"
-)
+_LOSSY_NUMBER = re.compile(rb"[:\[,]\s*-?\d+(?:\.(?:\d*[1-9]0+|00+)(?=[\s,\]}])|(?:\.\d+)?[eE][-+]?\d+|\.\d{16,})")
 
 
 class FhirDecimal(Decimal):

@@ -12,6 +12,7 @@ The model is compiled once into per-type lookup tables (tag -> field for reading
 Reading uses lxml with DOCTYPEs rejected (no XXE, no entity expansion); writing builds the
 text directly, which is several times faster than building an lxml tree.
 """
+
 from __future__ import annotations
 
 import copy
@@ -19,8 +20,9 @@ import functools
 import math
 import re
 import threading
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from lxml import etree
 
@@ -164,9 +166,9 @@ class _Table:
     def __init__(self, name: str) -> None:
         self.name = name
         self.fields: list[_Field] = []
-        self.by_tag: dict[str, _Field] = {}   # child element tag -> field
-        self.by_key: dict[str, int] = {}      # JSON property (and _shadow) -> definition position
-        self.attrs: dict[str, _Field] = {}    # XML attribute name -> field
+        self.by_tag: dict[str, _Field] = {}  # child element tag -> field
+        self.by_key: dict[str, int] = {}  # JSON property (and _shadow) -> definition position
+        self.attrs: dict[str, _Field] = {}  # XML attribute name -> field
 
 
 class _Compiler:
@@ -282,7 +284,7 @@ def xml_to_json(data: bytes | str) -> dict[str, Any]:
     except _Bad as bad:
         raise FhirError("malformed", bad.message) from None
     tag = root.tag
-    resource_type = tag[len(_F):] if tag.startswith(_F) else tag
+    resource_type = tag[len(_F) :] if tag.startswith(_F) else tag
     try:
         return _read_resource(root)
     except _Bad as bad:
@@ -301,7 +303,7 @@ def _read_resource(node: etree._Element) -> dict[str, Any]:
     tag = node.tag
     if not tag.startswith(_F):
         raise _Bad(f"element <{tag}> is not in the FHIR namespace {FHIR_NS}", line=node.sourceline)
-    resource_type = tag[len(_F):]
+    resource_type = tag[len(_F) :]
     table = _resource_table(resource_type)
     if table is None:
         raise _Bad(f"unknown resource type {resource_type!r}", line=node.sourceline)
@@ -483,7 +485,7 @@ def _text_error(text: str, node: etree._Element) -> _Bad:
 
 def _unknown_element(node: etree._Element) -> _Bad:
     tag = node.tag
-    name = tag[len(_F):] if tag.startswith(_F) else tag
+    name = tag[len(_F) :] if tag.startswith(_F) else tag
     return _Bad(f"unknown element {name!r}", step=name, line=node.sourceline)
 
 

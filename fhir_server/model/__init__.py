@@ -5,6 +5,7 @@ resource type and a JSON property, which FHIR type it holds and whether it repea
 tree is generated once by ``scripts/gen_r4_model.py`` from the official definitions and
 loaded here, lazily, as immutable objects shared by every request.
 """
+
 from __future__ import annotations
 
 import functools
@@ -64,12 +65,8 @@ class Model:
             elements = self._build(name, tdef["elements"])
             self.types[name] = TypeDef(name, tdef["kind"], elements, _choices(elements))
         self._resolve_content_references()
-        self.resource_types: frozenset[str] = frozenset(
-            n for n, t in self.types.items() if t.kind == "resource"
-        )
-        self.primitive_types: frozenset[str] = frozenset(
-            n for n, t in self.types.items() if t.kind == "primitive-type"
-        )
+        self.resource_types: frozenset[str] = frozenset(n for n, t in self.types.items() if t.kind == "resource")
+        self.primitive_types: frozenset[str] = frozenset(n for n, t in self.types.items() if t.kind == "primitive-type")
         self.valuesets: dict[str, dict[str, frozenset[str]]] = {
             url: {system: frozenset(codes) for system, codes in systems.items()}
             for url, systems in doc["valuesets"].items()
@@ -106,7 +103,7 @@ class Model:
             return elem
 
         def fix(elements: dict[str, Element]) -> None:
-            for name, elem in list(elements.items()):
+            for elem in list(elements.values()):
                 if elem.type.startswith("#"):
                     target = lookup(elem.type)
                     object.__setattr__(elem, "children", target.children)

@@ -6,6 +6,7 @@ http://hl7.org/fhir/R4/fhirpatch.html). The REST layer hands over the stored res
 raw body; it gets back a new resource to validate and store. XML Patch (RFC 5261) is not
 supported and answers 415.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -19,6 +19,7 @@ property (a parallel array for repeating primitives), which moves, inserts and d
 aligned. Objects and arrays an operation leaves empty are removed at the end (FHIR JSON allows
 neither).
 """
+
 from __future__ import annotations
 
 import copy
@@ -188,13 +189,13 @@ def _evaluate(resource: dict, expression: str, op: PatchOperation) -> list[Any]:
     """fhirpathpy's raw result nodes for ``expression`` on ``resource``."""
     try:
         ast = _parse_fhirpath(expression)
-    except Exception as exc:  # antlr raises assorted types for lexer errors
+    except Exception as exc:  # noqa: BLE001 - antlr raises assorted types for lexer errors
         raise op.error("bad-request", f"invalid FHIRPath: {exc}") from None
     try:
         return fhirpathpy.apply_parsed_path(
             resource, ast, model=_fhirpath_models["r4"], options={"returnRawData": True}
         )
-    except Exception as exc:  # fhirpathpy signals unknown functions etc. with bare Exception
+    except Exception as exc:  # noqa: BLE001 - fhirpathpy signals unknown functions etc. with bare Exception
         raise op.error("processing", f"FHIRPath evaluation failed: {exc}") from None
 
 
@@ -379,7 +380,7 @@ def _build_value(part: dict, elem: Element | None, op: PatchOperation) -> Value:
         extension = part.get("_" + key)
         if extension is not None and not isinstance(extension, dict):
             raise op.error("bad-request", f"'_{key}' must be an object")
-        return Value(copy.deepcopy(part.get(key)), copy.deepcopy(extension), key[len("value"):])
+        return Value(copy.deepcopy(part.get(key)), copy.deepcopy(extension), key[len("value") :])
     if "resource" in part:
         resource = part["resource"]
         if not isinstance(resource, dict) or "resourceType" not in resource:

@@ -9,6 +9,7 @@ a malformed document is the client's syntax error (400 ``bad-request``); a well-
 that does not fit this resource (failed ``test``, missing target) is ``processing`` (422), as
 HAPI and most servers answer.
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,7 +41,7 @@ def json_equal(a: Any, b: Any) -> bool:
     if isinstance(a, str) or isinstance(b, str):
         return type(a) is type(b) and a == b
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
     return a is None and b is None

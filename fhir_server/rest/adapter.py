@@ -4,6 +4,7 @@ Why one adapter: content negotiation (``Accept``/``_format``, JSON or XML, ``_pr
 body parsing, ``FhirError`` → ``OperationOutcome`` and response headers are done once here;
 handlers only ever see :class:`FhirRequest` and return :class:`FhirResponse`.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -51,11 +52,19 @@ def response_format(params: list[tuple[str, str]], accept: str | None) -> str:
                 except ValueError:
                     q = 0.0
         media = media.lower()
-        kind = JSON if media in _JSON_TYPES or media == "*/*" or media == "application/*" else XML if media in _XML_TYPES else None
+        kind = (
+            JSON
+            if media in _JSON_TYPES or media == "*/*" or media == "application/*"
+            else XML
+            if media in _XML_TYPES
+            else None
+        )
         if kind and q > best_q and q > 0:
             best, best_q = kind, q
     if best is None:
-        raise FhirError("not-acceptable", f"Cannot produce any of {accept}; use application/fhir+json or application/fhir+xml")
+        raise FhirError(
+            "not-acceptable", f"Cannot produce any of {accept}; use application/fhir+json or application/fhir+xml"
+        )
     return best
 
 
@@ -70,7 +79,10 @@ def parse_body(body: bytes, content_type: str | None) -> dict[str, Any] | None:
 
         return xml_to_json(body)
     if media and media not in _JSON_TYPES and media != "application/x-www-form-urlencoded":
-        raise FhirError("unsupported-media", f"Content-Type {content_type} is not supported; use application/fhir+json or application/fhir+xml")
+        raise FhirError(
+            "unsupported-media",
+            f"Content-Type {content_type} is not supported; use application/fhir+json or application/fhir+xml",
+        )
     value = fjson.loads(body)
     if not isinstance(value, dict):
         raise FhirError("malformed", "The body must be a JSON object (a FHIR resource)")
@@ -129,7 +141,9 @@ def register(app: Flask, make_context: Any) -> None:
         return _to_http(resp, fmt, pretty)
 
     def not_allowed(exc: HTTPException) -> Response:
-        err = FhirError("not-allowed" if exc.code == 405 else "not-found", f"{request.method} {request.path}: {exc.name}")
+        err = FhirError(
+            "not-allowed" if exc.code == 405 else "not-found", f"{request.method} {request.path}: {exc.name}"
+        )
         return _to_http(FhirResponse(err.status, resource=err.outcome()), JSON, False)
 
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]

@@ -3,10 +3,12 @@
 Why ``orjson.Fragment``: stored resources are already JSON, so a page of 100 resources is
 spliced into the Bundle as bytes instead of being parsed and serialised again.
 """
+
 from __future__ import annotations
 
 import base64
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlencode
 
 import orjson
@@ -56,7 +58,9 @@ def history_entry(base: str, v: StoredVersion) -> dict[str, Any]:
     return entry
 
 
-def bundle(bundle_type: str, entries: list[dict[str, Any]], links: list[tuple[str, str]], total: int | None = None) -> dict[str, Any]:
+def bundle(
+    bundle_type: str, entries: list[dict[str, Any]], links: list[tuple[str, str]], total: int | None = None
+) -> dict[str, Any]:
     out: dict[str, Any] = {"resourceType": "Bundle", "type": bundle_type, "meta": {"lastUpdated": instant(now_us())}}
     if total is not None:
         out["total"] = total

@@ -4,6 +4,7 @@ Why: handlers are ``handle(request, ctx) -> FhirResponse`` so that the HTTP adap
 transaction Bundles and the loader all call them the same way (ARCHITECTURE.md: "Handlers
 return values, not Flask responses").
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -3,6 +3,7 @@
 Why hand-written: four counters do not justify a dependency, and the format is simple
 (https://prometheus.io/docs/instrumenting/exposition_formats/). Figures are per worker process.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,7 +38,7 @@ class Metrics:
             for (method, status), n in sorted(self._requests.items()):
                 lines.append(f'fhir_http_requests_total{{method="{method}",status="{status}",pid="{pid}"}} {n}')
             lines.append("# TYPE fhir_http_request_seconds histogram")
-            for bound, n in zip(_BUCKETS, self._buckets):
+            for bound, n in zip(_BUCKETS, self._buckets, strict=False):
                 lines.append(f'fhir_http_request_seconds_bucket{{le="{bound}",pid="{pid}"}} {n}')
             lines.append(f'fhir_http_request_seconds_bucket{{le="+Inf",pid="{pid}"}} {self._buckets[-1]}')
             lines.append(f'fhir_http_request_seconds_sum{{pid="{pid}"}} {self._sum:.6f}')

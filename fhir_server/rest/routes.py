@@ -4,10 +4,11 @@ Why one table: the HTTP adapter, the batch/transaction processor and the Capabil
 all read it, so the server cannot claim an interaction it does not route, nor route one it
 does not claim (ARCHITECTURE.md, "One route table").
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from fhir_server.context import RequestContext
 from fhir_server.errors import FhirError
@@ -65,7 +66,7 @@ def _matches(pattern: tuple[str, ...], segments: list[str]) -> dict[str, str] | 
     if len(pattern) != len(segments):
         return None
     out: dict[str, str] = {}
-    for pat, seg in zip(pattern, segments):
+    for pat, seg in zip(pattern, segments, strict=True):
         if pat.startswith("{"):
             if seg.startswith("_") or seg.startswith("$") or seg == "metadata":
                 return None

@@ -4,6 +4,7 @@ Why keyset paging on ``rid``: the next page starts after the last row shown, so 
 costs what page 1 costs and a resource created meanwhile never shifts a page boundary
 (no OFFSET scans).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -37,7 +38,9 @@ class SearchEngine:
             conds.insert(0, r.c.res_type == res_type)
         return conds, compiled.warnings
 
-    def match(self, session: Session, res_type: str, params: list[tuple[str, str]], limit: int = 2) -> list[StoredVersion]:
+    def match(
+        self, session: Session, res_type: str, params: list[tuple[str, str]], limit: int = 2
+    ) -> list[StoredVersion]:
         """Current resources matching ``params`` (for conditional create/update/delete)."""
         session.flush()
         conds, _ = self._base(res_type, params, lenient=False)
@@ -64,6 +67,8 @@ class SearchEngine:
         page_conds = list(conds)
         if after_rid is not None:
             page_conds.append(r.c.rid > after_rid)
-        rids = session.conn.execute(select(r.c.rid).where(*page_conds).order_by(r.c.rid).limit(count + 1)).scalars().all()
+        rids = (
+            session.conn.execute(select(r.c.rid).where(*page_conds).order_by(r.c.rid).limit(count + 1)).scalars().all()
+        )
         has_more = len(rids) > count
         return SearchPage(session.read_many(rids[:count]), has_more, total, warnings)

@@ -34,6 +34,7 @@ Expressions outside the subset fall back to ``fhirpathpy`` (compiled once per ex
 evaluated with the R4 model); their values' types are then inferred from the JSON shape
 (:func:`infer_type`). ``CompiledExpression.compiled`` tells which path was taken.
 """
+
 from __future__ import annotations
 
 import functools
@@ -116,7 +117,7 @@ def tokenize(text: str) -> list[tuple[str, Any]]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
-            raise FhirPathSyntaxError(f"unexpected character at {pos}: {text[pos:pos + 10]!r}")
+            raise FhirPathSyntaxError(f"unexpected character at {pos}: {text[pos : pos + 10]!r}")
         pos = m.end()
         kind = m.lastgroup
         val = m.group(kind)  # type: ignore[arg-type]
@@ -353,8 +354,10 @@ def infer_type(value: Any) -> str:
             return "HumanName"
         if keys & {"line", "city", "postalCode", "country", "district", "state"}:
             return "Address"
-        if "value" in keys and isinstance(value.get("value"), (int, float, Decimal)) and not isinstance(
-            value.get("value"), bool
+        if (
+            "value" in keys
+            and isinstance(value.get("value"), (int, float, Decimal))
+            and not isinstance(value.get("value"), bool)
         ):
             return "Money" if "currency" in keys else "Quantity"
         if "event" in keys or "repeat" in keys:
@@ -878,8 +881,10 @@ def compile_expression(expression: str, resource_type: str, model: Model | None 
     comp = _Compiler(model, resource_type)
     try:
         ast = parse(expression)
-        if ast[0] in ("op",) and ast[1] in ("and", "or", "xor", "implies", "=", "!=") or (
-            ast[0] == "call" and ast[2] in ("exists", "empty", "not")
+        if (
+            ast[0] in ("op",)
+            and ast[1] in ("and", "or", "xor", "implies", "=", "!=")
+            or (ast[0] == "call" and ast[2] in ("exists", "empty", "not"))
         ):
             pred = comp.boolean(ast, comp.root.tref)
 

@@ -22,6 +22,7 @@ Token hashing rules (http://hl7.org/fhir/R4/search.html#token):
   (http://hl7.org/fhir/R4/datatypes.html#string forbids control characters), so no real value can
   collide with it.
 """
+
 from __future__ import annotations
 
 from hashlib import blake2b

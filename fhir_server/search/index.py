@@ -42,6 +42,7 @@ stored once, in the form its search type compares (http://hl7.org/fhir/R4/search
 
 Composite and special parameters are not indexed here. Rows are deduplicated per table.
 """
+
 from __future__ import annotations
 
 import functools
@@ -51,9 +52,9 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from fhir_server.util.fhirdate import date_range
 from fhir_server.search.hashing import modifier_sp, token_hashes
 from fhir_server.search.registry import Registry, SearchParam, get_registry
+from fhir_server.util.fhirdate import date_range
 
 TABLES = ("idx_string", "idx_token", "idx_date", "idx_number", "idx_quantity", "idx_reference", "idx_uri")
 
@@ -301,8 +302,13 @@ def _index_quantity(p: SearchParam, items: list, out: _Out) -> None:
             out.add(
                 "idx_quantity",
                 {
-                    "sp": p.sp, "system": ref[1], "code": ref[2], "unit": ref[3], "value": ref[0][0],
-                    "lo": low[0][1] if low else NUM_MIN, "hi": high[0][2] if high else NUM_MAX,
+                    "sp": p.sp,
+                    "system": ref[1],
+                    "code": ref[2],
+                    "unit": ref[3],
+                    "value": ref[0][0],
+                    "lo": low[0][1] if low else NUM_MIN,
+                    "hi": high[0][2] if high else NUM_MAX,
                 },
             )
 
@@ -362,8 +368,12 @@ def _index_reference(p: SearchParam, items: list, out: _Out, resource_types: fro
                 row = {"target_type": None, "target_id": None, "target_version": None, "url": value["url"]}
         elif "resourceType" in value:  # Bundle.entry[0].resource
             rid = value.get("id")
-            row = {"target_type": value["resourceType"], "target_id": rid if type(rid) is str else None,
-                   "target_version": None, "url": None}
+            row = {
+                "target_type": value["resourceType"],
+                "target_id": rid if type(rid) is str else None,
+                "target_version": None,
+                "url": None,
+            }
         if row is not None:
             row = {"sp": sp, **row}
             out.add("idx_reference", row)

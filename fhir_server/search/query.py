@@ -7,12 +7,14 @@ Semantics follow http://hl7.org/fhir/R4/search.html. This module covers the para
 and modifiers listed in docs/conformance.md; chains, ``_has`` and composites come with the
 search engine's own work.
 """
+
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, exists, false, not_, or_, select, true
 
@@ -33,7 +35,18 @@ from fhir_server.util.fhirdate import parse_range as date_range
 
 #: Parameters that shape the result rather than select resources.
 RESULT_PARAMS = frozenset(
-    {"_count", "_sort", "_total", "_summary", "_elements", "_cursor", "_format", "_pretty", "_contained", "_containedType"}
+    {
+        "_count",
+        "_sort",
+        "_total",
+        "_summary",
+        "_elements",
+        "_cursor",
+        "_format",
+        "_pretty",
+        "_contained",
+        "_containedType",
+    }
 )
 #: Result parameters recognised but not yet implemented: refused rather than silently ignored.
 UNSUPPORTED_RESULT_PARAMS = frozenset({"_include", "_revinclude", "_contained", "_containedType"})
@@ -80,7 +93,9 @@ def _exists(table: Any, *conds: ColumnElement[bool]) -> ColumnElement[bool]:
 
 
 # -- per type ------------------------------------------------------------------------------
-def _range_predicate(prefix: str, lo_col: Any, hi_col: Any, lo: Any, hi: Any, approx: Any = None) -> ColumnElement[bool]:
+def _range_predicate(
+    prefix: str, lo_col: Any, hi_col: Any, lo: Any, hi: Any, approx: Any = None
+) -> ColumnElement[bool]:
     """FHIR prefix semantics between the indexed range [lo_col, hi_col] and the search range."""
     contained = and_(lo_col >= lo, hi_col <= hi)
     if prefix == "eq":
@@ -112,7 +127,9 @@ def date_predicate(sp: int, name: str, raw: str) -> ColumnElement[bool]:
     except ValueError:
         raise FhirError("invalid-param", f"Search parameter {name}: {value!r} is not a valid date") from None
     approx = int(abs(time.time() * 1_000_000 - lo) * 0.1) if prefix == "ap" else None
-    return _exists(idx_date, idx_date.c.sp == sp, _range_predicate(prefix, idx_date.c.lo, idx_date.c.hi, lo, hi, approx))
+    return _exists(
+        idx_date, idx_date.c.sp == sp, _range_predicate(prefix, idx_date.c.lo, idx_date.c.hi, lo, hi, approx)
+    )
 
 
 def last_updated_predicate(name: str, raw: str) -> ColumnElement[bool]:
@@ -166,7 +183,11 @@ def quantity_predicate(sp: int, name: str, raw: str) -> ColumnElement[bool]:
         if system:
             conds.append(idx_quantity.c.system == system)
         if code:
-            conds.append(or_(idx_quantity.c.code == code, idx_quantity.c.unit == code) if not system else idx_quantity.c.code == code)
+            conds.append(
+                or_(idx_quantity.c.code == code, idx_quantity.c.unit == code)
+                if not system
+                else idx_quantity.c.code == code
+            )
     elif len(parts) != 1:
         raise FhirError("invalid-param", f"Search parameter {name}: {raw!r} is not [prefix]number|system|code")
     return _exists(idx_quantity, *conds)
@@ -199,7 +220,9 @@ def token_predicate(sp: int, name: str, modifier: str | None, value: str) -> Col
     return _exists(idx_token, cond)
 
 
-def reference_predicate(sp: int, name: str, modifier: str | None, value: str, targets: tuple[str, ...]) -> ColumnElement[bool]:
+def reference_predicate(
+    sp: int, name: str, modifier: str | None, value: str, targets: tuple[str, ...]
+) -> ColumnElement[bool]:
     from fhir_server.model import get_model
 
     value = unescape(value)
@@ -209,7 +232,12 @@ def reference_predicate(sp: int, name: str, modifier: str | None, value: str, ta
     if value.startswith(("http://", "https://", "urn:")):
         parts = value.rstrip("/").split("/")
         if len(parts) >= 2 and parts[-2] in get_model().resource_types:
-            conds.append(or_(idx_reference.c.url == value, and_(idx_reference.c.target_type == parts[-2], idx_reference.c.target_id == parts[-1])))
+            conds.append(
+                or_(
+                    idx_reference.c.url == value,
+                    and_(idx_reference.c.target_type == parts[-2], idx_reference.c.target_id == parts[-1]),
+                )
+            )
         else:
             conds.append(idx_reference.c.url == value)
         return _exists(idx_reference, *conds)
@@ -261,7 +289,9 @@ _TABLE_OF = {
 }
 
 
-def compile_query(registry: Any, res_type: str | None, params: list[tuple[str, str]], lenient: bool = False) -> CompiledQuery:
+def compile_query(
+    registry: Any, res_type: str | None, params: list[tuple[str, str]], lenient: bool = False
+) -> CompiledQuery:
     """Filters for ``params`` (AND of repetitions, OR of comma values).
 
     Unknown parameters are a 400, or a warning when ``lenient`` (``Prefer: handling=lenient``).
@@ -293,7 +323,9 @@ def _reject(query: CompiledQuery, lenient: bool, message: str) -> None:
     query.warnings.append(message)
 
 
-def _compile_param(registry: Any, res_type: str | None, name: str, modifier: str | None, raw: str, key: str) -> ColumnElement[bool] | None:
+def _compile_param(
+    registry: Any, res_type: str | None, name: str, modifier: str | None, raw: str, key: str
+) -> ColumnElement[bool] | None:
     if name == "_id":
         ids = [unescape(v) for v in split_values(raw)]
         pred = r.c.res_id.in_(ids)
@@ -308,7 +340,9 @@ def _compile_param(registry: Any, res_type: str | None, name: str, modifier: str
     return _compile_typed(param, modifier, raw, key)
 
 
-def _compile_all_types(registry: Any, name: str, modifier: str | None, raw: str, key: str) -> ColumnElement[bool] | None:
+def _compile_all_types(
+    registry: Any, name: str, modifier: str | None, raw: str, key: str
+) -> ColumnElement[bool] | None:
     """System-level search: a parameter defined on Resource applies to every type."""
     preds = []
     for res_type, param in registry.common(name):
@@ -321,7 +355,9 @@ def _compile_typed(param: Any, modifier: str | None, raw: str, key: str) -> Colu
     if param.type not in _MODIFIERS:
         raise FhirError("invalid-param", f"Search parameter {key}: {param.type} parameters are not supported yet")
     if allowed is not None and modifier not in allowed:
-        raise FhirError("invalid-param", f"Modifier :{modifier} is not supported on {param.type} parameter {param.code}")
+        raise FhirError(
+            "invalid-param", f"Modifier :{modifier} is not supported on {param.type} parameter {param.code}"
+        )
     sp = param.sp
     if modifier == "missing":
         if raw not in ("true", "false"):

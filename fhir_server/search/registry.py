@@ -16,6 +16,7 @@ Not indexed (``SearchParam.indexed`` is False): ``_id`` and ``_lastUpdated`` (co
 ``resources`` table), ``_text``/``_content``/``_query`` (no expression / full text), ``composite``
 and ``special`` parameters (handled elsewhere), and parameters without an expression for that type.
 """
+
 from __future__ import annotations
 
 import functools
@@ -181,8 +182,20 @@ class Registry:
         reduced = {
             k: search_parameter[k]
             for k in (
-                "url", "name", "code", "base", "type", "expression", "target", "multipleOr", "multipleAnd",
-                "comparator", "modifier", "chain", "component", "description",
+                "url",
+                "name",
+                "code",
+                "base",
+                "type",
+                "expression",
+                "target",
+                "multipleOr",
+                "multipleAnd",
+                "comparator",
+                "modifier",
+                "chain",
+                "component",
+                "description",
             )
             if k in search_parameter
         }

@@ -4,6 +4,7 @@ Why: the same repository code runs on both, but SQLite needs WAL, a busy timeout
 ``BEGIN IMMEDIATE`` for writers (otherwise two writers that both read first deadlock on lock
 upgrade), while PostgreSQL needs a pool sized for the worker's concurrency.
 """
+
 from __future__ import annotations
 
 from sqlalchemy import Engine, create_engine, event

@@ -4,6 +4,7 @@ Why keyset paging: a history page is addressed by the (time, rid, version) of th
 shown, so deep pages cost the same as the first and stay correct while new versions arrive
 (http://hl7.org/fhir/R4/http.html#history).
 """
+
 from __future__ import annotations
 
 from sqlalchemy import Select, func, literal_column, or_, select, tuple_, union_all
@@ -16,9 +17,7 @@ _FAR_FUTURE = 2**62
 def _versions(res_type: str | None, res_id: str | None, since_us: int | None):  # type: ignore[no-untyped-def]
     parts = []
     for t in (resources, resource_history):
-        q = select(
-            t.c.rid, t.c.res_type, t.c.res_id, t.c.version, t.c.updated_us, t.c.deleted, t.c.method, t.c.content
-        )
+        q = select(t.c.rid, t.c.res_type, t.c.res_id, t.c.version, t.c.updated_us, t.c.deleted, t.c.method, t.c.content)
         if res_type is not None:
             q = q.where(t.c.res_type == res_type)
         if res_id is not None:
@@ -51,7 +50,12 @@ def history_query(
         ).subquery("w")
         lo, hi = at_range
         v = (
-            select(*[ends.c[c] for c in ("rid", "res_type", "res_id", "version", "updated_us", "deleted", "method", "content")])
+            select(
+                *[
+                    ends.c[c]
+                    for c in ("rid", "res_type", "res_id", "version", "updated_us", "deleted", "method", "content")
+                ]
+            )
             .where(ends.c.updated_us <= hi, ends.c.valid_to > lo)
             .subquery("v")
         )

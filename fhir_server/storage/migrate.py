@@ -4,6 +4,7 @@ Why automatic only on an empty database: a fresh install should just start, but 
 database that holds data is an operator's decision (backup first), so the server refuses to
 start on an out-of-date schema and says which command to run.
 """
+
 from __future__ import annotations
 
 import pathlib

@@ -10,12 +10,14 @@ Why it looks like this:
 - Current and history rows are kept apart: ``resources`` holds each resource's latest version
   (including a deletion marker), ``resource_history`` the versions it replaced.
 """
+
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -255,7 +257,7 @@ class Session:
         rids = self.repo.allocate_rids(self.conn, len(pending))
         rows = []
         index_rows: dict[str, list[dict[str, Any]]] = {}
-        for rid, item in zip(rids, pending):
+        for rid, item in zip(rids, pending, strict=True):
             v = item.version
             v.rid = rid
             rows.append(
@@ -336,9 +338,7 @@ class Repository:
 
     def allocate_rids(self, conn: Connection, n: int) -> list[int]:
         if self.postgres:
-            rows = conn.execute(
-                text("SELECT nextval('resources_rid_seq') FROM generate_series(1, :n)"), {"n": n}
-            ).all()
+            rows = conn.execute(text("SELECT nextval('resources_rid_seq') FROM generate_series(1, :n)"), {"n": n}).all()
             return [r[0] for r in rows]
         # SQLite: writers hold the database lock (BEGIN IMMEDIATE), so max+1.. is safe.
         start = conn.execute(text("SELECT COALESCE(MAX(rid), 0) FROM resources")).scalar_one()

@@ -9,6 +9,7 @@ Why this shape (see docs/architecture.md):
 - Times are integer microseconds since the epoch (UTC): same ordering and precision on both
   databases, and no timezone conversions in SQL.
 """
+
 from __future__ import annotations
 
 from sqlalchemy import (

@@ -3,11 +3,12 @@
 Why integers: both databases compare them exactly and fast, and ``meta.lastUpdated`` written
 from them round-trips to the same key used by ``_since``/``_at`` history queries.
 """
+
 from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 
 _lock = threading.Lock()
@@ -27,13 +28,13 @@ def now_us() -> int:
 
 def instant(us: int) -> str:
     """FHIR ``instant`` for ``us``: ``2024-01-02T03:04:05.123456Z``."""
-    dt = datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
+    dt = datetime.fromtimestamp(us / 1_000_000, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{us % 1_000_000:06d}Z"
 
 
 def http_date(us: int) -> str:
     """RFC 7231 date for ``Last-Modified``."""
-    return format_datetime(datetime.fromtimestamp(us // 1_000_000, tz=timezone.utc), usegmt=True)
+    return format_datetime(datetime.fromtimestamp(us // 1_000_000, tz=UTC), usegmt=True)
 
 
 def from_http_date(text: str) -> int | None:
@@ -44,5 +45,5 @@ def from_http_date(text: str) -> int | None:
     except (TypeError, ValueError):
         return None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp()) * 1_000_000

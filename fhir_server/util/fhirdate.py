@@ -6,6 +6,7 @@ all compare these ranges, so there is one parser, here. A value without a timezo
 UTC (docs/conformance.md). Pure integer arithmetic: it runs for every date of every resource
 indexed.
 """
+
 from __future__ import annotations
 
 import re

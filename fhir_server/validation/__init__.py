@@ -4,6 +4,7 @@ Why one function: whichever door a resource comes in by, it is checked the same 
 anything is stored; failures become a 422 ``OperationOutcome`` listing every issue with its
 FHIRPath location.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -29,6 +29,7 @@ Checks are data: each complex type or backbone element is compiled once into a
 primitive type into a function returning ``None`` or ``(code, message)``. Location strings
 are built only for complex elements and for the issues themselves.
 """
+
 from __future__ import annotations
 
 import binascii
@@ -36,9 +37,10 @@ import html.entities
 import math
 import re
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Callable, Iterable
+from typing import Any
 from xml.parsers import expat
 
 from fhir_server.errors import Issue
@@ -70,9 +72,7 @@ _TIME = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)(?:\.[0-9]+)?"
 _TZ = r"(?:Z|[+-](?:(?:0[0-9]|1[0-3]):[0-5][0-9]|14:00))"
 _DATE_RE = re.compile(_YMD + r")?)?", re.ASCII)
 _DATETIME_RE = re.compile(_YMD + r"(?:T" + _TIME + _TZ + r")?)?)?", re.ASCII)
-_INSTANT_RE = re.compile(
-    r"([0-9]{4})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T" + _TIME + _TZ, re.ASCII
-)
+_INSTANT_RE = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T" + _TIME + _TZ, re.ASCII)
 _TIME_RE = re.compile(_TIME, re.ASCII)
 _DAYS = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
@@ -221,9 +221,7 @@ check_date = _date_check("date", _DATE_RE, "expected YYYY, YYYY-MM or YYYY-MM-DD
 check_datetime = _date_check(
     "dateTime", _DATETIME_RE, "expected YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm:ss[.fff] with a time zone"
 )
-check_instant = _date_check(
-    "instant", _INSTANT_RE, "expected YYYY-MM-DDThh:mm:ss[.fff] with a time zone (Z or +hh:mm)"
-)
+check_instant = _date_check("instant", _INSTANT_RE, "expected YYYY-MM-DDThh:mm:ss[.fff] with a time zone (Z or +hh:mm)")
 
 
 def check_boolean(value: Any) -> PrimResult:
@@ -649,8 +647,11 @@ def _reference_hook(targets: frozenset[str] | None, concrete: frozenset[str]) ->
                     st.error("value", f"reference {_show(ref)}: unknown resource type '{rtype}'", path + ".reference")
                 elif targets is not None and rtype not in targets:
                     allowed = ", ".join(sorted(targets))
-                    st.error("invalid", f"reference {_show(ref)}: a {rtype} is not allowed here (allowed: {allowed})",
-                             path + ".reference")
+                    st.error(
+                        "invalid",
+                        f"reference {_show(ref)}: a {rtype} is not allowed here (allowed: {allowed})",
+                        path + ".reference",
+                    )
             else:
                 _other_reference(ref, targets, concrete, path, st)
         _reference_type(obj, concrete, path, st)
@@ -661,8 +662,11 @@ def _reference_hook(targets: frozenset[str] | None, concrete: frozenset[str]) ->
 def _reference_type(obj: dict, concrete: frozenset[str], path: str, st: _State) -> None:
     rtype = obj.get("type")
     if rtype.__class__ is str and rtype and rtype not in concrete and ":" not in rtype:
-        st.error("code-invalid", f"Reference.type {_show(rtype)} is neither a resource type nor an absolute URI",
-                 path + ".type")
+        st.error(
+            "code-invalid",
+            f"Reference.type {_show(rtype)} is neither a resource type nor an absolute URI",
+            path + ".type",
+        )
 
 
 def _other_reference(ref: str, targets: frozenset[str] | None, concrete: frozenset[str], path: str, st: _State) -> None:
@@ -813,8 +817,11 @@ def _check_dom3(obj: dict, unused: set[str], path: str, st: _State) -> None:
             continue
         if "#" + cid in strings or "#" in set(_all_strings(item)):
             continue
-        st.warning("invalid", f"contained resource '{cid}' is not referenced from the resource (dom-3)",
-                   f"{path}.contained[{i}]")
+        st.warning(
+            "invalid",
+            f"contained resource '{cid}' is not referenced from the resource (dom-3)",
+            f"{path}.contained[{i}]",
+        )
 
 
 def _all_strings(obj: Any) -> Iterable[str]:
@@ -913,8 +920,9 @@ def _choices(obj: dict, shape: _Shape, path: str, st: _State) -> None:
         group, member = hit
         other = seen.setdefault(group, member)
         if other != member:
-            st.error("structure", f"only one type of {group}[x] is allowed, found {other} and {member}",
-                     f"{path}.{member}")
+            st.error(
+                "structure", f"only one type of {group}[x] is allowed, found {other} and {member}", f"{path}.{member}"
+            )
     for group in shape.required_groups:
         if group not in seen:
             st.error("required", f"missing required element '{group}[x]'", f"{path}.{group}[x]")
@@ -929,8 +937,11 @@ def _prim_list(obj: dict, key: str, val: Any, check: PrimCheck, path: str, st: _
             shadow = obj.get("_" + key)
             if shadow.__class__ is list and len(shadow) == len(val):
                 continue  # _shadow_list reports a null paired with a null
-            st.error("structure", "null in a primitive array needs a matching non-null entry in "
-                     f"'_{key}'", f"{path}.{key}[{i}]")
+            st.error(
+                "structure",
+                f"null in a primitive array needs a matching non-null entry in '_{key}'",
+                f"{path}.{key}[{i}]",
+            )
             continue
         err = check(item)
         if err is not None:

@@ -6,6 +6,7 @@ monkey-patching, ``gevent.pywsgi.WSGIServer`` with ``fhir_server.server.NoDelayH
 socket from ``fhir_server.server.listen``, no access log. Whatever the FHIR server adds on top
 of this (routing, database, serialisation) is what the ratio measures.
 """
+
 from gevent import monkey
 
 monkey.patch_all()
@@ -39,7 +40,10 @@ def main() -> None:
 
     app.add_url_rule("/fhir/<path:path>", "fhir", resource, methods=["GET"])
     server = WSGIServer(
-        listen("127.0.0.1", args.port), app, handler_class=NoDelayHandler, log=None,
+        listen("127.0.0.1", args.port),
+        app,
+        handler_class=NoDelayHandler,
+        log=None,
         error_log=logging.getLogger("baseline.wsgi"),
     )
     server.serve_forever()

@@ -5,6 +5,7 @@ folder (and, for PostgreSQL, a throw-away database), measures, and always cleans
 interrupted; and the read benchmarks share the ``wrk`` runner and its output parser.
 Traffic only ever goes to 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,8 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv"
@@ -47,7 +48,9 @@ def machine() -> str:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return f"{os.cpu_count()} cores {cpu} ({platform.system()} {platform.release()}, Python {platform.python_version()})"
+    return (
+        f"{os.cpu_count()} cores {cpu} ({platform.system()} {platform.release()}, Python {platform.python_version()})"
+    )
 
 
 def header(title: str) -> None:
@@ -145,8 +148,19 @@ def fhir_server(database_url: str | None = None, workers: int = 1, label: str = 
     data_dir = pathlib.Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))
     port = free_port()
     cmd = [
-        str(FHIR_SERVER), "--log-level", "WARNING", "serve", "--host", HOST, "--port", str(port),
-        "--data-dir", str(data_dir), "--workers", str(workers), "--no-access-log",
+        str(FHIR_SERVER),
+        "--log-level",
+        "WARNING",
+        "serve",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--workers",
+        str(workers),
+        "--no-access-log",
     ]
     if database_url:
         cmd += ["--database-url", database_url]
@@ -208,8 +222,16 @@ def baseline_server(body: bytes, content_type: str, headers: dict[str, str], pat
     (tmp / "body").write_bytes(body)
     port = free_port()
     cmd = [
-        str(PYTHON), str(ROOT / "scripts" / "bench" / "_baseline_server.py"), "--port", str(port),
-        "--body", str(tmp / "body"), "--content-type", content_type, "--path", path,
+        str(PYTHON),
+        str(ROOT / "scripts" / "bench" / "_baseline_server.py"),
+        "--port",
+        str(port),
+        "--body",
+        str(tmp / "body"),
+        "--content-type",
+        content_type,
+        "--path",
+        path,
         *(a for k, v in headers.items() for a in ("--header", f"{k}: {v}")),
     ]
     log_path = tmp / "server.log"
@@ -312,10 +334,25 @@ class Profiler:
         for pid in pids:
             path = self.out / f"{label}-{pid}.txt"
             self.files.append(path)
-            self.procs.append(subprocess.Popen(
-                [spy, "record", "--format", "raw", "--nonblocking", "--rate", str(rate), "--pid", str(pid), "-o", str(path)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ))
+            self.procs.append(
+                subprocess.Popen(
+                    [
+                        spy,
+                        "record",
+                        "--format",
+                        "raw",
+                        "--nonblocking",
+                        "--rate",
+                        str(rate),
+                        "--pid",
+                        str(pid),
+                        "-o",
+                        str(path),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         time.sleep(0.5)
 
     def stop(self) -> None:
@@ -373,3 +410,49 @@ def summarize_collapsed(files: list[pathlib.Path], top: int = 30) -> str:
     lines.append("   inclusive time (function and everything it calls):")
     lines += [f"   {100 * n / total:6.1f}%  {name}" for name, n in incl_c.most_common(top + 20)]
     return "\n".join(lines)
+
+
+# -- where the machine's CPU went during a measurement ----------------------------------------
+class CpuMeter:
+    """CPU seconds used by the server processes, PostgreSQL and the load generator.
+
+    On 2 cores the database and the load generator compete with the server for CPU, so this
+    says how much of the machine each side had (read-only use of psutil). PostgreSQL backends
+    started during the measurement count from zero; ones that ended during it are missed.
+    """
+
+    def __init__(self, server_pids: list[int], client_pids: list[int] | None = None) -> None:
+        self.groups = {"server": lambda: server_pids, "postgres": self._postgres_pids,
+                       "load generator": lambda: client_pids if client_pids is not None else [os.getpid()]}
+        self.start = {name: self._cpu(get()) for name, get in self.groups.items()}
+        self.t0 = time.perf_counter()
+
+    @staticmethod
+    def _cpu(pids: list[int]) -> dict[int, float]:
+        import psutil
+
+        out = {}
+        for pid in pids:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                t = psutil.Process(pid).cpu_times()
+                out[pid] = t.user + t.system + t.children_user + t.children_system
+        return out
+
+    @staticmethod
+    def _postgres_pids() -> list[int]:
+        import psutil
+
+        return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] in ("postgres", "postmaster")]
+
+    def stop(self) -> dict[str, float]:
+        self.wall = time.perf_counter() - self.t0
+        self.used = {}
+        for name, get in self.groups.items():
+            end = self._cpu(get())
+            self.used[name] = sum(v - self.start[name].get(pid, 0.0) for pid, v in end.items())
+        return self.used
+
+    def text(self) -> str:
+        cores = os.cpu_count() or 1
+        parts = ", ".join(f"{k} {v:.1f}s" for k, v in self.used.items())
+        return f"cpu in the timed part ({self.wall:.1f}s x {cores} cores = {self.wall * cores:.1f} core-s): {parts}"

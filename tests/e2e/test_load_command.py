@@ -1,4 +1,5 @@
 """``fhir-server load``: Bundles and NDJSON from files, rejects reported, loading goes on."""
+
 from __future__ import annotations
 
 import bz2
@@ -24,7 +25,10 @@ def _load(db: str, *files: pathlib.Path) -> subprocess.CompletedProcess[str]:
 
 def test_load_synthea_bundles(tmp_path: pathlib.Path) -> None:
     folder = shared_data("fhir", "synthea")
-    files = sorted(folder.glob("0-*.json.bz2")) + sorted(f for f in folder.glob("*.json.bz2") if not f.name.startswith("0-"))[:3]
+    files = (
+        sorted(folder.glob("0-*.json.bz2"))
+        + sorted(f for f in folder.glob("*.json.bz2") if not f.name.startswith("0-"))[:3]
+    )
     expected = sum(len(json.loads(bz2.decompress(f.read_bytes()))["entry"]) for f in files)
     db = f"sqlite:///{tmp_path / 'fhir.db'}"
     result = _load(db, *files)
@@ -37,7 +41,15 @@ def test_load_ndjson_reports_rejects_and_goes_on(tmp_path: pathlib.Path) -> None
         json.dumps({"resourceType": "Patient", "id": "nd-1", "gender": "female"}),
         "{broken json",
         json.dumps({"resourceType": "Patient", "id": "nd-2", "gender": "robot"}),
-        json.dumps({"resourceType": "Observation", "id": "nd-3", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/nd-1"}}),
+        json.dumps(
+            {
+                "resourceType": "Observation",
+                "id": "nd-3",
+                "status": "final",
+                "code": {"text": "x"},
+                "subject": {"reference": "Patient/nd-1"},
+            }
+        ),
     ]
     path = tmp_path / "data.ndjson.gz"
     path.write_bytes(gzip.compress("\n".join(lines).encode()))
@@ -51,7 +63,9 @@ def test_load_ndjson_reports_rejects_and_goes_on(tmp_path: pathlib.Path) -> None
 
 
 def test_load_collection_bundle_streams(tmp_path: pathlib.Path) -> None:
-    entries = [{"resource": {"resourceType": "Patient", "name": [{"family": f"C{i}"}], "id": f"c-{i}"}} for i in range(1200)]
+    entries = [
+        {"resource": {"resourceType": "Patient", "name": [{"family": f"C{i}"}], "id": f"c-{i}"}} for i in range(1200)
+    ]
     path = tmp_path / "collection.json"
     path.write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": entries}))
     result = _load(f"sqlite:///{tmp_path / 'fhir.db'}", path)
@@ -60,7 +74,10 @@ def test_load_collection_bundle_streams(tmp_path: pathlib.Path) -> None:
 
 def test_db_upgrade_command(tmp_path: pathlib.Path) -> None:
     result = subprocess.run(
-        [FHIR_SERVER, "db", "upgrade", "--database-url", f"sqlite:///{tmp_path / 'x.db'}"], capture_output=True, text=True, timeout=120
+        [FHIR_SERVER, "db", "upgrade", "--database-url", f"sqlite:///{tmp_path / 'x.db'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "database at revision 0001" in result.stdout

@@ -2,6 +2,7 @@
 
 Runs on SQLite and PostgreSQL (the ``server`` fixture is parametrised through ``database_url``).
 """
+
 from __future__ import annotations
 
 import signal
@@ -21,7 +22,9 @@ def test_fhirpy_crud_and_search(server) -> None:  # type: ignore[no-untyped-def]
 
     client = SyncFHIRClient(server.base, extra_headers={"Accept": JSON})
     family = f"Wang{uuid.uuid4().hex[:6]}"
-    patient = client.resource("Patient", name=[{"family": family, "given": ["Xiaoming"]}], gender="male", birthDate="1980-05-01")
+    patient = client.resource(
+        "Patient", name=[{"family": family, "given": ["Xiaoming"]}], gender="male", birthDate="1980-05-01"
+    )
     patient.save()
     assert patient.id and patient["meta"]["versionId"] == "1"
     found = client.resources("Patient").search(family=family).fetch()
@@ -42,7 +45,8 @@ def test_fhirclient_reads_typed_models(server) -> None:  # type: ignore[no-untyp
     obs = (
         b'{"resourceType": "Observation", "status": "final",'
         b' "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},'
-        b' "valueQuantity": {"value": 72.50, "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"}}'
+        b' "valueQuantity": {"value": 72.50, "unit": "beats/minute",'
+        b' "system": "http://unitsofmeasure.org", "code": "/min"}}'
     )
     created = requests.post(f"{server.base}/Observation", data=obs, headers={"Content-Type": JSON}).json()
     smart = client.FHIRClient(settings={"app_id": "tests", "api_base": server.base + "/"})
@@ -54,7 +58,9 @@ def test_fhirclient_reads_typed_models(server) -> None:  # type: ignore[no-untyp
 
 
 def test_keep_alive_has_no_nagle_delay(server) -> None:  # type: ignore[no-untyped-def]
-    created = requests.post(f"{server.base}/Patient", json={"resourceType": "Patient"}, headers={"Content-Type": JSON}).json()
+    created = requests.post(
+        f"{server.base}/Patient", json={"resourceType": "Patient"}, headers={"Content-Type": JSON}
+    ).json()
     session = requests.Session()
     url = f"{server.base}/Patient/{created['id']}"
     session.get(url)
@@ -69,14 +75,19 @@ def test_keep_alive_has_no_nagle_delay(server) -> None:  # type: ignore[no-untyp
 def test_concurrent_updates_never_lose_a_version(server) -> None:  # type: ignore[no-untyped-def]
     pid = f"race-{uuid.uuid4().hex[:8]}"
     url = f"{server.base}/Patient/{pid}"
-    assert requests.put(url, json={"resourceType": "Patient", "id": pid}, headers={"Content-Type": JSON}).status_code == 201
+    assert (
+        requests.put(url, json={"resourceType": "Patient", "id": pid}, headers={"Content-Type": JSON}).status_code
+        == 201
+    )
     statuses: list[int] = []
     lock = threading.Lock()
 
     def worker(n: int) -> None:
         body = {"resourceType": "Patient", "id": pid, "name": [{"family": f"F{n}"}]}
         for _ in range(5):
-            resp = requests.put(url, json=body, headers={"Content-Type": JSON, "If-Match": 'W/"1"'} if n % 2 else {"Content-Type": JSON})
+            resp = requests.put(
+                url, json=body, headers={"Content-Type": JSON, "If-Match": 'W/"1"'} if n % 2 else {"Content-Type": JSON}
+            )
             with lock:
                 statuses.append(resp.status_code)
 
@@ -121,7 +132,8 @@ def test_workers_share_the_port_on_postgres(postgres_url, tmp_path) -> None:  # 
         assert len(pids) == 2
         body = {"resourceType": "Patient"}
         assert all(
-            requests.post(proc.base + "/Patient", json=body, headers={"Content-Type": JSON}).status_code == 201 for _ in range(10)
+            requests.post(proc.base + "/Patient", json=body, headers={"Content-Type": JSON}).status_code == 201
+            for _ in range(10)
         )
     finally:
         assert proc.stop() == 0

@@ -1,4 +1,5 @@
 """Batch and transaction Bundles (http://hl7.org/fhir/R4/http.html#transaction)."""
+
 from __future__ import annotations
 
 import bz2
@@ -33,7 +34,10 @@ def test_transaction_resolves_urn_uuid_everywhere(client) -> None:
             "fullUrl": p_url,
             "resource": {
                 "resourceType": "Patient",
-                "text": {"status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml"><a href="{e_url}">visit</a></div>'},
+                "text": {
+                    "status": "generated",
+                    "div": f'<div xmlns="http://www.w3.org/1999/xhtml"><a href="{e_url}">visit</a></div>',
+                },
             },
             "request": {"method": "POST", "url": "Patient"},
         },
@@ -55,7 +59,10 @@ def test_transaction_resolves_urn_uuid_everywhere(client) -> None:
 def test_transaction_is_all_or_nothing(client) -> None:
     family = f"Tx{uuid.uuid4().hex[:8]}"
     entries = [
-        {"resource": {"resourceType": "Patient", "name": [{"family": family}]}, "request": {"method": "POST", "url": "Patient"}},
+        {
+            "resource": {"resourceType": "Patient", "name": [{"family": family}]},
+            "request": {"method": "POST", "url": "Patient"},
+        },
         {"resource": {"resourceType": "Patient", "gender": "robot"}, "request": {"method": "POST", "url": "Patient"}},
     ]
     resp = _tx(client, entries)
@@ -78,7 +85,10 @@ def test_transaction_order_and_conditional_create(client) -> None:
             "request": {"method": "POST", "url": "Organization", "ifNoneExist": f"identifier=urn:test|{ident}"},
         },
         {
-            "resource": {"resourceType": "Patient", "managingOrganization": {"reference": f"Organization?identifier=urn:test|{ident}"}},
+            "resource": {
+                "resourceType": "Patient",
+                "managingOrganization": {"reference": f"Organization?identifier=urn:test|{ident}"},
+            },
             "request": {"method": "POST", "url": "Patient"},
         },
         {"request": {"method": "DELETE", "url": f"Patient/{victim['id']}"}},

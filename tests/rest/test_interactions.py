@@ -3,6 +3,7 @@
 Spec: http://hl7.org/fhir/R4/http.html — read, vread, create, update, patch, delete,
 conditional variants, history, headers and error outcomes.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -19,12 +20,17 @@ def _patient(family: str = "Zhang", **extra: object) -> dict:
 
 
 def _post(client, resource: dict, **headers: str):  # type: ignore[no-untyped-def]
-    return client.post(f"/fhir/{resource['resourceType']}", data=json.dumps(resource), content_type=JSON, headers=headers)
+    return client.post(
+        f"/fhir/{resource['resourceType']}", data=json.dumps(resource), content_type=JSON, headers=headers
+    )
 
 
 def _put(client, resource: dict, **headers: str):  # type: ignore[no-untyped-def]
     return client.put(
-        f"/fhir/{resource['resourceType']}/{resource['id']}", data=json.dumps(resource), content_type=JSON, headers=headers
+        f"/fhir/{resource['resourceType']}/{resource['id']}",
+        data=json.dumps(resource),
+        content_type=JSON,
+        headers=headers,
     )
 
 
@@ -152,7 +158,9 @@ def test_json_patch_and_fhirpath_patch(client) -> None:
             }
         ],
     }
-    resp = client.patch(f"/fhir/Patient/{pid}", data=json.dumps(params), content_type=JSON, headers={"If-Match": 'W/"2"'})
+    resp = client.patch(
+        f"/fhir/Patient/{pid}", data=json.dumps(params), content_type=JSON, headers={"If-Match": 'W/"2"'}
+    )
     assert resp.status_code == 200, resp.get_json()
     assert resp.get_json()["birthDate"] == "1970-01-02"
     assert resp.get_json()["meta"]["versionId"] == "3"
@@ -191,14 +199,23 @@ def test_conditional_read_headers(client) -> None:
     pid = created.get_json()["id"]
     assert client.get(f"/fhir/Patient/{pid}", headers={"If-None-Match": 'W/"1"'}).status_code == 304
     assert client.get(f"/fhir/Patient/{pid}", headers={"If-None-Match": 'W/"9"'}).status_code == 200
-    assert client.get(f"/fhir/Patient/{pid}", headers={"If-Modified-Since": created.headers["Last-Modified"]}).status_code == 304
+    assert (
+        client.get(f"/fhir/Patient/{pid}", headers={"If-Modified-Since": created.headers["Last-Modified"]}).status_code
+        == 304
+    )
 
 
 @pytest.mark.parametrize(
     ("method", "path", "body", "content_type", "status"),
     [
         ("post", "/fhir/Patient", b"{not json", JSON, 400),
-        ("post", "/fhir/Patient", b"<Patient xmlns='http://hl7.org/fhir'><bogus/></Patient>", "application/fhir+xml", 400),
+        (
+            "post",
+            "/fhir/Patient",
+            b"<Patient xmlns='http://hl7.org/fhir'><bogus/></Patient>",
+            "application/fhir+xml",
+            400,
+        ),
         ("post", "/fhir/NoSuchType", b'{"resourceType": "NoSuchType"}', JSON, 404),
         ("get", "/fhir/NoSuchType/1", b"", JSON, 404),
         ("post", "/fhir/Patient", b'{"resourceType": "Patient", "gender": "robot"}', JSON, 422),
@@ -252,7 +269,17 @@ def test_capability_statement_matches_routes(client) -> None:
     assert cs["fhirVersion"] == "4.0.1"
     patient = next(r for r in cs["rest"][0]["resource"] if r["type"] == "Patient")
     codes = {i["code"] for i in patient["interaction"]}
-    assert codes == {"read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"}
+    assert codes == {
+        "read",
+        "vread",
+        "update",
+        "patch",
+        "delete",
+        "history-instance",
+        "history-type",
+        "create",
+        "search-type",
+    }
     assert {p["name"] for p in patient["searchParam"]} >= {"_id", "family", "identifier", "birthdate"}
     system = {i["code"] for i in cs["rest"][0]["interaction"]}
     assert system == {"transaction", "batch", "search-system", "history-system"}

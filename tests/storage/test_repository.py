@@ -1,4 +1,5 @@
 """Repository on SQLite and PostgreSQL: versions, history apart from current rows, atomic writes."""
+
 from __future__ import annotations
 
 import subprocess
@@ -51,7 +52,9 @@ def test_failed_transaction_writes_nothing(services) -> None:  # type: ignore[no
             s.flush()
             raise FhirError("invalid", "a later entry failed")
     with repo.session() as s:
-        rows = s.conn.execute(select(func.count()).select_from(idx_string).where(idx_string.c.exact == marker)).scalar_one()
+        rows = s.conn.execute(
+            select(func.count()).select_from(idx_string).where(idx_string.c.exact == marker)
+        ).scalar_one()
     assert rows == 0
 
 

@@ -5,6 +5,7 @@ and ``fhir-patch-tests.xml`` (FHIRPath Patch, resources in FHIR XML, converted w
 ``fhir_server.formats.xml.xml_to_json``). ``xml-patch-tests.xml`` (RFC 5261 XML Patch) is not
 applicable: the server does not offer XML Patch (it answers 415, tested below).
 """
+
 from __future__ import annotations
 
 import copy
@@ -129,10 +130,19 @@ def _params(*ops: dict) -> dict:
 PATIENT = {
     "resourceType": "Patient",
     "id": "p1",
-    "name": [{"use": "official", "family": "Chalmers", "given": ["Peter", "James"]}, {"use": "usual", "given": ["Jim"]}],
+    "name": [
+        {"use": "official", "family": "Chalmers", "given": ["Peter", "James"]},
+        {"use": "usual", "given": ["Jim"]},
+    ],
     "birthDate": "1974-12-25",
-    "_birthDate": {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime",
-                                  "valueDateTime": "1974-12-25T14:35:45-05:00"}]},
+    "_birthDate": {
+        "extension": [
+            {
+                "url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime",
+                "valueDateTime": "1974-12-25T14:35:45-05:00",
+            }
+        ]
+    },
     "deceasedBoolean": False,
 }
 
@@ -166,7 +176,9 @@ def test_where_first_and_primitive_list_items() -> None:
 
 
 def test_path_without_type_prefix() -> None:
-    assert _patch(PATIENT, _op("replace", "name[1].use", value=("valueCode", "nickname")))["name"][1]["use"] == "nickname"
+    assert (
+        _patch(PATIENT, _op("replace", "name[1].use", value=("valueCode", "nickname")))["name"][1]["use"] == "nickname"
+    )
 
 
 def test_primitive_extension_companion_follows_list_edits() -> None:
@@ -188,9 +200,15 @@ def test_delete_primitive_removes_its_extensions_and_replace_drops_them() -> Non
 def test_extension_of_primitive_is_addressable() -> None:
     result = _patch(PATIENT, _op("delete", "Patient.birthDate.extension[0]"))
     assert result["birthDate"] == "1974-12-25" and "_birthDate" not in result
-    added = _patch(PATIENT, _op("add", "Patient.name[0].family", name="extension",
-                                value=[{"name": "url", "valueUri": "http://example.org/x"},
-                                       {"name": "valueString", "valueString": "y"}]))
+    added = _patch(
+        PATIENT,
+        _op(
+            "add",
+            "Patient.name[0].family",
+            name="extension",
+            value=[{"name": "url", "valueUri": "http://example.org/x"}, {"name": "valueString", "valueString": "y"}],
+        ),
+    )
     assert added["name"][0]["_family"] == {"extension": [{"url": "http://example.org/x", "valueString": "y"}]}
 
 
@@ -200,37 +218,54 @@ def test_choice_elements() -> None:
     added = _patch({"resourceType": "Patient"}, _op("add", "Patient", name="deceased", value=("valueBoolean", True)))
     assert added == {"resourceType": "Patient", "deceasedBoolean": True}
     obs = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "valueQuantity": {"value": 1}}
-    assert _patch(obs, _op("replace", "Observation.value.value", value=("valueDecimal", 2)))["valueQuantity"] == {"value": 2}
+    assert _patch(obs, _op("replace", "Observation.value.value", value=("valueDecimal", 2)))["valueQuantity"] == {
+        "value": 2
+    }
 
 
 def test_anonymous_type_with_repeating_children_and_contained_resource() -> None:
     result = _patch(
         {"resourceType": "Observation", "status": "final", "code": {"text": "x"}},
-        _op("add", "Observation", name="component", value=[
-            {"name": "code", "valueCodeableConcept": {"text": "c"}},
-            {"name": "interpretation", "valueCodeableConcept": {"text": "i1"}},
-            {"name": "interpretation", "valueCodeableConcept": {"text": "i2"}},
-            {"name": "value", "valueQuantity": {"value": 3}},
-        ]),
-        {"name": "operation", "part": [
-            {"name": "type", "valueCode": "add"}, {"name": "path", "valueString": "Observation"},
-            {"name": "name", "valueString": "contained"},
-            {"name": "value", "resource": {"resourceType": "Patient", "id": "c1"}},
-        ]},
+        _op(
+            "add",
+            "Observation",
+            name="component",
+            value=[
+                {"name": "code", "valueCodeableConcept": {"text": "c"}},
+                {"name": "interpretation", "valueCodeableConcept": {"text": "i1"}},
+                {"name": "interpretation", "valueCodeableConcept": {"text": "i2"}},
+                {"name": "value", "valueQuantity": {"value": 3}},
+            ],
+        ),
+        {
+            "name": "operation",
+            "part": [
+                {"name": "type", "valueCode": "add"},
+                {"name": "path", "valueString": "Observation"},
+                {"name": "name", "valueString": "contained"},
+                {"name": "value", "resource": {"resourceType": "Patient", "id": "c1"}},
+            ],
+        },
     )
-    assert result["component"] == [{"code": {"text": "c"}, "interpretation": [{"text": "i1"}, {"text": "i2"}],
-                                    "valueQuantity": {"value": 3}}]
+    assert result["component"] == [
+        {"code": {"text": "c"}, "interpretation": [{"text": "i1"}, {"text": "i2"}], "valueQuantity": {"value": 3}}
+    ]
     assert result["contained"] == [{"resourceType": "Patient", "id": "c1"}]
     patched = _patch(result, _op("replace", "Observation.contained.ofType(Patient).id", value=("valueId", "c2")))
     assert patched["contained"][0]["id"] == "c2"
 
 
 def test_insert_into_absent_list() -> None:
-    result = _patch({"resourceType": "Patient"}, _op("insert", "Patient.identifier", index=0,
-                                                     value=("valueIdentifier", {"value": "1"})))
+    result = _patch(
+        {"resourceType": "Patient"},
+        _op("insert", "Patient.identifier", index=0, value=("valueIdentifier", {"value": "1"})),
+    )
     assert result["identifier"] == [{"value": "1"}]
-    _fails("processing", {"resourceType": "Patient"},
-           _op("insert", "Patient.identifier", index=1, value=("valueIdentifier", {"value": "1"})))
+    _fails(
+        "processing",
+        {"resourceType": "Patient"},
+        _op("insert", "Patient.identifier", index=1, value=("valueIdentifier", {"value": "1"})),
+    )
 
 
 def test_delete_of_missing_element_is_a_no_op() -> None:
@@ -278,13 +313,27 @@ def test_type_and_element_checks() -> None:
         _params(_op("delete", "Patient.name[")),  # FHIRPath syntax error
         _params(_op("delete", "Patient.name x")),  # trailing text
         _params(_op("delete", "")),
-        _params({"name": "operation", "part": [{"name": "type", "valueCode": "delete"},
-                                               {"name": "path", "valueString": "Patient"},
-                                               {"name": "bogus", "valueString": "x"}]}),
-        _params({"name": "operation", "part": [{"name": "type", "valueCode": "move"},
-                                               {"name": "path", "valueString": "Patient.name"},
-                                               {"name": "source", "valueString": "0"},
-                                               {"name": "destination", "valueInteger": 1}]}),
+        _params(
+            {
+                "name": "operation",
+                "part": [
+                    {"name": "type", "valueCode": "delete"},
+                    {"name": "path", "valueString": "Patient"},
+                    {"name": "bogus", "valueString": "x"},
+                ],
+            }
+        ),
+        _params(
+            {
+                "name": "operation",
+                "part": [
+                    {"name": "type", "valueCode": "move"},
+                    {"name": "path", "valueString": "Patient.name"},
+                    {"name": "source", "valueString": "0"},
+                    {"name": "destination", "valueInteger": 1},
+                ],
+            }
+        ),
     ],
 )
 def test_malformed_parameters_are_bad_requests(parameters: Any) -> None:
@@ -313,8 +362,7 @@ def test_result_shares_nothing_with_the_parameters() -> None:
 
 
 def test_json_patch_does_not_mutate_input_or_share_values() -> None:
-    ops = [{"op": "add", "path": "/maritalStatus", "value": {"text": "M"}},
-           {"op": "remove", "path": "/name/1"}]
+    ops = [{"op": "add", "path": "/maritalStatus", "value": {"text": "M"}}, {"op": "remove", "path": "/name/1"}]
     before = copy.deepcopy(PATIENT)
     result = apply_json_patch(PATIENT, ops)
     assert PATIENT == before

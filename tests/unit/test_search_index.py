@@ -14,6 +14,7 @@ import json
 import pathlib
 import re
 import time
+from datetime import UTC
 from decimal import Decimal
 from hashlib import blake2b
 from typing import Any
@@ -53,10 +54,10 @@ needs_synthea = pytest.mark.skipif(not SYNTHEA.is_dir(), reason=f"{SYNTHEA} not 
 
 def us(text: str) -> int:
     """µs since epoch of a full UTC timestamp like 2020-01-01T00:00:00.000000Z (test helper)."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
-    dt = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
-    return (dt - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
+    dt = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ for documented R4/R4B differences and checks ``fhir.resources`` does not make, d
 broken variants of the examples must be rejected at the right FHIRPath location, and every
 rule has a unit test with its exact ``expression``.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -13,7 +14,8 @@ import copy
 import pathlib
 import random
 import warnings
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -89,7 +91,7 @@ def _fhir_resources_accepts(resource: dict) -> bool:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             cls.model_validate(copy.deepcopy(resource))
-    except Exception:  # pydantic.ValidationError and fhir.resources' own errors
+    except Exception:  # noqa: BLE001 - pydantic.ValidationError and fhir.resources' own errors
         return False
     return True
 
@@ -148,9 +150,7 @@ def test_synthea_entries_are_valid(name: str) -> None:
 # ---------------------------------------------------------------------------- mutations
 
 MODEL = get_model()
-STRINGY = frozenset(
-    "string code uri url canonical id markdown date dateTime instant time oid uuid".split()
-)
+STRINGY = frozenset("string code uri url canonical id markdown date dateTime instant time oid uuid".split())
 EMPTY_REJECTED_BY_BOTH = frozenset("string markdown code id date dateTime instant time".split())
 SIMPLE_VALUES: dict[str, Any] = {
     "string": "x",
@@ -240,8 +240,9 @@ def _mut_array_for_single(r: dict) -> str | None:
 
 
 def _mut_single_for_array(r: dict) -> str | None:
-    found = _first(r, lambda p, k, e: e.repeats and e.type != "Resource" and isinstance(p[k], list)
-                   and isinstance(p[k][0], dict))
+    found = _first(
+        r, lambda p, k, e: e.repeats and e.type != "Resource" and isinstance(p[k], list) and isinstance(p[k][0], dict)
+    )
     if found is None:
         return None
     parent, key, _, path = found
@@ -274,8 +275,12 @@ def _mut_empty_string(r: dict) -> str | None:
 
 def _mut_bad_code(r: dict) -> str | None:
     def pred(parent: dict, key: str, elem: Element) -> bool:
-        return elem.type == "code" and bool(elem.binding) and bool(MODEL.codes(elem.binding or "")) \
+        return (
+            elem.type == "code"
+            and bool(elem.binding)
+            and bool(MODEL.codes(elem.binding or ""))
             and isinstance(parent[key], str)
+        )
 
     found = _first(r, pred)
     if found is None:
@@ -383,14 +388,13 @@ VALID_CASES: dict[str, dict] = {
     "instant": _p(meta={"lastUpdated": "2020-01-01T10:00:00Z"}),
     "decimal int": _o(valueQuantity={"value": 5}),
     "decimal float": _o(valueQuantity={"value": 5.25}),
-    "decimal FhirDecimal": loads(b'{"resourceType":"Observation","status":"final","code":{"text":"x"},'
-                                 b'"valueQuantity":{"value":1.50}}'),
+    "decimal FhirDecimal": loads(
+        b'{"resourceType":"Observation","status":"final","code":{"text":"x"},"valueQuantity":{"value":1.50}}'
+    ),
     "integer bounds": _p(multipleBirthInteger=2147483647),
     "negative integer": _o(valueInteger=-2147483648),
     "code with inner space": _o(category=[{"coding": [{"code": "a b"}]}]),
-    "primitive extension only": _o(
-        status=None, _status={"extension": [_ext(valueCode="unknown")]}
-    ),
+    "primitive extension only": _o(status=None, _status={"extension": [_ext(valueCode="unknown")]}),
     "null placeholder with _given": _p(name=[{"given": ["a", None], "_given": [None, {"extension": [_ext()]}]}]),
     "_given alone": _p(name=[{"_given": [{"extension": [_ext()]}]}]),
     "_x with id and value": _p(birthDate="1970", _birthDate={"id": "b"}),
@@ -409,22 +413,37 @@ VALID_CASES: dict[str, dict] = {
         managingOrganization={"reference": "#o1"},
     ),
     "contained refers to container": _p(
-        contained=[{"resourceType": "Provenance", "id": "pv", "target": [{"reference": "#"}],
-                    "recorded": "2020-01-01T00:00:00Z", "agent": [{"who": {"display": "x"}}]}],
+        contained=[
+            {
+                "resourceType": "Provenance",
+                "id": "pv",
+                "target": [{"reference": "#"}],
+                "recorded": "2020-01-01T00:00:00Z",
+                "agent": [{"who": {"display": "x"}}],
+            }
+        ],
     ),
     "narrative": _p(text={"status": "generated", "div": DIV.format('<p class="c">Hi <a href="#x">x</a></p>')}),
     "narrative with HTML entities": _p(text={"status": "generated", "div": DIV.format("a&nbsp;b&eacute;&amp;")}),
     "narrative image only": _p(text={"status": "generated", "div": DIV.format('<img src="a.png"/>')}),
     "base64 with line breaks": _p(photo=[{"data": "aGVs\nbG8="}]),
     "bound CodeableConcept": {
-        "resourceType": "Condition", "subject": {"reference": "Patient/p1"},
-        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                                       "code": "active"}]},
+        "resourceType": "Condition",
+        "subject": {"reference": "Patient/p1"},
+        "clinicalStatus": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]
+        },
     },
     "bundle entries": {
-        "resourceType": "Bundle", "type": "transaction",
-        "entry": [{"fullUrl": "urn:uuid:5e8a3d71-0c85-4c5b-9b0e-3d1a1b2c3d4e", "resource": PATIENT,
-                   "request": {"method": "POST", "url": "Patient"}}],
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:5e8a3d71-0c85-4c5b-9b0e-3d1a1b2c3d4e",
+                "resource": PATIENT,
+                "request": {"method": "POST", "url": "Patient"},
+            }
+        ],
     },
 }
 
@@ -447,14 +466,22 @@ ERROR_CASES: dict[str, tuple[Any, list[tuple[str, str]]]] = {
     "unknown backbone property": (_p(contact=[{"foo": 1}]), [("structure", "Patient.contact[0].foo")]),
     "shadow of complex": (_p(_name=[{"id": "x"}]), [("structure", "Patient._name")]),
     "shadow of nothing": (_p(_foo={"id": "x"}), [("structure", "Patient._foo")]),
-    "nested resourceType": (_p(maritalStatus={"resourceType": "X", "text": "x"}),
-                            [("structure", "Patient.maritalStatus.resourceType")]),
-    "shadow of div": (_p(text={"status": "generated", "div": DIV.format("x"), "_div": {"id": "d"}}),
-                      [("structure", "Patient.text._div")]),
-    "shadow of element id": (_p(name=[{"id": "n", "_id": {"extension": [_ext()]}, "family": "x"}]),
-                             [("structure", "Patient.name[0]._id")]),
-    "shadow of extension url": (_p(extension=[{"url": "http://e", "_url": {"id": "u"}, "valueString": "x"}]),
-                                [("structure", "Patient.extension[0]._url")]),
+    "nested resourceType": (
+        _p(maritalStatus={"resourceType": "X", "text": "x"}),
+        [("structure", "Patient.maritalStatus.resourceType")],
+    ),
+    "shadow of div": (
+        _p(text={"status": "generated", "div": DIV.format("x"), "_div": {"id": "d"}}),
+        [("structure", "Patient.text._div")],
+    ),
+    "shadow of element id": (
+        _p(name=[{"id": "n", "_id": {"extension": [_ext()]}, "family": "x"}]),
+        [("structure", "Patient.name[0]._id")],
+    ),
+    "shadow of extension url": (
+        _p(extension=[{"url": "http://e", "_url": {"id": "u"}, "valueString": "x"}]),
+        [("structure", "Patient.extension[0]._url")],
+    ),
     "fhir_comments": (_p(fhir_comments=["x"]), [("structure", "Patient.fhir_comments")]),
     # arrays, objects, null, empty
     "object for array": (_p(name={"family": "x"}), [("structure", "Patient.name")]),
@@ -468,12 +495,18 @@ ERROR_CASES: dict[str, tuple[Any, list[tuple[str, str]]]] = {
     "null complex": (_p(maritalStatus=None), [("structure", "Patient.maritalStatus")]),
     "null in complex array": (_p(name=[None]), [("structure", "Patient.name[0]")]),
     "null in primitive array": (_p(name=[{"given": ["a", None]}]), [("structure", "Patient.name[0].given[1]")]),
-    "null with null shadow": (_p(name=[{"given": ["a", None], "_given": [None, None]}]),
-                              [("structure", "Patient.name[0].given[1]")]),
-    "shadow length mismatch": (_p(name=[{"given": ["a", "b"], "_given": [None]}]),
-                               [("structure", "Patient.name[0].given")]),
-    "shadow not an array": (_p(name=[{"given": ["a"], "_given": {"id": "x"}}]),
-                            [("structure", "Patient.name[0].given")]),
+    "null with null shadow": (
+        _p(name=[{"given": ["a", None], "_given": [None, None]}]),
+        [("structure", "Patient.name[0].given[1]")],
+    ),
+    "shadow length mismatch": (
+        _p(name=[{"given": ["a", "b"], "_given": [None]}]),
+        [("structure", "Patient.name[0].given")],
+    ),
+    "shadow not an array": (
+        _p(name=[{"given": ["a"], "_given": {"id": "x"}}]),
+        [("structure", "Patient.name[0].given")],
+    ),
     "shadow null": (_p(birthDate="1970", _birthDate=None), [("structure", "Patient.birthDate")]),
     "element with only id": (_p(maritalStatus={"id": "m"}), [("structure", "Patient.maritalStatus")]),
     "primitive with only id": (_p(_birthDate={"id": "b"}), [("structure", "Patient.birthDate")]),
@@ -481,14 +514,22 @@ ERROR_CASES: dict[str, tuple[Any, list[tuple[str, str]]]] = {
     "missing required": ({"resourceType": "Observation", "code": {"text": "x"}}, [("required", "Observation.status")]),
     "missing required in backbone": (_p(link=[{"type": "seealso"}]), [("required", "Patient.link[0].other")]),
     "missing required choice": (
-        {"resourceType": "MedicationRequest", "status": "active", "intent": "order",
-         "subject": {"reference": "Patient/p1"}},
+        {
+            "resourceType": "MedicationRequest",
+            "status": "active",
+            "intent": "order",
+            "subject": {"reference": "Patient/p1"},
+        },
         [("required", "MedicationRequest.medication[x]")],
     ),
-    "two choice types": (_p(deceasedBoolean=True, deceasedDateTime="2020"),
-                         [("structure", "Patient.deceasedDateTime")]),
-    "choice type and other shadow": (_o(valueString="x", _valueBoolean={"extension": [_ext()]}),
-                                     [("structure", "Observation.valueBoolean")]),
+    "two choice types": (
+        _p(deceasedBoolean=True, deceasedDateTime="2020"),
+        [("structure", "Patient.deceasedDateTime")],
+    ),
+    "choice type and other shadow": (
+        _o(valueString="x", _valueBoolean={"extension": [_ext()]}),
+        [("structure", "Observation.valueBoolean")],
+    ),
     "unknown choice type": (_o(valueMoney={"value": 1}), [("structure", "Observation.valueMoney")]),
     "missing extension url": (_p(extension=[{"valueString": "x"}]), [("required", "Patient.extension[0].url")]),
     "missing narrative div": (_p(text={"status": "generated"}), [("required", "Patient.text.div")]),
@@ -501,11 +542,14 @@ ERROR_CASES: dict[str, tuple[Any, list[tuple[str, str]]]] = {
     "integer as float": (_p(multipleBirthInteger=1.0), [("value", "Patient.multipleBirthInteger")]),
     "integer as string": (_p(multipleBirthInteger="1"), [("structure", "Patient.multipleBirthInteger")]),
     "integer overflow": (_p(multipleBirthInteger=2**31), [("value", "Patient.multipleBirthInteger")]),
-    "unsignedInt negative": ({"resourceType": "Patient", "photo": [{"size": -1}]},
-                             [("value", "Patient.photo[0].size")]),
-    "positiveInt zero": (_o(valueSampledData={"origin": {"value": 0}, "period": 1, "dimensions": 0,
-                                                  "data": "E"}),
-                             [("value", "Observation.valueSampledData.dimensions")]),
+    "unsignedInt negative": (
+        {"resourceType": "Patient", "photo": [{"size": -1}]},
+        [("value", "Patient.photo[0].size")],
+    ),
+    "positiveInt zero": (
+        _o(valueSampledData={"origin": {"value": 0}, "period": 1, "dimensions": 0, "data": "E"}),
+        [("value", "Observation.valueSampledData.dimensions")],
+    ),
     "decimal as string": (_o(valueQuantity={"value": "1.0"}), [("structure", "Observation.valueQuantity.value")]),
     "decimal as bool": (_o(valueQuantity={"value": False}), [("structure", "Observation.valueQuantity.value")]),
     "decimal infinite": (_o(valueQuantity={"value": float("inf")}), [("value", "Observation.valueQuantity.value")]),
@@ -515,14 +559,23 @@ ERROR_CASES: dict[str, tuple[Any, list[tuple[str, str]]]] = {
     "uri with space": (_p(implicitRules="http://a b"), [("value", "Patient.implicitRules")]),
     "uri with tab": (_p(implicitRules="http://a\tb"), [("value", "Patient.implicitRules")]),
     "empty uri": (_p(implicitRules=""), [("value", "Patient.implicitRules")]),
-    "url with newline": (_p(telecom=[{"system": "url", "value": "x"}], photo=[{"url": "http://a\n"}]),
-                         [("value", "Patient.photo[0].url")]),
+    "url with newline": (
+        _p(telecom=[{"system": "url", "value": "x"}], photo=[{"url": "http://a\n"}]),
+        [("value", "Patient.photo[0].url")],
+    ),
     "canonical with space": (_p(meta={"profile": ["http://a b"]}), [("value", "Patient.meta.profile[0]")]),
-    "oid": (_o(valueCodeableConcept={"coding": [{"system": "urn:oid:1.2"}]},
-               identifier=[{"system": "urn:oid:1.2"}], extension=[_ext(valueOid="1.2.3")]),
-            [("value", "Observation.extension[0].valueOid")]),
-    "uuid upper case": (_o(extension=[_ext(valueUuid="urn:uuid:5E8A3D71-0C85-4C5B-9B0E-3D1A1B2C3D4E")]),
-                        [("value", "Observation.extension[0].valueUuid")]),
+    "oid": (
+        _o(
+            valueCodeableConcept={"coding": [{"system": "urn:oid:1.2"}]},
+            identifier=[{"system": "urn:oid:1.2"}],
+            extension=[_ext(valueOid="1.2.3")],
+        ),
+        [("value", "Observation.extension[0].valueOid")],
+    ),
+    "uuid upper case": (
+        _o(extension=[_ext(valueUuid="urn:uuid:5E8A3D71-0C85-4C5B-9B0E-3D1A1B2C3D4E")]),
+        [("value", "Observation.extension[0].valueUuid")],
+    ),
     "code double space": (_p(gender="male", language="en  US"), [("value", "Patient.language")]),
     "code leading space": (_p(language=" en"), [("value", "Patient.language")]),
     "date bad month": (_p(birthDate="2023-13"), [("value", "Patient.birthDate")]),
@@ -541,43 +594,72 @@ ERROR_CASES: dict[str, tuple[Any, list[tuple[str, str]]]] = {
     "time 24h": (_o(valueTime="24:00:00"), [("value", "Observation.valueTime")]),
     "base64 garbage": (_p(photo=[{"data": "not base64!"}]), [("value", "Patient.photo[0].data")]),
     "base64 bad padding": (_p(photo=[{"data": "aGVsbG8"}]), [("value", "Patient.photo[0].data")]),
-    "markdown empty": ({"resourceType": "Basic", "code": {"text": "x"}, "extension": [_ext(valueMarkdown="")]},
-                       [("value", "Basic.extension[0].valueMarkdown")]),
+    "markdown empty": (
+        {"resourceType": "Basic", "code": {"text": "x"}, "extension": [_ext(valueMarkdown="")]},
+        [("value", "Basic.extension[0].valueMarkdown")],
+    ),
     # narrative
-    "div not xhtml namespace": (_p(text={"status": "generated", "div": "<div>x</div>"}),
-                                [("value", "Patient.text.div")]),
+    "div not xhtml namespace": (
+        _p(text={"status": "generated", "div": "<div>x</div>"}),
+        [("value", "Patient.text.div")],
+    ),
     "div not a div": (_p(text={"status": "generated", "div": "<p>x</p>"}), [("value", "Patient.text.div")]),
     "div plain text": (_p(text={"status": "generated", "div": "hello"}), [("value", "Patient.text.div")]),
     "div malformed": (_p(text={"status": "generated", "div": DIV.format("<p>x")}), [("value", "Patient.text.div")]),
-    "div unknown entity": (_p(text={"status": "generated", "div": DIV.format("a&bogus;b")}),
-                           [("value", "Patient.text.div")]),
-    "div script": (_p(text={"status": "generated", "div": DIV.format("<script>alert(1)</script>x")}),
-                   [("value", "Patient.text.div")]),
-    "div iframe": (_p(text={"status": "generated", "div": DIV.format('<iframe src="x"/>x')}),
-                   [("value", "Patient.text.div")]),
-    "div event attribute": (_p(text={"status": "generated", "div": DIV.format('<p onclick="x()">x</p>')}),
-                            [("value", "Patient.text.div")]),
-    "div javascript href": (_p(text={"status": "generated", "div": DIV.format('<a href="javascript:x()">x</a>')}),
-                            [("value", "Patient.text.div")]),
-    "div processing instruction": (_p(text={"status": "generated", "div": DIV.format("<?php x ?>x")}),
-                                   [("value", "Patient.text.div")]),
-    "div foreign element": (_p(text={"status": "generated",
-                                     "div": DIV.format('<svg xmlns="http://www.w3.org/2000/svg"/>x')}),
-                            [("value", "Patient.text.div")]),
+    "div unknown entity": (
+        _p(text={"status": "generated", "div": DIV.format("a&bogus;b")}),
+        [("value", "Patient.text.div")],
+    ),
+    "div script": (
+        _p(text={"status": "generated", "div": DIV.format("<script>alert(1)</script>x")}),
+        [("value", "Patient.text.div")],
+    ),
+    "div iframe": (
+        _p(text={"status": "generated", "div": DIV.format('<iframe src="x"/>x')}),
+        [("value", "Patient.text.div")],
+    ),
+    "div event attribute": (
+        _p(text={"status": "generated", "div": DIV.format('<p onclick="x()">x</p>')}),
+        [("value", "Patient.text.div")],
+    ),
+    "div javascript href": (
+        _p(text={"status": "generated", "div": DIV.format('<a href="javascript:x()">x</a>')}),
+        [("value", "Patient.text.div")],
+    ),
+    "div processing instruction": (
+        _p(text={"status": "generated", "div": DIV.format("<?php x ?>x")}),
+        [("value", "Patient.text.div")],
+    ),
+    "div foreign element": (
+        _p(text={"status": "generated", "div": DIV.format('<svg xmlns="http://www.w3.org/2000/svg"/>x')}),
+        [("value", "Patient.text.div")],
+    ),
     "div empty": (_p(text={"status": "generated", "div": DIV.format(" <p> </p> ")}), [("value", "Patient.text.div")]),
-    "narrative status": (_p(text={"status": "made-up", "div": DIV.format("x")}),
-                         [("code-invalid", "Patient.text.status")]),
+    "narrative status": (
+        _p(text={"status": "made-up", "div": DIV.format("x")}),
+        [("code-invalid", "Patient.text.status")],
+    ),
     # required bindings
     "bound code": (_p(gender="M"), [("code-invalid", "Patient.gender")]),
-    "bound code in array": ({"resourceType": "Location", "hoursOfOperation": [{"daysOfWeek": ["mon", "monday"]}]},
-                            [("code-invalid", "Location.hoursOfOperation[0].daysOfWeek[1]")]),
-    "bound code in datatype": (_o(valueQuantity={"value": 1, "comparator": "=="}),
-                               [("code-invalid", "Observation.valueQuantity.comparator")]),
+    "bound code in array": (
+        {"resourceType": "Location", "hoursOfOperation": [{"daysOfWeek": ["mon", "monday"]}]},
+        [("code-invalid", "Location.hoursOfOperation[0].daysOfWeek[1]")],
+    ),
+    "bound code in datatype": (
+        _o(valueQuantity={"value": 1, "comparator": "=="}),
+        [("code-invalid", "Observation.valueQuantity.comparator")],
+    ),
     "bound CodeableConcept": (
-        {"resourceType": "Condition", "subject": {"reference": "Patient/p1"},
-         "clinicalStatus": {"coding": [{"system": "http://snomed.info/sct", "code": "1"},
-                                       {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                                        "code": "gone"}]}},
+        {
+            "resourceType": "Condition",
+            "subject": {"reference": "Patient/p1"},
+            "clinicalStatus": {
+                "coding": [
+                    {"system": "http://snomed.info/sct", "code": "1"},
+                    {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "gone"},
+                ]
+            },
+        },
         [("code-invalid", "Condition.clinicalStatus.coding[1].code")],
     ),
     "bound code in nested resource": (
@@ -587,71 +669,109 @@ ERROR_CASES: dict[str, tuple[Any, list[tuple[str, str]]]] = {
     "bundle type": ({"resourceType": "Bundle", "type": "bag"}, [("code-invalid", "Bundle.type")]),
     # references
     "reference unknown type": (_o(subject={"reference": "Patients/1"}), [("value", "Observation.subject.reference")]),
-    "reference wrong target": (_o(subject={"reference": "Practitioner/1"}),
-                               [("invalid", "Observation.subject.reference")]),
+    "reference wrong target": (
+        _o(subject={"reference": "Practitioner/1"}),
+        [("invalid", "Observation.subject.reference")],
+    ),
     "reference bad id": (_o(subject={"reference": "Patient/a_b"}), [("value", "Observation.subject.reference")]),
     "reference with space": (_o(subject={"reference": "Patient/1 "}), [("value", "Observation.subject.reference")]),
     "reference bad uuid": (_o(subject={"reference": "urn:uuid:1234"}), [("value", "Observation.subject.reference")]),
     "reference other urn": (_o(subject={"reference": "urn:isbn:123"}), [("value", "Observation.subject.reference")]),
-    "reference relative path": (_o(subject={"reference": "fhir/Patient/1"}),
-                                [("value", "Observation.subject.reference")]),
+    "reference relative path": (
+        _o(subject={"reference": "fhir/Patient/1"}),
+        [("value", "Observation.subject.reference")],
+    ),
     "reference missing fragment": (_o(subject={"reference": "#p"}), [("value", "Observation.subject.reference")]),
     "reference # from container": (_o(subject={"reference": "#"}), [("value", "Observation.subject.reference")]),
-    "conditional wrong target": (_o(subject={"reference": "Practitioner?identifier=1"}),
-                                 [("invalid", "Observation.subject.reference")]),
-    "conditional unknown type": (_o(subject={"reference": "Foo?identifier=1"}),
-                                 [("value", "Observation.subject.reference")]),
-    "reference type": (_o(subject={"type": "Patients", "display": "x"}),
-                       [("code-invalid", "Observation.subject.type")]),
-    "reference in extension": (_p(extension=[_ext(valueReference={"reference": "Foo/1"})]),
-                               [("value", "Patient.extension[0].valueReference.reference")]),
+    "conditional wrong target": (
+        _o(subject={"reference": "Practitioner?identifier=1"}),
+        [("invalid", "Observation.subject.reference")],
+    ),
+    "conditional unknown type": (
+        _o(subject={"reference": "Foo?identifier=1"}),
+        [("value", "Observation.subject.reference")],
+    ),
+    "reference type": (
+        _o(subject={"type": "Patients", "display": "x"}),
+        [("code-invalid", "Observation.subject.type")],
+    ),
+    "reference in extension": (
+        _p(extension=[_ext(valueReference={"reference": "Foo/1"})]),
+        [("value", "Patient.extension[0].valueReference.reference")],
+    ),
     # extensions
     "extension without value": (_p(extension=[{"url": "http://e"}]), [("invalid", "Patient.extension[0]")]),
-    "extension with both": (_p(extension=[{"url": "http://e", "valueString": "x", "extension": [_ext()]}]),
-                            [("invalid", "Patient.extension[0]")]),
+    "extension with both": (
+        _p(extension=[{"url": "http://e", "valueString": "x", "extension": [_ext()]}]),
+        [("invalid", "Patient.extension[0]")],
+    ),
     "extension url with space": (_p(extension=[_ext("http://e x")]), [("value", "Patient.extension[0].url")]),
     "modifierExtension": (_p(modifierExtension=[{"url": "http://e"}]), [("invalid", "Patient.modifierExtension[0]")]),
-    "extension on primitive": (_p(birthDate="1970", _birthDate={"extension": [{"valueString": "x"}]}),
-                               [("required", "Patient.birthDate.extension[0].url")]),
-    "extension on array item": (_p(name=[{"given": ["a"], "_given": [{"extension": [{"url": "u"}]}]}]),
-                                [("invalid", "Patient.name[0].given[0].extension[0]")]),
-    "nested extension": (_p(extension=[{"url": "http://e", "extension": [{"url": "a", "valueFoo": 1}]}]),
-                         [("structure", "Patient.extension[0].extension[0].valueFoo")]),
+    "extension on primitive": (
+        _p(birthDate="1970", _birthDate={"extension": [{"valueString": "x"}]}),
+        [("required", "Patient.birthDate.extension[0].url")],
+    ),
+    "extension on array item": (
+        _p(name=[{"given": ["a"], "_given": [{"extension": [{"url": "u"}]}]}]),
+        [("invalid", "Patient.name[0].given[0].extension[0]")],
+    ),
+    "nested extension": (
+        _p(extension=[{"url": "http://e", "extension": [{"url": "a", "valueFoo": 1}]}]),
+        [("structure", "Patient.extension[0].extension[0].valueFoo")],
+    ),
     # contained resources
     "contained in contained": (
-        _p(contained=[{"resourceType": "Organization", "id": "o",
-                       "contained": [{"resourceType": "Organization", "id": "o2"}]}],
-           managingOrganization={"reference": "#o"}),
+        _p(
+            contained=[
+                {"resourceType": "Organization", "id": "o", "contained": [{"resourceType": "Organization", "id": "o2"}]}
+            ],
+            managingOrganization={"reference": "#o"},
+        ),
         [("invalid", "Patient.contained[0].contained")],
     ),
     "contained versionId": (
-        _p(contained=[{"resourceType": "Organization", "id": "o", "meta": {"versionId": "1"}}],
-           managingOrganization={"reference": "#o"}),
+        _p(
+            contained=[{"resourceType": "Organization", "id": "o", "meta": {"versionId": "1"}}],
+            managingOrganization={"reference": "#o"},
+        ),
         [("invalid", "Patient.contained[0].meta.versionId")],
     ),
     "contained lastUpdated": (
-        _p(contained=[{"resourceType": "Organization", "id": "o", "meta": {"lastUpdated": "2020-01-01T00:00:00Z"}}],
-           managingOrganization={"reference": "#o"}),
+        _p(
+            contained=[{"resourceType": "Organization", "id": "o", "meta": {"lastUpdated": "2020-01-01T00:00:00Z"}}],
+            managingOrganization={"reference": "#o"},
+        ),
         [("invalid", "Patient.contained[0].meta.lastUpdated")],
     ),
     "contained security": (
-        _p(contained=[{"resourceType": "Organization", "id": "o", "meta": {"security": [{"code": "R"}]}}],
-           managingOrganization={"reference": "#o"}),
+        _p(
+            contained=[{"resourceType": "Organization", "id": "o", "meta": {"security": [{"code": "R"}]}}],
+            managingOrganization={"reference": "#o"},
+        ),
         [("invalid", "Patient.contained[0].meta.security")],
     ),
     "contained element error": (
-        _p(contained=[{"resourceType": "Organization", "id": "o", "active": "yes"}],
-           managingOrganization={"reference": "#o"}),
+        _p(
+            contained=[{"resourceType": "Organization", "id": "o", "active": "yes"}],
+            managingOrganization={"reference": "#o"},
+        ),
         [("structure", "Patient.contained[0].active")],
     ),
-    "contained unknown type": (_p(contained=[{"resourceType": "Org", "id": "o"}]),
-                               [("not-supported", "Patient.contained[0]")]),
-    "contained not a list": (_p(contained={"resourceType": "Organization", "id": "o"}),
-                             [("structure", "Patient.contained")]),
+    "contained unknown type": (
+        _p(contained=[{"resourceType": "Org", "id": "o"}]),
+        [("not-supported", "Patient.contained[0]")],
+    ),
+    "contained not a list": (
+        _p(contained={"resourceType": "Organization", "id": "o"}),
+        [("structure", "Patient.contained")],
+    ),
     # nested resources
     "bundle entry element": (
-        {"resourceType": "Bundle", "type": "collection",
-         "entry": [{"resource": PATIENT}, {"resource": _o(subject={"reference": "Medication/1"})}]},
+        {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": PATIENT}, {"resource": _o(subject={"reference": "Medication/1"})}],
+        },
         [("invalid", "Bundle.entry[1].resource.subject.reference")],
     ),
     "bundle entry missing": (
@@ -663,9 +783,14 @@ ERROR_CASES: dict[str, tuple[Any, list[tuple[str, str]]]] = {
         [("required", "Bundle.entry[0].resource")],
     ),
     "bundle entry fragment is local": (
-        {"resourceType": "Bundle", "type": "collection",
-         "entry": [{"resource": _p(contained=[{"resourceType": "Organization", "id": "o", "name": "x"}])},
-                   {"resource": _p(managingOrganization={"reference": "#o"})}]},
+        {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [
+                {"resource": _p(contained=[{"resourceType": "Organization", "id": "o", "name": "x"}])},
+                {"resource": _p(managingOrganization={"reference": "#o"})},
+            ],
+        },
         [("value", "Bundle.entry[1].resource.managingOrganization.reference")],
     ),
     "parameters resource": (
@@ -673,13 +798,18 @@ ERROR_CASES: dict[str, tuple[Any, list[tuple[str, str]]]] = {
         [("structure", "Parameters.parameter[0].resource.active")],
     ),
     "parameters part recursion": (
-        {"resourceType": "Parameters",
-         "parameter": [{"name": "a", "part": [{"name": "b", "part": [{"name": "c", "valueFoo": 1}]}]}]},
+        {
+            "resourceType": "Parameters",
+            "parameter": [{"name": "a", "part": [{"name": "b", "part": [{"name": "c", "valueFoo": 1}]}]}],
+        },
         [("structure", "Parameters.parameter[0].part[0].part[0].valueFoo")],
     ),
     "questionnaire item recursion": (
-        {"resourceType": "Questionnaire", "status": "draft",
-         "item": [{"linkId": "1", "type": "group", "item": [{"linkId": "1.1", "type": "stringy"}]}]},
+        {
+            "resourceType": "Questionnaire",
+            "status": "draft",
+            "item": [{"linkId": "1", "type": "group", "item": [{"linkId": "1.1", "type": "stringy"}]}],
+        },
         [("code-invalid", "Questionnaire.item[0].item[0].type")],
     ),
 }
@@ -706,15 +836,29 @@ def test_conditional_references_only_when_allowed() -> None:
 def test_warnings_do_not_make_a_resource_invalid() -> None:
     unreferenced = _p(contained=[{"resourceType": "Organization", "id": "o", "name": "x"}])
     assert _issues(unreferenced) == [("warning", "invalid", "Patient.contained[0]")]  # dom-3
-    no_id = _p(contained=[{"resourceType": "Provenance", "target": [{"reference": "#"}],
-                           "recorded": "2020-01-01T00:00:00Z", "agent": [{"who": {"display": "x"}}]}])
+    no_id = _p(
+        contained=[
+            {
+                "resourceType": "Provenance",
+                "target": [{"reference": "#"}],
+                "recorded": "2020-01-01T00:00:00Z",
+                "agent": [{"who": {"display": "x"}}],
+            }
+        ]
+    )
     assert _issues(no_id) == [("warning", "required", "Patient.contained[0]")]
-    canonical_use = {"resourceType": "Questionnaire", "status": "draft",
-                     "contained": [{"resourceType": "ValueSet", "id": "vs", "status": "draft"}],
-                     "item": [{"linkId": "1", "type": "choice", "answerValueSet": "#vs"}]}
+    canonical_use = {
+        "resourceType": "Questionnaire",
+        "status": "draft",
+        "contained": [{"resourceType": "ValueSet", "id": "vs", "status": "draft"}],
+        "item": [{"linkId": "1", "type": "choice", "answerValueSet": "#vs"}],
+    }
     assert _issues(canonical_use) == []
-    other_system = {"resourceType": "Condition", "subject": {"reference": "Patient/p1"},
-                    "clinicalStatus": {"coding": [{"system": "http://snomed.info/sct", "code": "1"}]}}
+    other_system = {
+        "resourceType": "Condition",
+        "subject": {"reference": "Patient/p1"},
+        "clinicalStatus": {"coding": [{"system": "http://snomed.info/sct", "code": "1"}]},
+    }
     assert _issues(other_system) == [("warning", "code-invalid", "Condition.clinicalStatus")]
     assert not has_errors(validate(other_system))
 
@@ -729,13 +873,22 @@ def test_issue_fields() -> None:
 
 
 def test_many_errors_are_all_reported() -> None:
-    broken = {"resourceType": "Observation", "status": "nope", "foo": 1, "valueInteger": "1",
-              "subject": {"reference": "Patient/1", "bar": 2}}
-    assert sorted(_errs(broken)) == sorted([
-        ("code-invalid", "Observation.status"), ("structure", "Observation.foo"),
-        ("structure", "Observation.valueInteger"), ("structure", "Observation.subject.bar"),
-        ("required", "Observation.code"),
-    ])
+    broken = {
+        "resourceType": "Observation",
+        "status": "nope",
+        "foo": 1,
+        "valueInteger": "1",
+        "subject": {"reference": "Patient/1", "bar": 2},
+    }
+    assert sorted(_errs(broken)) == sorted(
+        [
+            ("code-invalid", "Observation.status"),
+            ("structure", "Observation.foo"),
+            ("structure", "Observation.valueInteger"),
+            ("structure", "Observation.subject.bar"),
+            ("required", "Observation.code"),
+        ]
+    )
 
 
 #: Inputs fhir.resources 8.1.0 (R4B) accepts but R4 forbids; we reject them. Documented, not hidden.
@@ -758,13 +911,18 @@ STRICTER_CASES: dict[str, tuple[dict, str]] = {
     "reference to a disallowed type": (_o(subject={"reference": "Practitioner/1"}), "no target check"),
     "malformed reference": (_o(subject={"reference": "not a reference"}), "no reference format check"),
     "unresolved #fragment": (_o(subject={"reference": "#nothing"}), "no ref-1"),
-    "script in narrative": (_p(text={"status": "generated", "div": DIV.format("<script>x</script>")}),
-                            "xhtml is not parsed"),
+    "script in narrative": (
+        _p(text={"status": "generated", "div": DIV.format("<script>x</script>")}),
+        "xhtml is not parsed",
+    ),
     "narrative not a div": (_p(text={"status": "generated", "div": "<p>x</p>"}), "xhtml is not parsed"),
     "contained in contained (dom-2)": (
-        _p(contained=[{"resourceType": "Organization", "id": "o",
-                       "contained": [{"resourceType": "Organization", "id": "o2"}]}],
-           managingOrganization={"reference": "#o"}),
+        _p(
+            contained=[
+                {"resourceType": "Organization", "id": "o", "contained": [{"resourceType": "Organization", "id": "o2"}]}
+            ],
+            managingOrganization={"reference": "#o"},
+        ),
         "no dom-2",
     ),
 }
@@ -790,8 +948,30 @@ def _slots(obj: Any) -> Iterator[tuple[Any, Any]]:
 
 
 FUZZ_VALUES: list[Any] = [
-    None, "", " ", "x", "#", "#x", "urn:uuid:x", 0, -1, 2**40, 1.5, float("nan"), True, [], {}, [None], [{}],
-    {"a": 1}, ["x"], [1, None], {"resourceType": "Patient"}, {"id": "x"}, {"extension": []}, [["x"]],
+    None,
+    "",
+    " ",
+    "x",
+    "#",
+    "#x",
+    "urn:uuid:x",
+    0,
+    -1,
+    2**40,
+    1.5,
+    float("nan"),
+    True,
+    [],
+    {},
+    [None],
+    [{}],
+    {"a": 1},
+    ["x"],
+    [1, None],
+    {"resourceType": "Patient"},
+    {"id": "x"},
+    {"extension": []},
+    [["x"]],
 ]
 
 

@@ -1,4 +1,5 @@
 """FHIR XML <-> JSON conversion (fhir_server.formats.xml) against the official examples."""
+
 from __future__ import annotations
 
 import pathlib
@@ -99,9 +100,7 @@ def test_repeating_primitive_with_extension_only_entry_uses_null_placeholders() 
 def test_repeating_primitive_with_only_extensions_omits_the_value_array() -> None:
     ext = '<extension url="http://x/e"><valueCode value="c"/></extension>'
     resource = xml_to_json(_xml(f"<name><given>{ext}</given><given>{ext}</given></name>"))
-    assert resource["name"][0] == {
-        "_given": [{"extension": [{"url": "http://x/e", "valueCode": "c"}]}] * 2
-    }
+    assert resource["name"][0] == {"_given": [{"extension": [{"url": "http://x/e", "valueCode": "c"}]}] * 2}
     assert xml_to_json(json_to_xml(resource)) == resource
 
 
@@ -120,10 +119,7 @@ def test_single_primitive_extension_and_element_id() -> None:
 
 
 def test_json_types_of_primitives() -> None:
-    xml = _xml(
-        '<active value="true"/><multipleBirthInteger value="2"/>'
-        '<contact><gender value="female"/></contact>'
-    )
+    xml = _xml('<active value="true"/><multipleBirthInteger value="2"/><contact><gender value="female"/></contact>')
     resource = xml_to_json(xml)
     assert resource["active"] is True
     assert resource["multipleBirthInteger"] == 2 and type(resource["multipleBirthInteger"]) is int
@@ -226,7 +222,7 @@ def test_contained_resources_are_wrapped() -> None:
         {"resourceType": "Organization", "id": "org", "name": "Acme"},
     ]
     written = json_to_xml(resource)
-    assert b"<contained><Patient><id value=\"p1\"/>" in written
+    assert b'<contained><Patient><id value="p1"/>' in written
     assert xml_to_json(written) == resource
 
 
@@ -342,8 +338,8 @@ def test_unknown_element_inside_nested_resource_and_extension() -> None:
         ("<name><given/></name>", "Patient.name[0].given[0]"),
         ('<name><family value="x">text</family></name>', "Patient.name[0].family"),
         ('<name foo="bar"/>', "Patient.name[0]"),
-        ('<contained><Patient/><Patient/></contained>', "Patient.contained[0]"),
-        ('<contained><Bogus/></contained>', "Patient.contained[0]"),
+        ("<contained><Patient/><Patient/></contained>", "Patient.contained[0]"),
+        ("<contained><Bogus/></contained>", "Patient.contained[0]"),
     ],
 )
 def test_invalid_values_are_rejected_with_location(body: str, expression: str) -> None:

@@ -10,6 +10,7 @@ the response lists them in request order.
 
 Batch: each entry runs on its own, in its own transaction, and gets its own outcome.
 """
+
 from __future__ import annotations
 
 import base64
@@ -69,7 +70,7 @@ def _parse_entry(i: int, raw: Any, base: str) -> Entry:
         raise FhirError("bad-request", f"{where}.request.method {method!r} is not supported", f"{where}.request.method")
     url = str(request["url"])
     if url.startswith(base):
-        url = url[len(base):]
+        url = url[len(base) :]
     parts = urlsplit(url)
     headers = {
         header: str(request[key])
@@ -159,7 +160,11 @@ def _locate(err: FhirError, entry: Entry) -> None:
         if not issue.diagnostics.startswith(prefix):
             issue.diagnostics = f"{prefix} ({entry.method} {entry.path}): {issue.diagnostics}"
         issue.expression = [
-            e if e.startswith("Bundle.") else f"{prefix}.resource.{e.split('.', 1)[1]}" if "." in e else f"{prefix}.resource"
+            e
+            if e.startswith("Bundle.")
+            else f"{prefix}.resource.{e.split('.', 1)[1]}"
+            if "." in e
+            else f"{prefix}.resource"
             for e in issue.expression
         ]
 
@@ -247,7 +252,9 @@ def _rewrite_references(entries: list[Entry], mapping: dict[str, str], ctx: Requ
                         node[key] = conditional(value, f"{where}.{key}")
                     elif key == "reference" and value.startswith("urn:uuid:"):
                         raise FhirError(
-                            "processing", f"{where}.reference {value!r} names no entry of this Bundle", f"{where}.reference"
+                            "processing",
+                            f"{where}.reference {value!r} names no entry of this Bundle",
+                            f"{where}.reference",
                         )
                     elif key == "div" and mapping:
                         node[key] = _rewrite_narrative(value, mapping)

@@ -3,6 +3,7 @@
 Generated from the route table and the search-parameter registry, so it states exactly what is
 routed: an interaction appears only if a route serves it.
 """
+
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
 """Pieces shared by the interaction handlers: checks, preconditions and ``Prefer`` handling."""
+
 from __future__ import annotations
 
 import re
@@ -46,7 +47,7 @@ def require_body(req: FhirRequest) -> dict[str, Any]:
 def etag_version(value: str) -> int:
     m = _ETAG_RE.match(value)
     if not m or not m.group(1).isdigit():
-        raise FhirError("bad-request", f"Malformed ETag {value!r}: expected W/\"<version>\"")
+        raise FhirError("bad-request", f'Malformed ETag {value!r}: expected W/"<version>"')
     return int(m.group(1))
 
 
@@ -58,9 +59,7 @@ def check_if_match(req: FhirRequest, current: StoredVersion | None) -> None:
     wanted = etag_version(value)
     if current is None or current.deleted or current.version != wanted:
         have = "none" if current is None or current.deleted else current.version
-        raise FhirError(
-            "precondition-failed", f"If-Match asked for version {wanted} but the current version is {have}"
-        )
+        raise FhirError("precondition-failed", f"If-Match asked for version {wanted} but the current version is {have}")
 
 
 def not_modified(req: FhirRequest, version: StoredVersion) -> bool:
@@ -68,7 +67,9 @@ def not_modified(req: FhirRequest, version: StoredVersion) -> bool:
     inm = req.header("if-none-match")
     if inm is not None:
         tags = [t.strip() for t in inm.split(",")]
-        return "*" in tags or any(_ETAG_RE.match(t) and _ETAG_RE.match(t).group(1) == str(version.version) for t in tags)  # type: ignore[union-attr]
+        return "*" in tags or any(
+            _ETAG_RE.match(t) and _ETAG_RE.match(t).group(1) == str(version.version) for t in tags
+        )  # type: ignore[union-attr]
     ims = req.header("if-modified-since")
     if ims is not None:
         since = from_http_date(ims)
@@ -89,9 +90,7 @@ def read_live(session: Session, res_type: str, res_id: str) -> StoredVersion:
     return current
 
 
-def written(
-    req: FhirRequest, ctx: RequestContext, version: StoredVersion, status: int, message: str
-) -> FhirResponse:
+def written(req: FhirRequest, ctx: RequestContext, version: StoredVersion, status: int, message: str) -> FhirResponse:
     """Response to a create/update/patch, shaped by ``Prefer: return=``."""
     resp = FhirResponse.for_version(status, version, ctx.base_url, body=False)
     resp.headers["Location"] = ctx.full_url(version.location)
@@ -113,12 +112,12 @@ def conditional_matches(
     return ctx.search.match(session, res_type, query, limit=limit)
 
 
-def single_match(ctx: RequestContext, session: Session, res_type: str, query: list[tuple[str, str]]) -> StoredVersion | None:
+def single_match(
+    ctx: RequestContext, session: Session, res_type: str, query: list[tuple[str, str]]
+) -> StoredVersion | None:
     matches = conditional_matches(ctx, session, res_type, query)
     if len(matches) > 1:
-        raise FhirError(
-            "multiple-matches", f"The condition {res_type}?{_q(query)} matches more than one resource"
-        )
+        raise FhirError("multiple-matches", f"The condition {res_type}?{_q(query)} matches more than one resource")
     return matches[0] if matches else None
 
 

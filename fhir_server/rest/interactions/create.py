@@ -3,6 +3,7 @@
 http://hl7.org/fhir/R4/http.html#create and #ccreate. The server assigns the id; an id in the
 body is ignored, as the specification says.
 """
+
 from __future__ import annotations
 
 from fhir_server.context import RequestContext

@@ -5,6 +5,7 @@ Deleting an already deleted resource succeeds and changes nothing. A conditional
 removes every match (CapabilityStatement ``conditionalDelete = multiple``) up to
 ``Settings.max_conditional_delete``, beyond which it is refused with 412.
 """
+
 from __future__ import annotations
 
 from fhir_server.context import RequestContext
@@ -34,9 +35,7 @@ def _conditional(req: FhirRequest, ctx: RequestContext, res_type: str) -> FhirRe
     with ctx.session(write=True) as session:
         matches = conditional_matches(ctx, session, res_type, req.search_params(), limit=limit + 1)
         if len(matches) > limit:
-            raise FhirError(
-                "multiple-matches", f"The condition matches more than {limit} resources; narrow it down"
-            )
+            raise FhirError("multiple-matches", f"The condition matches more than {limit} resources; narrow it down")
         for current in matches:
             session.delete(current)
     if not matches:

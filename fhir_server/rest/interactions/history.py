@@ -3,6 +3,7 @@
 Supports ``_count``, ``_since``, ``_at`` and paging by an opaque cursor (``_cursor``) that
 addresses the last entry of the previous page, so pages stay correct while versions are added.
 """
+
 from __future__ import annotations
 
 from fhir_server.context import RequestContext
@@ -38,7 +39,14 @@ def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
     links = [("self", page_link(ctx.base_url, path, req.params))]
     if more:
         last = versions[-1]
-        links.append(("next", page_link(ctx.base_url, path, keep + [("_cursor", encode_cursor(last.updated_us, last.rid, last.version))])))
+        links.append(
+            (
+                "next",
+                page_link(
+                    ctx.base_url, path, keep + [("_cursor", encode_cursor(last.updated_us, last.rid, last.version))]
+                ),
+            )
+        )
     entries = [history_entry(ctx.base_url, v) for v in versions]
     return FhirResponse(200, resource=bundle("history", entries, links))
 

@@ -4,12 +4,20 @@ http://hl7.org/fhir/R4/http.html#patch: JSON Patch (``application/json-patch+jso
 FHIRPath Patch (a ``Parameters`` resource). The patched resource is validated like any update
 and stored as a new version; ``If-Match`` applies.
 """
+
 from __future__ import annotations
 
 from fhir_server.context import RequestContext
 from fhir_server.errors import FhirError
 from fhir_server.patching import apply_patch
-from fhir_server.rest.interactions.common import check_if_match, read_live, require_id, require_type, single_match, written
+from fhir_server.rest.interactions.common import (
+    check_if_match,
+    read_live,
+    require_id,
+    require_type,
+    single_match,
+    written,
+)
 from fhir_server.rest.messages import FhirRequest, FhirResponse
 from fhir_server.validation import check_resource
 

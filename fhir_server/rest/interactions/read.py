@@ -1,4 +1,5 @@
 """read: ``GET [base]/[type]/[id]`` (http://hl7.org/fhir/R4/http.html#read)."""
+
 from __future__ import annotations
 
 from fhir_server.context import RequestContext

@@ -4,6 +4,7 @@ http://hl7.org/fhir/R4/http.html#search and search.html. Results are a ``searchs
 paged by an opaque cursor; ``_total=accurate`` (or a result that fits one page) gives
 ``Bundle.total``; ``_summary=count`` returns only the total.
 """
+
 from __future__ import annotations
 
 from fhir_server.context import RequestContext

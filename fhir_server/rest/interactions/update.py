@@ -4,6 +4,7 @@ http://hl7.org/fhir/R4/http.html#update and #cond-update. Update-as-create with 
 is supported; ``If-Match`` gives optimistic locking (412 on mismatch) and a concurrent change
 between read and write is a 409.
 """
+
 from __future__ import annotations
 
 from fhir_server.context import RequestContext
@@ -38,7 +39,9 @@ def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
         return _store(req, ctx, session, current, resource, res_id)
 
 
-def _conditional(req: FhirRequest, ctx: RequestContext, session: Session, res_type: str, resource: dict) -> FhirResponse:
+def _conditional(
+    req: FhirRequest, ctx: RequestContext, session: Session, res_type: str, resource: dict
+) -> FhirResponse:
     match = single_match(ctx, session, res_type, req.search_params())
     body_id = resource.get("id")
     if match is None:

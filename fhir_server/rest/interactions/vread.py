@@ -1,4 +1,5 @@
 """vread: ``GET [base]/[type]/[id]/_history/[vid]`` (http://hl7.org/fhir/R4/http.html#vread)."""
+
 from __future__ import annotations
 
 from fhir_server.context import RequestContext

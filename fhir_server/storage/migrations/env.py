@@ -1,4 +1,5 @@
 """Alembic environment: runs migrations on the connection the server hands it."""
+
 from __future__ import annotations
 
 from alembic import context
