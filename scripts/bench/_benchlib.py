@@ -449,10 +449,16 @@ class CpuMeter:
         self.used = {}
         for name, get in self.groups.items():
             end = self._cpu(get())
-            self.used[name] = sum(v - self.start[name].get(pid, 0.0) for pid, v in end.items())
+            per_pid = {pid: v - self.start[name].get(pid, 0.0) for pid, v in end.items()}
+            self.used[name] = sum(per_pid.values())
+            if name == "server":
+                self.per_server_pid = per_pid
         return self.used
 
     def text(self) -> str:
         cores = os.cpu_count() or 1
         parts = ", ".join(f"{k} {v:.1f}s" for k, v in self.used.items())
+        busy = [v for v in self.per_server_pid.values() if v > 0.05]
+        if len(busy) > 1:
+            parts += f" (server processes: {' + '.join(f'{v:.1f}s' for v in busy)})"
         return f"cpu in the timed part ({self.wall:.1f}s x {cores} cores = {self.wall * cores:.1f} core-s): {parts}"

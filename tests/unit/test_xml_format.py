@@ -71,11 +71,9 @@ def test_official_xml_examples_round_trip_through_json(path: pathlib.Path) -> No
     assert _canonical(xml_to_json(json_to_xml(resource, pretty=True))) == _canonical(resource)
 
 
-@pytest.mark.parametrize("path", _files(TEST_CASES, "*.xml"))
+@pytest.mark.parametrize("path", [p for p in _files(TEST_CASES, "*.xml") if p.values[0] is None or p.values[0].with_suffix(".json").exists()])
 def test_official_xml_equals_official_json(path: pathlib.Path) -> None:
     json_path = path.with_suffix(".json")
-    if not json_path.exists():
-        pytest.skip(f"no JSON form of {path.name}")
     converted = xml_to_json(path.read_bytes())
     converted.pop(KNOWN_PAIR_DIFFERENCES.get(path.stem, ""), None)
     assert _canonical(converted) == _canonical(loads(json_path.read_bytes()))
