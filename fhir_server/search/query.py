@@ -120,26 +120,26 @@ def _range_predicate(
     raise AssertionError(prefix)
 
 
-def date_predicate(sp: int, name: str, raw: str) -> ColumnElement[bool]:
+def _date_search(name: str, raw: str, lo_col: Any, hi_col: Any) -> ColumnElement[bool]:
+    """Prefix semantics of a date search value against the indexed range [lo_col, hi_col].
+
+    ``ap`` widens the value by 10 % of its distance from now, as the specification suggests.
+    """
     prefix, value = _prefix(raw)
     try:
         lo, hi = date_range(value)
     except ValueError:
         raise FhirError("invalid-param", f"Search parameter {name}: {value!r} is not a valid date") from None
     approx = int(abs(time.time() * 1_000_000 - lo) * 0.1) if prefix == "ap" else None
-    return _exists(
-        idx_date, idx_date.c.sp == sp, _range_predicate(prefix, idx_date.c.lo, idx_date.c.hi, lo, hi, approx)
-    )
+    return _range_predicate(prefix, lo_col, hi_col, lo, hi, approx)
+
+
+def date_predicate(sp: int, name: str, raw: str) -> ColumnElement[bool]:
+    return _exists(idx_date, idx_date.c.sp == sp, _date_search(name, raw, idx_date.c.lo, idx_date.c.hi))
 
 
 def last_updated_predicate(name: str, raw: str) -> ColumnElement[bool]:
-    prefix, value = _prefix(raw)
-    try:
-        lo, hi = date_range(value)
-    except ValueError:
-        raise FhirError("invalid-param", f"Search parameter {name}: {value!r} is not a valid date") from None
-    approx = int(abs(time.time() * 1_000_000 - lo) * 0.1) if prefix == "ap" else None
-    return _range_predicate(prefix, r.c.updated_us, r.c.updated_us, lo, hi, approx)
+    return _date_search(name, raw, r.c.updated_us, r.c.updated_us)
 
 
 def _number_range(name: str, value: str) -> tuple[float, float, float]:

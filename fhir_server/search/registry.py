@@ -35,6 +35,23 @@ from fhir_server.search.hashing import sp_hash, token_hashes
 __all__ = ["Registry", "SearchParam", "get_registry", "sp_hash", "token_hashes"]
 
 DEFINITIONS_FILE = pathlib.Path(__file__).with_name("r4_search_parameters.json.gz")
+#: The SearchParameter fields the server keeps (the generator writes the same ones).
+DEFINITION_FIELDS = (
+    "url",
+    "name",
+    "code",
+    "base",
+    "type",
+    "expression",
+    "target",
+    "multipleOr",
+    "multipleAnd",
+    "comparator",
+    "modifier",
+    "chain",
+    "component",
+    "description",
+)
 
 NOT_DOMAIN_RESOURCES = frozenset({"Bundle", "Binary", "Parameters"})
 UNINDEXED_CODES = frozenset({"_id", "_lastUpdated", "_text", "_content", "_query", "_list", "_has", "_type"})
@@ -179,26 +196,7 @@ class Registry:
         for b in bases:
             if b not in known:
                 raise ValueError(f"SearchParameter.base {b!r} is not a resource type")
-        reduced = {
-            k: search_parameter[k]
-            for k in (
-                "url",
-                "name",
-                "code",
-                "base",
-                "type",
-                "expression",
-                "target",
-                "multipleOr",
-                "multipleAnd",
-                "comparator",
-                "modifier",
-                "chain",
-                "component",
-                "description",
-            )
-            if k in search_parameter
-        }
+        reduced = {k: search_parameter[k] for k in DEFINITION_FIELDS if k in search_parameter}
         reduced.setdefault("url", f"urn:custom:SearchParameter/{'-'.join(bases)}-{code}")
         with self._lock:
             self._store(reduced)

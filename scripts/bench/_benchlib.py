@@ -422,8 +422,11 @@ class CpuMeter:
     """
 
     def __init__(self, server_pids: list[int], client_pids: list[int] | None = None) -> None:
-        self.groups = {"server": lambda: server_pids, "postgres": self._postgres_pids,
-                       "load generator": lambda: client_pids if client_pids is not None else [os.getpid()]}
+        self.groups = {
+            "server": lambda: server_pids,
+            "postgres": self._postgres_pids,
+            "load generator": lambda: client_pids if client_pids is not None else [os.getpid()],
+        }
         self.start = {name: self._cpu(get()) for name, get in self.groups.items()}
         self.t0 = time.perf_counter()
 

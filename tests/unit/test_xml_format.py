@@ -71,7 +71,9 @@ def test_official_xml_examples_round_trip_through_json(path: pathlib.Path) -> No
     assert _canonical(xml_to_json(json_to_xml(resource, pretty=True))) == _canonical(resource)
 
 
-@pytest.mark.parametrize("path", [p for p in _files(TEST_CASES, "*.xml") if p.values[0] is None or p.values[0].with_suffix(".json").exists()])
+@pytest.mark.parametrize(
+    "path", [p for p in _files(TEST_CASES, "*.xml") if p.values[0] is None or p.values[0].with_suffix(".json").exists()]
+)
 def test_official_xml_equals_official_json(path: pathlib.Path) -> None:
     json_path = path.with_suffix(".json")
     converted = xml_to_json(path.read_bytes())

@@ -77,16 +77,26 @@ def not_modified(req: FhirRequest, version: StoredVersion) -> bool:
     return False
 
 
+def count_param(req: FhirRequest, ctx: RequestContext, minimum: int = 0) -> int:
+    """``_count`` within [minimum, Settings.max_count]; the default page size when absent."""
+    raw = req.param("_count")
+    if raw is None:
+        return ctx.settings.default_count
+    if not raw.isdigit():
+        raise FhirError("invalid-param", f"_count must be a non-negative integer, not {raw!r}")
+    return max(minimum, min(int(raw), ctx.settings.max_count))
+
+
+def gone(version: StoredVersion, message: str) -> FhirError:
+    return FhirError("gone", message, headers={"ETag": version.etag, "Last-Modified": version.last_modified})
+
+
 def read_live(session: Session, res_type: str, res_id: str) -> StoredVersion:
     current = session.read_current(res_type, res_id)
     if current is None:
         raise FhirError("not-found", f"{res_type}/{res_id} is not known")
     if current.deleted:
-        raise FhirError(
-            "gone",
-            f"{res_type}/{res_id} was deleted (version {current.version})",
-            headers={"ETag": current.etag, "Last-Modified": current.last_modified},
-        )
+        raise gone(current, f"{res_type}/{res_id} was deleted (version {current.version})")
     return current
 
 

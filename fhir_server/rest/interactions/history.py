@@ -9,7 +9,7 @@ from __future__ import annotations
 from fhir_server.context import RequestContext
 from fhir_server.errors import FhirError
 from fhir_server.rest.bundles import bundle, decode_cursor, encode_cursor, history_entry, page_link
-from fhir_server.rest.interactions.common import require_id, require_type
+from fhir_server.rest.interactions.common import count_param, require_id, require_type
 from fhir_server.rest.messages import FhirRequest, FhirResponse
 from fhir_server.util.fhirdate import parse_range
 
@@ -22,7 +22,7 @@ def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
     unknown = sorted({k for k, _ in req.params} - _KNOWN)
     if unknown and req.prefer.get("handling") != "lenient":
         raise FhirError("invalid-param", f"Unknown history parameter(s): {', '.join(unknown)}")
-    count = _count(req, ctx)
+    count = count_param(req, ctx, minimum=1)
     since_range = _range(req, "_since")
     since = since_range[0] if since_range else None
     at = _range(req, "_at")
@@ -49,15 +49,6 @@ def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
         )
     entries = [history_entry(ctx.base_url, v) for v in versions]
     return FhirResponse(200, resource=bundle("history", entries, links))
-
-
-def _count(req: FhirRequest, ctx: RequestContext) -> int:
-    raw = req.param("_count")
-    if raw is None:
-        return ctx.settings.default_count
-    if not raw.isdigit():
-        raise FhirError("invalid-param", f"_count must be a non-negative integer, not {raw!r}")
-    return max(1, min(int(raw), ctx.settings.max_count))
 
 
 def _range(req: FhirRequest, name: str) -> tuple[int, int] | None:

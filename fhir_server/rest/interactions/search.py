@@ -10,14 +10,14 @@ from __future__ import annotations
 from fhir_server.context import RequestContext
 from fhir_server.errors import FhirError, Issue, operation_outcome
 from fhir_server.rest.bundles import bundle, decode_cursor, encode_cursor, page_link, raw_resource
-from fhir_server.rest.interactions.common import require_type
+from fhir_server.rest.interactions.common import count_param, require_type
 from fhir_server.rest.messages import FhirRequest, FhirResponse
 
 
 def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
     res_type = require_type(req.res_type) if req.res_type else None
     params = req.search_params()
-    count = _count(req, ctx)
+    count = count_param(req, ctx, minimum=0)
     summary = req.param("_summary")
     total_mode = req.param("_total") or "none"
     if summary == "count":
@@ -56,12 +56,3 @@ def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
         outcome = operation_outcome(Issue("warning", "not-supported", w) for w in page.warnings)
         entries.append({"resource": outcome, "search": {"mode": "outcome"}})
     return FhirResponse(200, resource=bundle("searchset", entries, links, total))
-
-
-def _count(req: FhirRequest, ctx: RequestContext) -> int:
-    raw = req.param("_count")
-    if raw is None:
-        return ctx.settings.default_count
-    if not raw.isdigit():
-        raise FhirError("invalid-param", f"_count must be a non-negative integer, not {raw!r}")
-    return min(int(raw), ctx.settings.max_count)

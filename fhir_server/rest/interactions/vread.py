@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fhir_server.context import RequestContext
 from fhir_server.errors import FhirError
-from fhir_server.rest.interactions.common import not_modified, require_id, require_type
+from fhir_server.rest.interactions.common import gone, not_modified, require_id, require_type
 from fhir_server.rest.messages import FhirRequest, FhirResponse
 
 
@@ -17,11 +17,7 @@ def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
     if version is None:
         raise FhirError("not-found", f"Version {req.vid} of {res_type}/{res_id} is not known")
     if version.deleted:
-        raise FhirError(
-            "gone",
-            f"Version {req.vid} of {res_type}/{res_id} is its deletion",
-            headers={"ETag": version.etag, "Last-Modified": version.last_modified},
-        )
+        raise gone(version, f"Version {req.vid} of {res_type}/{res_id} is its deletion")
     if not_modified(req, version):
         return FhirResponse.for_version(304, version, ctx.base_url, body=False)
     return FhirResponse.for_version(200, version, ctx.base_url)
