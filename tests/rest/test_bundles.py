@@ -136,3 +136,33 @@ def test_synthea_bundles_load(client) -> None:
     pid = found["entry"][0]["resource"]["id"]
     obs = client.get(f"/fhir/Observation?subject=Patient/{pid}&_count=5").get_json()
     assert len(obs["entry"]) >= 1
+
+
+def test_same_conditional_create_twice_in_one_transaction(client) -> None:
+    ident = uuid.uuid4().hex
+    org = {"resourceType": "Organization", "identifier": [{"system": "urn:test", "value": ident}]}
+    entry = {
+        "resource": org,
+        "request": {"method": "POST", "url": "Organization", "ifNoneExist": f"identifier=urn:test|{ident}"},
+    }
+    resp = _tx(client, [entry, entry])
+    assert resp.status_code == 200, resp.get_json()
+    out = resp.get_json()["entry"]
+    assert out[0]["response"]["status"].startswith("201") and out[1]["response"]["status"].startswith("200")
+    assert out[0]["fullUrl"] == out[1]["fullUrl"]
+    assert client.get(f"/fhir/Organization?identifier=urn:test|{ident}").get_json()["total"] == 1
+
+
+def test_transaction_with_unknown_urn_uuid_reference_fails(client) -> None:
+    entry = {
+        "resource": {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"text": "x"},
+            "subject": {"reference": "urn:uuid:0b0c2f0e-0000-4000-8000-000000000000"},
+        },
+        "request": {"method": "POST", "url": "Observation"},
+    }
+    resp = _tx(client, [entry])
+    assert resp.status_code == 422
+    assert resp.get_json()["issue"][0]["expression"] == ["Bundle.entry[0].resource.subject.reference"]

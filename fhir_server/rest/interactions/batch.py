@@ -23,6 +23,7 @@ from fhir_server.errors import ERROR_KINDS, FhirError
 from fhir_server.formats import json as fjson
 from fhir_server.model import get_model
 from fhir_server.rest.bundles import bundle
+from fhir_server.rest.interactions.common import read_live, written
 from fhir_server.rest.messages import FhirRequest, FhirResponse, parse_query
 from fhir_server.storage.repository import Session, new_id
 from fhir_server.util.clock import instant
@@ -42,6 +43,8 @@ class Entry:
     headers: dict[str, str]
     #: id promised to references before the entry runs (POST / conditional PUT)
     assigned_id: str | None = None
+    #: a conditional create whose resource already exists (stored, or created by an earlier entry)
+    exists: bool = False
 
 
 def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
@@ -112,23 +115,18 @@ def _transaction(entries: list[Entry], ctx: RequestContext, representation: bool
     from fhir_server.rest.routes import dispatch
 
     responses: dict[int, dict[str, Any]] = {}
-    try:
-        with ctx.repo.session(write=True) as session:
-            tctx = ctx.child(session)
-            mapping = _assign_identities(entries, tctx, session)
-            _rewrite_references(entries, mapping, tctx, session)
-            for entry in sorted(entries, key=lambda e: (_ORDER[e.method], e.index)):
-                req = _entry_request(entry, "return=representation" if representation else "return=minimal")
-                try:
-                    resp = _run_entry(entry, req, tctx, dispatch)
-                except FhirError as err:
-                    _locate(err, entry)
-                    raise
-                if resp.status >= 400:
-                    raise FhirError("bad-request", f"Bundle.entry[{entry.index}] failed with {resp.status}")
-                responses[entry.index] = _response_entry(entry, resp, ctx, representation)
-    except FhirError:
-        raise
+    with ctx.repo.session(write=True) as session:
+        tctx = ctx.child(session)
+        mapping = _assign_identities(entries, tctx, session)
+        _rewrite_references(entries, mapping, tctx, session)
+        for entry in sorted(entries, key=lambda e: (_ORDER[e.method], e.index)):
+            req = _entry_request(entry, "return=representation" if representation else "return=minimal")
+            try:
+                resp = _run_entry(entry, req, tctx, dispatch)
+            except FhirError as err:
+                _locate(err, entry)
+                raise
+            responses[entry.index] = _response_entry(entry, resp, ctx, representation)
     return bundle("transaction-response", [responses[e.index] for e in entries], [])
 
 
@@ -137,12 +135,11 @@ def _run_entry(entry: Entry, req: FhirRequest, ctx: RequestContext, dispatch: An
         from fhir_server.rest.interactions import create
 
         req.res_type = entry.path
-        if entry.headers.get("if-none-exist") and entry.assigned_id.startswith("existing:"):
-            existing = ctx.active_session.read_current(entry.path, entry.assigned_id[9:])  # type: ignore[union-attr]
-            from fhir_server.rest.interactions.common import written
-
-            return written(req, ctx, existing, 200, "Already exists")  # type: ignore[arg-type]
-        req.headers.pop("if-none-exist", None)
+        req.headers.pop("if-none-exist", None)  # resolved in _assign_identities
+        if entry.exists:
+            with ctx.session() as session:
+                existing = read_live(session, entry.path, entry.assigned_id)
+            return written(req, ctx, existing, 200, f"{entry.path}/{entry.assigned_id} already exists")
         return create.handle(req, ctx, res_id=entry.assigned_id)
     if entry.method == "PUT" and entry.assigned_id is not None and entry.params:
         # conditional update already resolved to an id: update that id
@@ -184,15 +181,16 @@ def _assign_identities(entries: list[Entry], ctx: RequestContext, session: Sessi
             condition = entry.headers.get("if-none-exist")
             if condition:
                 key = (res_type, condition)
-                if key in seen_conditions:
-                    entry.assigned_id = seen_conditions[key]
+                if key in seen_conditions:  # an earlier entry creates (or found) it
+                    entry.assigned_id, entry.exists = seen_conditions[key], True
                 else:
                     match = _single(ctx, session, res_type, parse_query(condition.lstrip("?")), entry)
-                    entry.assigned_id = f"existing:{match.res_id}" if match else new_id()
+                    entry.assigned_id = match.res_id if match else new_id()
+                    entry.exists = match is not None
                     seen_conditions[key] = entry.assigned_id
             else:
                 entry.assigned_id = new_id()
-            final_id = entry.assigned_id.removeprefix("existing:")
+            final_id = entry.assigned_id
         elif entry.params:  # conditional update
             key = (res_type, "&".join(f"{k}={v}" for k, v in entry.params))
             if key in seen_conditions:
