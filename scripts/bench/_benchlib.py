@@ -414,21 +414,31 @@ def summarize_collapsed(files: list[pathlib.Path], top: int = 30) -> str:
 
 # -- where the machine's CPU went during a measurement ----------------------------------------
 class CpuMeter:
-    """CPU seconds used by the server processes, PostgreSQL and the load generator.
+    """CPU seconds used by the server, its PostgreSQL backends, the load generator and the rest.
 
-    On 2 cores the database and the load generator compete with the server for CPU, so this
-    says how much of the machine each side had (read-only use of psutil). PostgreSQL backends
-    started during the measurement count from zero; ones that ended during it are missed.
+    On 2 cores the database and the load generator compete with the server for CPU, and so
+    does anything else running on the machine: "other" (machine busy time minus the groups)
+    says whether the figures were taken on a quiet machine. Read-only use of psutil.
+    PostgreSQL backends count when their command line names ``database``.
     """
 
-    def __init__(self, server_pids: list[int], client_pids: list[int] | None = None) -> None:
+    def __init__(self, server_pids: list[int], database: str | None = None, client_pids: list[int] | None = None) -> None:
+        self.database = database
         self.groups = {
             "server": lambda: server_pids,
             "postgres": self._postgres_pids,
             "load generator": lambda: client_pids if client_pids is not None else [os.getpid()],
         }
         self.start = {name: self._cpu(get()) for name, get in self.groups.items()}
+        self.machine0 = self._machine_busy()
         self.t0 = time.perf_counter()
+
+    @staticmethod
+    def _machine_busy() -> float:
+        import psutil
+
+        t = psutil.cpu_times()
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0)
 
     @staticmethod
     def _cpu(pids: list[int]) -> dict[int, float]:
@@ -441,11 +451,16 @@ class CpuMeter:
                 out[pid] = t.user + t.system + t.children_user + t.children_system
         return out
 
-    @staticmethod
-    def _postgres_pids() -> list[int]:
+    def _postgres_pids(self) -> list[int]:
         import psutil
 
-        return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] in ("postgres", "postmaster")]
+        if not self.database:
+            return []
+        out = []
+        for p in psutil.process_iter(["name", "cmdline"]):
+            if p.info["name"] in ("postgres", "postmaster") and self.database in " ".join(p.info["cmdline"] or ()):
+                out.append(p.pid)
+        return out
 
     def stop(self) -> dict[str, float]:
         self.wall = time.perf_counter() - self.t0
@@ -456,12 +471,12 @@ class CpuMeter:
             self.used[name] = sum(per_pid.values())
             if name == "server":
                 self.per_server_pid = per_pid
+        self.used["other processes"] = max(0.0, self._machine_busy() - self.machine0 - sum(self.used.values()))
         return self.used
 
     def text(self) -> str:
         cores = os.cpu_count() or 1
         parts = ", ".join(f"{k} {v:.1f}s" for k, v in self.used.items())
-        busy = [v for v in self.per_server_pid.values() if v > 0.05]
-        if len(busy) > 1:
-            parts += f" (server processes: {' + '.join(f'{v:.1f}s' for v in busy)})"
+        if len(self.per_server_pid) > 1:
+            parts += f" (per server process: {' + '.join(f'{v:.1f}s' for v in self.per_server_pid.values())})"
         return f"cpu in the timed part ({self.wall:.1f}s x {cores} cores = {self.wall * cores:.1f} core-s): {parts}"
