@@ -11,7 +11,7 @@ import sys
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "serve":
+    if "serve" in sys.argv[1:]:  # also `fhir-server --log-level X serve`
         from gevent import monkey
 
         monkey.patch_all()

@@ -136,6 +136,16 @@ class Server:
                 out[pid] = psutil.Process(pid).memory_info().rss / 2**20
         return out
 
+    def peak_rss_mb(self) -> dict[int, float]:
+        """High-water mark of each process's RSS (``VmHWM``), in MB."""
+        out = {}
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        out[pid] = int(line.split()[1]) / 1024
+        return out
+
     def log_tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -147,10 +157,12 @@ def fhir_server(database_url: str | None = None, workers: int = 1, label: str = 
     """``fhir-server serve`` on a free port with a temporary data folder; stopped afterwards."""
     data_dir = pathlib.Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))
     port = free_port()
+    # BENCH_FHIR_SERVER: a command to start instead of .venv/bin/fhir-server (e.g. a patched build)
+    program = os.environ["BENCH_FHIR_SERVER"].split() if os.environ.get("BENCH_FHIR_SERVER") else [str(FHIR_SERVER)]
+    # The log level goes by environment: `fhir-server serve` must come first on the command line,
+    # because fhir_server.cli patches for gevent only when argv[1] == "serve".
     cmd = [
-        str(FHIR_SERVER),
-        "--log-level",
-        "WARNING",
+        *program,
         "serve",
         "--host",
         HOST,
@@ -166,7 +178,8 @@ def fhir_server(database_url: str | None = None, workers: int = 1, label: str = 
         cmd += ["--database-url", database_url]
     log_path = data_dir / "server.log"
     log = open(log_path, "wb")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    env = {**os.environ, "FHIR_SERVER_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     server = Server(proc, port, data_dir, log_path)
     try:
         wait_http(f"http://{HOST}:{port}/healthz", proc=proc)
@@ -216,7 +229,7 @@ def stop_process(proc: subprocess.Popen, grace: float = 20.0) -> None:
 
 
 @contextlib.contextmanager
-def baseline_server(body: bytes, content_type: str, headers: dict[str, str], path: str) -> Iterator[int]:
+def baseline_server(body: bytes, content_type: str, headers: dict[str, str], path: str) -> Iterator[tuple[int, int]]:
     """The limit of the read benchmark: a minimal Flask app on the same gevent server setup."""
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-baseline-"))
     (tmp / "body").write_bytes(body)
@@ -239,7 +252,7 @@ def baseline_server(body: bytes, content_type: str, headers: dict[str, str], pat
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_http(f"http://{HOST}:{port}{path}", proc=proc)
-        yield port
+        yield port, proc.pid
     except BaseException:
         print(f"--- baseline log:\n{log_path.read_text(errors='replace')[-3000:]}", file=sys.stderr)
         raise
@@ -422,7 +435,9 @@ class CpuMeter:
     PostgreSQL backends count when their command line names ``database``.
     """
 
-    def __init__(self, server_pids: list[int], database: str | None = None, client_pids: list[int] | None = None) -> None:
+    def __init__(
+        self, server_pids: list[int], database: str | None = None, client_pids: list[int] | None = None
+    ) -> None:
         self.database = database
         self.groups = {
             "server": lambda: server_pids,
@@ -437,8 +452,8 @@ class CpuMeter:
     def _machine_busy() -> float:
         import psutil
 
-        t = psutil.cpu_times()
-        return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+        t = psutil.cpu_times()  # process time only (interrupt handling is nobody's)
+        return t.user + t.nice + t.system
 
     @staticmethod
     def _cpu(pids: list[int]) -> dict[int, float]:
@@ -479,4 +494,7 @@ class CpuMeter:
         parts = ", ".join(f"{k} {v:.1f}s" for k, v in self.used.items())
         if len(self.per_server_pid) > 1:
             parts += f" (per server process: {' + '.join(f'{v:.1f}s' for v in self.per_server_pid.values())})"
-        return f"cpu in the timed part ({self.wall:.1f}s x {cores} cores = {self.wall * cores:.1f} core-s): {parts}"
+        out = f"cpu in the timed part ({self.wall:.1f}s x {cores} cores = {self.wall * cores:.1f} core-s): {parts}"
+        if self.used["other processes"] > 0.1 * self.wall * cores:
+            out += "\n   WARNING: other processes used over 10% of the machine; figures are not from a quiet machine"
+        return out
