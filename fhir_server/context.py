@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fhir_server.config import Settings
 from fhir_server.storage.repository import Repository, Session
@@ -28,8 +28,6 @@ class RequestContext:
     base_url: str
     #: the open session of an enclosing transaction Bundle, if any
     active_session: Session | None = None
-    #: informational/warning issues to add to the response (e.g. lenient search)
-    notes: list[Any] = field(default_factory=list)
 
     @contextmanager
     def session(self, write: bool = False) -> Iterator[Session]:

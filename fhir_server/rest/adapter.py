@@ -95,9 +95,9 @@ def render(resp: FhirResponse, fmt: str, pretty: bool) -> bytes | None:
     if fmt == XML:
         from fhir_server.formats.xml import json_to_xml
 
-        resource = resp.resource if resp.resource is not None else fjson.loads(resp.body)  # type: ignore[arg-type]
-        if resp.resource is not None:
-            resource = fjson.loads(fjson.dumps(resource))  # resolve spliced fragments
+        # a resource built here may hold spliced raw JSON (orjson.Fragment): serialise it first
+        raw = fjson.dumps(resp.resource) if resp.resource is not None else resp.body
+        resource = fjson.loads(raw)  # type: ignore[arg-type]
         return json_to_xml(resource, pretty=pretty)
     if resp.resource is not None:
         return fjson.dumps(resp.resource, pretty=pretty)

@@ -72,7 +72,7 @@ class FhirResponse:
     version: StoredVersion | None = None
 
     @classmethod
-    def for_version(cls, status: int, version: StoredVersion, base: str, *, body: bool = True) -> FhirResponse:
+    def for_version(cls, status: int, version: StoredVersion, *, body: bool = True) -> FhirResponse:
         headers = {"ETag": version.etag, "Last-Modified": version.last_modified}
         resp = cls(status, headers=headers, version=version)
         if body and version.content is not None:

@@ -220,9 +220,7 @@ def token_predicate(sp: int, name: str, modifier: str | None, value: str) -> Col
     return _exists(idx_token, cond)
 
 
-def reference_predicate(
-    sp: int, name: str, modifier: str | None, value: str, targets: tuple[str, ...]
-) -> ColumnElement[bool]:
+def reference_predicate(sp: int, name: str, modifier: str | None, value: str) -> ColumnElement[bool]:
     from fhir_server.model import get_model
 
     value = unescape(value)
@@ -373,7 +371,7 @@ def _compile_typed(param: Any, modifier: str | None, raw: str, key: str) -> Colu
     elif param.type == "token":
         build = lambda v: token_predicate(sp, key, modifier, v)  # noqa: E731
     elif param.type == "reference":
-        build = lambda v: reference_predicate(sp, key, modifier, v, param.targets or ())  # noqa: E731
+        build = lambda v: reference_predicate(sp, key, modifier, v)  # noqa: E731
     elif param.type == "date":
         build = lambda v: date_predicate(sp, key, v)  # noqa: E731
     elif param.type == "number":

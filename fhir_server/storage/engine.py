@@ -8,7 +8,6 @@ upgrade), while PostgreSQL needs a pool sized for the worker's concurrency.
 from __future__ import annotations
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.pool import NullPool
 
 WRITE_FLAG = "fhir_write"
 
@@ -30,7 +29,6 @@ def _sqlite_engine(url: str) -> Engine:
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": 60},
-        poolclass=None if in_memory else NullPool if url.endswith(":nopool") else None,
     )
 
     @event.listens_for(engine, "connect")

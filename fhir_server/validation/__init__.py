@@ -10,11 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_server.errors import FhirError
+from fhir_server.validation.structural import validate
 
 
 def check_resource(resource: Any, expected_type: str | None = None) -> None:
-    from fhir_server.validation.structural import validate
-
     if not isinstance(resource, dict):
         raise FhirError("malformed", "The body is not a FHIR resource (a JSON object with resourceType)")
     issues = validate(resource, expected_type)

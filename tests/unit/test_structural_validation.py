@@ -110,10 +110,13 @@ def test_r4_example_is_valid(name: str) -> None:
     assert validate(resource, expected_type=resource["resourceType"]) == issues
 
 
-@pytest.mark.parametrize("name", EXAMPLE_NAMES or ["<no examples>"])
+# Examples of R4 types that R4B changed are left out: fhir.resources cannot judge them as R4
+# (R4B_DIFFERENCES says why for each); test_r4_example_is_valid still checks them.
+AGREEMENT_EXAMPLES = [n for n in EXAMPLE_NAMES if n not in R4B_DIFFERENCES]
+
+
+@pytest.mark.parametrize("name", AGREEMENT_EXAMPLES or ["<no examples>"])
 def test_r4_example_agrees_with_fhir_resources(name: str) -> None:
-    if name in R4B_DIFFERENCES:
-        pytest.skip(R4B_DIFFERENCES[name])
     resource = _load_example(name)
     ours = not has_errors(validate(resource))
     theirs = _fhir_resources_accepts(resource)

@@ -240,7 +240,7 @@ def _rewrite_references(entries: list[Entry], mapping: dict[str, str], ctx: Requ
 
     model = get_model()
 
-    def fix(node: Any, where: str) -> Any:
+    def fix(node: Any, where: str) -> None:
         if isinstance(node, dict):
             for key, value in node.items():
                 if isinstance(value, str):
@@ -264,11 +264,10 @@ def _rewrite_references(entries: list[Entry], mapping: dict[str, str], ctx: Requ
                     node[i] = mapping[item]
                 else:
                     fix(item, f"{where}[{i}]")
-        return node
 
     for entry in entries:
         if entry.resource is not None:
-            entry.resource = fix(_copy(entry.resource), f"Bundle.entry[{entry.index}].resource")
+            fix(entry.resource, f"Bundle.entry[{entry.index}].resource")  # the parsed Bundle is ours to change
 
 
 def _rewrite_narrative(div: str, mapping: dict[str, str]) -> str:
@@ -276,14 +275,6 @@ def _rewrite_narrative(div: str, mapping: dict[str, str]) -> str:
         if old in div:
             div = div.replace(f'"{old}"', f'"{new}"')
     return div
-
-
-def _copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    return value
 
 
 # -- batch ---------------------------------------------------------------------------------
@@ -294,7 +285,7 @@ def _batch(entries: list[Entry], ctx: RequestContext, representation: bool) -> d
     out = []
     for entry in entries:
         try:
-            with ctx.repo.session(write=True) as session:
+            with ctx.repo.session() as session:
                 _rewrite_references([entry], created, ctx.child(session), session)
             req = _entry_request(entry, "return=representation" if representation else "return=minimal")
             resp = dispatch(req, entry.path, ctx)

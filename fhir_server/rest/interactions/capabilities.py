@@ -20,24 +20,19 @@ PATCH_FORMATS = ["application/json-patch+json", "application/fhir+json", "applic
 
 
 def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
-    statement = dict(_statement(ctx.base_url, id(ctx.search.registry)))
-    return FhirResponse(200, resource=statement)
+    return FhirResponse(200, resource=_statement(ctx.base_url, ctx.search.registry))
 
 
 @functools.lru_cache(maxsize=8)
-def _statement(base_url: str, _registry_key: int) -> dict[str, Any]:
+def _statement(base_url: str, registry: Any) -> dict[str, Any]:
+    """Built once per base URL; the adapter only serialises it."""
     from fhir_server.rest.routes import ROUTES
-    from fhir_server.search.registry import get_registry
 
-    registry = get_registry()
     type_interactions = sorted({r.interaction for r in ROUTES if r.level in ("type", "instance")})
-    system_interactions = [
-        {"code": code}
-        for code in sorted({r.interaction for r in ROUTES if r.level == "system" and r.interaction != "capabilities"})
-        if code in ("transaction", "batch", "search-system", "history-system")
-    ]
-    if any(r.interaction == "transaction" for r in ROUTES):
-        system_interactions.append({"code": "batch"})
+    system_codes = {r.interaction for r in ROUTES if r.level == "system"} - {"capabilities"}
+    if "transaction" in system_codes:
+        system_codes.add("batch")  # one route (POST [base]) serves both Bundle types
+    system_interactions = [{"code": code} for code in sorted(system_codes)]
     resources = []
     for res_type in sorted(get_model().resource_types):
         params = [
@@ -49,7 +44,7 @@ def _statement(base_url: str, _registry_key: int) -> dict[str, Any]:
             {
                 "type": res_type,
                 "profile": f"http://hl7.org/fhir/StructureDefinition/{res_type}",
-                "interaction": [{"code": c} for c in type_interactions if c not in ("history-instance-system",)],
+                "interaction": [{"code": c} for c in type_interactions],
                 "versioning": "versioned-update",
                 "readHistory": True,
                 "updateCreate": True,

@@ -102,7 +102,7 @@ def read_live(session: Session, res_type: str, res_id: str) -> StoredVersion:
 
 def written(req: FhirRequest, ctx: RequestContext, version: StoredVersion, status: int, message: str) -> FhirResponse:
     """Response to a create/update/patch, shaped by ``Prefer: return=``."""
-    resp = FhirResponse.for_version(status, version, ctx.base_url, body=False)
+    resp = FhirResponse.for_version(status, version, body=False)
     resp.headers["Location"] = ctx.full_url(version.location)
     wanted = req.prefer.get("return", "representation")
     if wanted == "minimal":

@@ -12,5 +12,5 @@ def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
     with ctx.session() as session:
         current = read_live(session, res_type, res_id)
     if not_modified(req, current):
-        return FhirResponse.for_version(304, current, ctx.base_url, body=False)
-    return FhirResponse.for_version(200, current, ctx.base_url)
+        return FhirResponse.for_version(304, current, body=False)
+    return FhirResponse.for_version(200, current)

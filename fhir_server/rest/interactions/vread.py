@@ -19,5 +19,5 @@ def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
     if version.deleted:
         raise gone(version, f"Version {req.vid} of {res_type}/{res_id} is its deletion")
     if not_modified(req, version):
-        return FhirResponse.for_version(304, version, ctx.base_url, body=False)
-    return FhirResponse.for_version(200, version, ctx.base_url)
+        return FhirResponse.for_version(304, version, body=False)
+    return FhirResponse.for_version(200, version)
