@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, false, not_, or_, select, true
+from sqlalchemy import ColumnElement, and_, exists, not_, or_, select
 
 from fhir_server.errors import FhirError
 from fhir_server.search import hashing
@@ -34,22 +34,9 @@ from fhir_server.storage.schema import (
 from fhir_server.util.fhirdate import parse_range as date_range
 
 #: Parameters that shape the result rather than select resources.
-RESULT_PARAMS = frozenset(
-    {
-        "_count",
-        "_sort",
-        "_total",
-        "_summary",
-        "_elements",
-        "_cursor",
-        "_format",
-        "_pretty",
-        "_contained",
-        "_containedType",
-    }
-)
-#: Result parameters recognised but not yet implemented: refused rather than silently ignored.
-UNSUPPORTED_RESULT_PARAMS = frozenset({"_include", "_revinclude", "_contained", "_containedType"})
+RESULT_PARAMS = frozenset({"_count", "_sort", "_total", "_summary", "_elements", "_cursor", "_format", "_pretty"})
+#: Parameters recognised but not yet implemented: refused rather than silently ignored.
+UNSUPPORTED_PARAMS = frozenset({"_include", "_revinclude", "_contained", "_containedType", "_has"})
 _PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _NUMBER_RE = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
 _ESCAPED_SPLIT = re.compile(r"(?<!\\),")
@@ -296,12 +283,12 @@ def compile_query(
     """
     query = CompiledQuery(res_type)
     for key, raw in params:
-        if key in RESULT_PARAMS and key not in UNSUPPORTED_RESULT_PARAMS:
+        name, _, modifier = key.partition(":")
+        if name in RESULT_PARAMS:
             continue
-        if key in UNSUPPORTED_RESULT_PARAMS or key in ("_include", "_revinclude") or key.startswith("_has"):
+        if name in UNSUPPORTED_PARAMS:
             _reject(query, lenient, f"Search parameter {key} is not supported yet")
             continue
-        name, _, modifier = key.partition(":")
         if "." in name:
             _reject(query, lenient, f"Chained search ({key}) is not supported yet")
             continue
@@ -381,6 +368,3 @@ def _compile_typed(param: Any, modifier: str | None, raw: str, key: str) -> Colu
     else:
         build = lambda v: uri_predicate(sp, modifier, v)  # noqa: E731
     return or_(*[build(v) for v in split_values(raw)])
-
-
-__all__ = ["compile_query", "CompiledQuery", "true", "false"]
