@@ -57,7 +57,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
     def make_context() -> RequestContext:
         return RequestContext(services.repo, settings, services.search, base_url(settings))
 
-    adapter.register(app, make_context)
+    adapter.register(app, make_context, settings.bundle_slots)
 
     @app.before_request
     def _start() -> None:

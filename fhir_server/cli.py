@@ -7,6 +7,7 @@ sockets, threads and the database drivers must all cooperate with gevent's event
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -15,6 +16,9 @@ def main() -> None:
         from gevent import monkey
 
         monkey.patch_all()
+        # psycopg picks gevent's poll() per wait once select is patched; select() is half the
+        # cost per database round trip (ingest profile, docs/performance.md).
+        os.environ.setdefault("PSYCOPG_WAIT_FUNC", "wait_select")
     from fhir_server.commands import cli
 
     cli(auto_envvar_prefix="FHIR_SERVER")

@@ -55,14 +55,35 @@ def cli(log_level: str) -> None:
 @click.option("--workers", default=_DEFAULTS.workers, show_default=True, type=int, help="Pre-forked worker processes")
 @click.option("--base-url", default=None, help="Public FHIR base URL (default: from the request)")
 @click.option("--access-log/--no-access-log", default=True, show_default=True)
+@click.option(
+    "--bundle-slots",
+    default=_DEFAULTS.bundle_slots,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Batch/transaction Bundles run at once per worker (others wait); bounds memory",
+)
 def serve(
-    host: str, port: int, database_url: str, data_dir: str, workers: int, base_url: str | None, access_log: bool
+    host: str,
+    port: int,
+    database_url: str,
+    data_dir: str,
+    workers: int,
+    base_url: str | None,
+    access_log: bool,
+    bundle_slots: int,
 ) -> None:
     """Serve FHIR over HTTP."""
     from fhir_server.server import serve as run
 
     settings = _settings(
-        database_url, data_dir, host=host, port=port, workers=workers, base_url=base_url, access_log=access_log
+        database_url,
+        data_dir,
+        host=host,
+        port=port,
+        workers=workers,
+        base_url=base_url,
+        access_log=access_log,
+        bundle_slots=bundle_slots,
     )
     run(settings)
 

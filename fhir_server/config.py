@@ -33,6 +33,8 @@ class Settings:
     #: gzip responses larger than this when the client accepts gzip.
     gzip_min_size: int = 1400
     pool_size: int = 10
+    #: batch/transaction Bundles processed at once per worker (memory bound; see rest/adapter.py)
+    bundle_slots: int = 1
 
     def with_overrides(self, **values: object) -> Settings:
         return replace(self, **{k: v for k, v in values.items() if v is not None})

@@ -29,6 +29,12 @@ class FhirDecimal(Decimal):
     __slots__ = ()
 
 
+def _exact_float(text: str) -> float | FhirDecimal:
+    # Only the decimals a float would change become FhirDecimal: floats stay cheap downstream.
+    value = float(text)
+    return value if repr(value) == text else FhirDecimal(text)
+
+
 def _default(obj: Any) -> Any:
     if isinstance(obj, Decimal):
         return orjson.Fragment(str(obj))
@@ -41,7 +47,7 @@ def loads(data: bytes | str) -> Any:
         if isinstance(data, str):
             data = data.encode("utf-8")
         if _LOSSY_NUMBER.search(data):
-            return _stdjson.loads(data, parse_float=FhirDecimal)
+            return _stdjson.loads(data, parse_float=_exact_float)
         return orjson.loads(data)
     except (orjson.JSONDecodeError, _stdjson.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FhirError("malformed", f"Invalid JSON: {exc}") from None

@@ -50,7 +50,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from fhir_server.search.hashing import modifier_sp, token_hashes
 from fhir_server.search.registry import Registry, SearchParam, get_registry
@@ -110,21 +110,102 @@ def number_range(value: Any) -> tuple[float, float, float] | None:
 
 # --------------------------------------------------------------------------- row builders
 
-Rows = dict[str, list[dict]]
-_Seen = set
+# One row type per index table with its columns in table order, so that the repository writes
+# rows as they are (COPY/executemany) without a per-row conversion.
+
+
+class StringRow(NamedTuple):
+    rid: int
+    sp: int
+    value: str
+    exact: str
+
+
+class TokenRow(NamedTuple):
+    rid: int
+    sp: int
+    system: str | None
+    code: str | None
+    text: str | None
+    h_code: int
+    h_sys_code: int
+    h_sys: int
+
+
+class DateRow(NamedTuple):
+    rid: int
+    sp: int
+    lo: int
+    hi: int
+
+
+class NumberRow(NamedTuple):
+    rid: int
+    sp: int
+    value: float
+    lo: float
+    hi: float
+
+
+class QuantityRow(NamedTuple):
+    rid: int
+    sp: int
+    system: str | None
+    code: str | None
+    unit: str | None
+    value: float
+    lo: float
+    hi: float
+
+
+class RefTarget(NamedTuple):
+    """What a reference points at (the ``idx_reference`` columns after ``sp``)."""
+
+    target_type: str | None
+    target_id: str | None
+    target_version: str | None
+    url: str | None
+
+
+class ReferenceRow(NamedTuple):
+    rid: int
+    sp: int
+    target_type: str | None
+    target_id: str | None
+    target_version: str | None
+    url: str | None
+
+
+class UriRow(NamedTuple):
+    rid: int
+    sp: int
+    uri: str
+
+
+ROW_TYPES: dict[str, type[tuple]] = {
+    "idx_string": StringRow,
+    "idx_token": TokenRow,
+    "idx_date": DateRow,
+    "idx_number": NumberRow,
+    "idx_quantity": QuantityRow,
+    "idx_reference": ReferenceRow,
+    "idx_uri": UriRow,
+}
+Rows = dict[str, list[tuple]]
 
 
 class _Out:
     """Rows being collected, deduplicated per table."""
 
-    __slots__ = ("rows", "seen")
+    __slots__ = ("rid", "rows", "seen")
 
-    def __init__(self) -> None:
+    def __init__(self, rid: int) -> None:
+        self.rid = rid
         self.rows: Rows = {t: [] for t in TABLES}
         self.seen: set[tuple] = set()
 
-    def add(self, table: str, row: dict) -> None:
-        key = (table, *row.values())
+    def add(self, table: str, row: tuple) -> None:
+        key = (table, row)
         if key not in self.seen:
             self.seen.add(key)
             self.rows[table].append(row)
@@ -140,7 +221,7 @@ _modifier_sp = functools.lru_cache(maxsize=16384)(modifier_sp)
 
 def _str_row(out: _Out, sp: int, text: Any) -> None:
     if type(text) is str and text:
-        out.add("idx_string", {"sp": sp, "value": normalize_string(text), "exact": text})
+        out.add("idx_string", StringRow(out.rid, sp, normalize_string(text), text))
 
 
 def _index_string(p: SearchParam, items: list, out: _Out) -> None:
@@ -166,10 +247,7 @@ def _token_row(out: _Out, sp: int, system: Any, code: Any, text: Any = None) -> 
     if system is None and code is None and ntext is None:
         return
     hc, hsc, hs = _token_hashes(sp, system, code)
-    out.add(
-        "idx_token",
-        {"sp": sp, "system": system, "code": code, "text": ntext, "h_code": hc, "h_sys_code": hsc, "h_sys": hs},
-    )
+    out.add("idx_token", TokenRow(out.rid, sp, system, code, ntext, hc, hsc, hs))
 
 
 def _coding_rows(out: _Out, sp: int, coding: Any) -> None:
@@ -244,7 +322,7 @@ def _index_date(p: SearchParam, items: list, out: _Out) -> None:
     for value, vtype in items:
         rng = _date_of(value, vtype)
         if rng is not None:
-            out.add("idx_date", {"sp": p.sp, "lo": rng[0], "hi": rng[1]})
+            out.add("idx_date", DateRow(out.rid, p.sp, rng[0], rng[1]))
 
 
 def _index_number(p: SearchParam, items: list, out: _Out) -> None:
@@ -261,11 +339,11 @@ def _index_number(p: SearchParam, items: list, out: _Out) -> None:
             v = (lo_r or hi_r)[0]  # type: ignore[index]
             lo = lo_r[1] if lo_r else NUM_MIN
             hi = hi_r[2] if hi_r else NUM_MAX
-            out.add("idx_number", {"sp": p.sp, "value": v, "lo": lo, "hi": hi})
+            out.add("idx_number", NumberRow(out.rid, p.sp, v, lo, hi))
         else:
             r = number_range(value)
             if r is not None:
-                out.add("idx_number", {"sp": p.sp, "value": r[0], "lo": r[1], "hi": r[2]})
+                out.add("idx_number", NumberRow(out.rid, p.sp, *r))
 
 
 def _quantity_parts(q: Any) -> tuple[tuple[float, float, float], str | None, str | None, str | None] | None:
@@ -289,45 +367,29 @@ def _index_quantity(p: SearchParam, items: list, out: _Out) -> None:
             parts = _quantity_parts(value)
             if parts:
                 (v, lo, hi), system, code, unit = parts
-                out.add(
-                    "idx_quantity",
-                    {"sp": p.sp, "system": system, "code": code, "unit": unit, "value": v, "lo": lo, "hi": hi},
-                )
+                out.add("idx_quantity", QuantityRow(out.rid, p.sp, system, code, unit, v, lo, hi))
         elif vtype == "Range" and type(value) is dict:
             low, high = _quantity_parts(value.get("low")), _quantity_parts(value.get("high"))
             if low is None and high is None:
                 continue
             ref = low or high
             assert ref is not None
-            out.add(
-                "idx_quantity",
-                {
-                    "sp": p.sp,
-                    "system": ref[1],
-                    "code": ref[2],
-                    "unit": ref[3],
-                    "value": ref[0][0],
-                    "lo": low[0][1] if low else NUM_MIN,
-                    "hi": high[0][2] if high else NUM_MAX,
-                },
-            )
+            lo = low[0][1] if low else NUM_MIN
+            hi = high[0][2] if high else NUM_MAX
+            out.add("idx_quantity", QuantityRow(out.rid, p.sp, ref[1], ref[2], ref[3], ref[0][0], lo, hi))
 
 
 _ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
-def parse_reference(ref: str, resource_types: frozenset[str]) -> dict[str, str | None] | None:
-    """Columns of ``idx_reference`` for a literal reference string (None for ``#contained``)."""
+def parse_reference(ref: str, resource_types: frozenset[str]) -> RefTarget | None:
+    """What a literal reference string points at (None for ``#contained``)."""
     ref = ref.strip()
     if not ref or ref[0] == "#":
         return None
-    row: dict[str, str | None] = {"target_type": None, "target_id": None, "target_version": None, "url": None}
     if ref.startswith("urn:"):
-        row["url"] = ref
-        return row
+        return RefTarget(None, None, None, ref)
     absolute = "://" in ref
-    if absolute:
-        row["url"] = ref
     parts = ref.split("/")
     version = None
     if len(parts) >= 4 and parts[-2] == "_history":
@@ -335,54 +397,46 @@ def parse_reference(ref: str, resource_types: frozenset[str]) -> dict[str, str |
         parts = parts[:-2]
     typed = len(parts) >= 2 and parts[-2] in resource_types and _ID_RE.fullmatch(parts[-1])
     if typed and (absolute or len(parts) == 2):
-        row["target_type"], row["target_id"] = parts[-2], parts[-1]
-        if version and len(version) <= 64:
-            row["target_version"] = version
-    elif not absolute:
-        row["url"] = ref  # e.g. an unresolved conditional reference; kept as written
-    return row
+        kept_version = version if version and len(version) <= 64 else None
+        return RefTarget(parts[-2], parts[-1], kept_version, ref if absolute else None)
+    # absolute without Type/id, or e.g. an unresolved conditional reference: kept as written
+    return RefTarget(None, None, None, ref)
 
 
 def _index_reference(p: SearchParam, items: list, out: _Out, resource_types: frozenset[str]) -> None:
     sp = p.sp
     for value, vtype in items:
-        row: dict[str, str | None] | None = None
+        target: RefTarget | None = None
         if type(value) is str:  # canonical / uri
             url, _, version = value.partition("|")
             if url:
-                row = {"target_type": None, "target_id": None, "target_version": version[:64] or None, "url": url}
+                target = RefTarget(None, None, version[:64] or None, url)
         elif type(value) is not dict:
             continue
         elif vtype == "Reference":
-            target = value.get("reference")
-            if type(target) is str:
-                row = parse_reference(target, resource_types)
-                if row is not None and row["target_type"] is None and type(value.get("type")) is str:
-                    row["target_type"] = value["type"]
+            ref = value.get("reference")
+            if type(ref) is str:
+                target = parse_reference(ref, resource_types)
+                if target is not None and target.target_type is None and type(value.get("type")) is str:
+                    target = target._replace(target_type=value["type"])
             ident = value.get("identifier")
             if type(ident) is dict:
                 ident_sp = _modifier_sp(p.resource_type, p.code, "identifier")
                 _token_row(out, ident_sp, ident.get("system"), ident.get("value"))
         elif vtype == "Attachment":
             if type(value.get("url")) is str:
-                row = {"target_type": None, "target_id": None, "target_version": None, "url": value["url"]}
+                target = RefTarget(None, None, None, value["url"])
         elif "resourceType" in value:  # Bundle.entry[0].resource
             rid = value.get("id")
-            row = {
-                "target_type": value["resourceType"],
-                "target_id": rid if type(rid) is str else None,
-                "target_version": None,
-                "url": None,
-            }
-        if row is not None:
-            row = {"sp": sp, **row}
-            out.add("idx_reference", row)
+            target = RefTarget(value["resourceType"], rid if type(rid) is str else None, None, None)
+        if target is not None:
+            out.add("idx_reference", ReferenceRow(out.rid, sp, *target))
 
 
 def _index_uri(p: SearchParam, items: list, out: _Out) -> None:
     for value, _vtype in items:
         if type(value) is str and value:
-            out.add("idx_uri", {"sp": p.sp, "uri": value})
+            out.add("idx_uri", UriRow(out.rid, p.sp, value))
 
 
 _HANDLERS: dict[str, Callable[[SearchParam, list, _Out], None]] = {
@@ -395,13 +449,13 @@ _HANDLERS: dict[str, Callable[[SearchParam, list, _Out], None]] = {
 }
 
 
-def index_rows(resource: dict, registry: Registry | None = None) -> Rows:
-    """Index rows for ``resource``: table name → rows (all columns except ``rid``).
+def index_rows(resource: dict, rid: int = 0, registry: Registry | None = None) -> Rows:
+    """Index rows for ``resource`` stored under ``rid``: table name → rows.
 
     Every table name of :data:`TABLES` is present (possibly with an empty list).
     """
     registry = registry or get_registry()
-    out = _Out()
+    out = _Out(rid)
     rtype = resource.get("resourceType")
     if type(rtype) is not str:
         return out.rows

@@ -19,7 +19,9 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
         url,
         pool_size=pool_size,
         max_overflow=pool_size * 2,
-        pool_pre_ping=True,
+        # No pre-ping: it is one more round trip per request. A connection that died with a
+        # database restart fails its request once (503, see rest/adapter.py) and the pool is
+        # invalidated and refilled.
         pool_recycle=3600,
     )
 

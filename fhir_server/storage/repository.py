@@ -19,18 +19,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, insert, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Engine, select, text
 
 from fhir_server.errors import FhirError
 from fhir_server.formats import json as fjson
+from fhir_server.storage.bulk import insert_many
 from fhir_server.storage.engine import WRITE_FLAG, is_postgres
 from fhir_server.storage.schema import INDEX_BITS, INDEX_TABLES, resource_history, resources
 from fhir_server.util.clock import http_date, instant, now_us
 
-IndexRows = dict[str, list[dict[str, Any]]]
-#: Computes the index rows of a resource (the search registry provides it).
-Indexer = Callable[[dict[str, Any]], IndexRows]
+#: table name → rows (tuples of the table's columns)
+IndexRows = dict[str, list[tuple[Any, ...]]]
+#: Computes the index rows of a resource stored under a rid (the search registry provides it).
+Indexer = Callable[[dict[str, Any], int], IndexRows]
 
 
 @dataclass(slots=True)
@@ -82,6 +83,24 @@ _CURRENT_COLS = (
 )
 
 
+# Hot statements as constant SQL (``?`` placeholders, turned into ``%s`` for psycopg): building
+# and cache-keying a SQLAlchemy ``select()`` per call cost more than running it (read benchmark).
+_READ_CURRENT = f"SELECT {', '.join(c.name for c in _CURRENT_COLS)} FROM resources WHERE res_type = ? AND res_id = ?"
+_UPDATE_CURRENT = (
+    "UPDATE resources SET version = ?, updated_us = ?, deleted = ?, method = ?, content = ?, idx_mask = ? "
+    "WHERE rid = ? AND version = ?"
+)
+_HISTORY_COLS = "rid, version, res_type, res_id, updated_us, deleted, method, content"
+_INSERT_HISTORY = f"INSERT INTO resource_history ({_HISTORY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def _execute(conn: Connection, sql: str, params: tuple[Any, ...]) -> Any:
+    """Run constant SQL written with ``?`` placeholders on either database."""
+    if conn.dialect.name == "postgresql":
+        sql = sql.replace("?", "%s")
+    return conn.exec_driver_sql(sql, params)
+
+
 def _row_to_version(row: Any) -> StoredVersion:
     return StoredVersion(*row)
 
@@ -118,14 +137,14 @@ class Session:
     pending: list[_PendingCreate] = field(default_factory=list)
     #: resources created in this session by (type, id): a later read must see them
     created_ids: set[tuple[str, str]] = field(default_factory=set)
+    #: SQLite: the next free rid, counted from MAX(rid) under the transaction's write lock
+    next_rid: int | None = None
 
     # -- reads ---------------------------------------------------------------------------
     def read_current(self, res_type: str, res_id: str) -> StoredVersion | None:
         """The latest version (possibly a deletion marker), or None if it never existed."""
         self.flush()
-        row = self.conn.execute(
-            select(*_CURRENT_COLS).where(resources.c.res_type == res_type, resources.c.res_id == res_id)
-        ).first()
+        row = _execute(self.conn, _READ_CURRENT, (res_type, res_id)).first()
         return _row_to_version(row) if row else None
 
     def read_version(self, res_type: str, res_id: str, version: int) -> StoredVersion | None:
@@ -165,8 +184,9 @@ class Session:
             raise FhirError("conflict", f"{res_type}/{res_id} is created twice in one transaction")
         updated = now_us()
         stamped = stamp(resource, res_id, 1, updated)
-        index = self.repo.indexer(stamped)
-        version = StoredVersion(0, res_type, res_id, 1, updated, False, method, fjson.dumps(stamped))
+        rid = self._allocate_rid()
+        index = self.repo.indexer(stamped, rid)
+        version = StoredVersion(rid, res_type, res_id, 1, updated, False, method, fjson.dumps(stamped))
         version.idx_mask = _mask(index)
         self.pending.append(_PendingCreate(version, index))
         self.created_ids.add((res_type, res_id))
@@ -181,11 +201,11 @@ class Session:
         new_version = current.version + 1
         updated = max(now_us(), current.updated_us + 1)
         stamped = stamp(resource, current.res_id, new_version, updated)
-        index = self.repo.indexer(stamped)
+        index = self.repo.indexer(stamped, current.rid)
         content = fjson.dumps(stamped)
         new_mask = _mask(index)
         self._replace(current, new_version, updated, method, False, content, new_mask)
-        self._reindex(current.rid, current.idx_mask, index)
+        self._write_index(index)
         return StoredVersion(
             current.rid, current.res_type, current.res_id, new_version, updated, False, method, content, new_mask
         )
@@ -197,7 +217,6 @@ class Session:
         new_version = current.version + 1
         updated = max(now_us(), current.updated_us + 1)
         self._replace(current, new_version, updated, "DELETE", True, None, 0)
-        self._reindex(current.rid, current.idx_mask, {})
         return StoredVersion(current.rid, current.res_type, current.res_id, new_version, updated, True, "DELETE", None)
 
     def _replace(
@@ -210,82 +229,69 @@ class Session:
         content: bytes | None,
         idx_mask: int,
     ) -> None:
-        result = self.conn.execute(
-            update(resources)
-            .where(resources.c.rid == current.rid, resources.c.version == current.version)
-            .values(
-                version=new_version,
-                updated_us=updated,
-                deleted=deleted,
-                method=method,
-                content=content,
-                idx_mask=idx_mask,
+        """Move ``current`` to history, store the new version and drop its old index rows.
+
+        On PostgreSQL this is one statement (one round trip); the history row is inserted only
+        if the optimistic ``WHERE version = n`` matched, so its row count tells a conflict.
+        """
+        c = current
+        new_values = (new_version, updated, deleted, method, content, idx_mask, c.rid, c.version)
+        old_values = (c.version, c.res_type, c.res_id, c.updated_us, c.deleted, c.method, c.content)
+        stale = [t for name, t in INDEX_TABLES.items() if c.idx_mask & INDEX_BITS[name]]
+        if self.repo.postgres:
+            deletes = "".join(f", d_{t.name} AS (DELETE FROM {t.name} WHERE rid = %s)" for t in stale)
+            sql = (
+                f"WITH u AS ({_UPDATE_CURRENT} RETURNING rid){deletes} "
+                f"INSERT INTO resource_history ({_HISTORY_COLS}) "
+                "SELECT rid, %s::int, %s::text, %s::text, %s::bigint, %s::boolean, %s::text, %s::bytea FROM u"
             )
-        )
-        if result.rowcount != 1:
+            matched = _execute(self.conn, sql, (*new_values, *(c.rid for _ in stale), *old_values)).rowcount
+        else:
+            matched = _execute(self.conn, _UPDATE_CURRENT, new_values).rowcount
+            if matched == 1:
+                _execute(self.conn, _INSERT_HISTORY, (c.rid, *old_values))
+                for t in stale:
+                    _execute(self.conn, f"DELETE FROM {t.name} WHERE rid = ?", (c.rid,))
+        if matched != 1:
             raise FhirError(
                 "conflict",
-                f"{current.res_type}/{current.res_id} was changed by another request "
-                f"(version {current.version} is no longer current); read it again and retry",
+                f"{c.res_type}/{c.res_id} was changed by another request "
+                f"(version {c.version} is no longer current); read it again and retry",
             )
-        self.conn.execute(
-            insert(resource_history).values(
-                rid=current.rid,
-                version=current.version,
-                res_type=current.res_type,
-                res_id=current.res_id,
-                updated_us=current.updated_us,
-                deleted=current.deleted,
-                method=current.method,
-                content=current.content,
-            )
-        )
 
-    def _reindex(self, rid: int, old_mask: int, index: IndexRows) -> None:
-        for name, table in INDEX_TABLES.items():
-            if old_mask & INDEX_BITS[name]:
-                self.conn.execute(delete(table).where(table.c.rid == rid))
+    def _write_index(self, index: IndexRows) -> None:
         for name, rows in index.items():
-            if rows:
-                self.conn.execute(insert(INDEX_TABLES[name]), [{**r, "rid": rid} for r in rows])
+            insert_many(self.conn, INDEX_TABLES[name], rows)
+
+    def _allocate_rid(self) -> int:
+        if self.repo.postgres:
+            return self.repo.take_rid(self.conn)
+        # SQLite: writers hold the database lock (BEGIN IMMEDIATE), so MAX(rid)+1.. is safe.
+        if self.next_rid is None:
+            self.next_rid = self.conn.exec_driver_sql("SELECT COALESCE(MAX(rid), 0) + 1 FROM resources").scalar_one()
+        rid, self.next_rid = self.next_rid, self.next_rid + 1
+        return rid
 
     def flush(self) -> None:
-        """Write buffered creates: one statement per table for the whole batch."""
+        """Write buffered creates: one bulk insert per table for the whole batch."""
         if not self.pending:
             return
         pending, self.pending = self.pending, []
-        rids = self.repo.allocate_rids(self.conn, len(pending))
         rows = []
-        index_rows: dict[str, list[dict[str, Any]]] = {}
-        for rid, item in zip(rids, pending, strict=True):
+        index_rows: IndexRows = {}
+        for item in pending:
             v = item.version
-            v.rid = rid
-            rows.append(
-                {
-                    "rid": rid,
-                    "res_type": v.res_type,
-                    "res_id": v.res_id,
-                    "version": v.version,
-                    "updated_us": v.updated_us,
-                    "deleted": False,
-                    "method": v.method,
-                    "content": v.content,
-                    "idx_mask": v.idx_mask,
-                }
-            )
+            rows.append((v.rid, v.res_type, v.res_id, v.version, v.updated_us, False, v.method, v.idx_mask, v.content))
             for name, irows in item.index.items():
-                bucket = index_rows.setdefault(name, [])
-                for r in irows:
-                    bucket.append({**r, "rid": rid})
+                if irows:
+                    index_rows.setdefault(name, []).extend(irows)
         try:
-            self.conn.execute(insert(resources), rows)
-        except IntegrityError:
+            insert_many(self.conn, resources, rows)
+        except self.conn.dialect.loaded_dbapi.IntegrityError:
             raise FhirError(
                 "conflict", "a resource with the same type and id was created concurrently; retry"
             ) from None
-        for name, irows in index_rows.items():
-            if irows:
-                self.conn.execute(insert(INDEX_TABLES[name]), irows)
+        self._write_index(index_rows)
 
     # -- history -------------------------------------------------------------------------
     def history(
@@ -321,11 +327,17 @@ class Repository:
         self.indexer = indexer
         self.flush_size = flush_size
         self.postgres = is_postgres(engine)
+        self.rid_block_size = 500
+        self._rid_block: list[int] = []
 
     @contextmanager
     def session(self, write: bool = False) -> Iterator[Session]:
         """One database transaction; commits on success, rolls back on any exception."""
         with self.engine.connect() as conn:
+            if self.postgres and not write:
+                # No BEGIN/COMMIT round trips: under READ COMMITTED every statement takes its
+                # own snapshot anyway, inside a transaction or not.
+                conn.execution_options(isolation_level="AUTOCOMMIT")
             conn.info[WRITE_FLAG] = write
             try:
                 with conn.begin():
@@ -336,13 +348,18 @@ class Repository:
             finally:
                 conn.info[WRITE_FLAG] = False
 
-    def allocate_rids(self, conn: Connection, n: int) -> list[int]:
-        if self.postgres:
-            rows = conn.execute(text("SELECT nextval('resources_rid_seq') FROM generate_series(1, :n)"), {"n": n}).all()
-            return [r[0] for r in rows]
-        # SQLite: writers hold the database lock (BEGIN IMMEDIATE), so max+1.. is safe.
-        start = conn.execute(text("SELECT COALESCE(MAX(rid), 0) FROM resources")).scalar_one()
-        return list(range(start + 1, start + 1 + n))
+    def take_rid(self, conn: Connection) -> int:
+        """A rid from this process's block of the PostgreSQL sequence (one round trip per block).
+
+        Sequences are not transactional anyway, so a rid taken by a rolled-back write is a gap,
+        as it would be with ``nextval`` per row.
+        """
+        if not self._rid_block:
+            rows = conn.exec_driver_sql(
+                "SELECT nextval('resources_rid_seq') FROM generate_series(1, %s)", (self.rid_block_size,)
+            ).all()
+            self._rid_block.extend(r[0] for r in reversed(rows))
+        return self._rid_block.pop()
 
     def ping(self) -> bool:
         with self.engine.connect() as conn:

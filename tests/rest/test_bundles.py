@@ -166,3 +166,18 @@ def test_transaction_with_unknown_urn_uuid_reference_fails(client) -> None:
     resp = _tx(client, [entry])
     assert resp.status_code == 422
     assert resp.get_json()["issue"][0]["expression"] == ["Bundle.entry[0].resource.subject.reference"]
+
+
+def test_unresolved_reference_inside_a_list_is_located(client) -> None:
+    entry = {
+        "resource": {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"text": "x"},
+            "performer": [{"display": "a"}, {"reference": "urn:uuid:0b0c2f0e-0000-4000-8000-000000000001"}],
+        },
+        "request": {"method": "POST", "url": "Observation"},
+    }
+    resp = _tx(client, [entry])
+    assert resp.status_code == 422
+    assert resp.get_json()["issue"][0]["expression"] == ["Bundle.entry[0].resource.performer[1].reference"]

@@ -93,3 +93,50 @@ def test_postgres_queries_yield_to_gevent(postgres_url) -> None:  # type: ignore
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout) < 1.2
+
+
+def test_update_of_a_deleted_resource_keeps_the_deletion_in_history(services) -> None:  # type: ignore[no-untyped-def]
+    repo = services.repo
+    with repo.session(write=True) as s:
+        v1 = s.create({"resourceType": "Patient", "gender": "male"})
+    with repo.session(write=True) as s:
+        s.delete(s.read_current("Patient", v1.res_id))
+    with repo.session(write=True) as s:
+        v3 = s.update(s.read_current("Patient", v1.res_id), {"resourceType": "Patient", "gender": "other"})
+    assert v3.version == 3
+    with repo.session() as s:
+        deleted = s.read_version("Patient", v1.res_id, 2)
+        assert deleted.deleted and deleted.content is None
+        assert s.read_version("Patient", v1.res_id, 1).resource()["gender"] == "male"
+        codes = s.conn.execute(select(idx_token.c.code).where(idx_token.c.rid == v1.rid)).scalars().all()
+    assert "other" in codes and "male" not in codes
+
+
+def test_bulk_create_writes_every_column(services) -> None:  # type: ignore[no-untyped-def]
+    repo = services.repo
+    family = f"Bulk{uuid.uuid4().hex[:8]}"
+    with repo.session(write=True) as s:
+        made = [s.create({"resourceType": "Patient", "name": [{"family": f"{family}{i}"}]}) for i in range(5)]
+    with repo.session() as s:
+        rows = s.read_many([v.rid for v in made])
+        names = (
+            s.conn.execute(select(idx_string.c.exact).where(idx_string.c.rid.in_([v.rid for v in made])))
+            .scalars()
+            .all()
+        )
+    assert [r.resource()["name"][0]["family"] for r in rows] == [f"{family}{i}" for i in range(5)]
+    assert all(r.version == 1 and not r.deleted and r.method == "POST" and r.idx_mask for r in rows)
+    assert {f"{family}{i}" for i in range(5)} <= set(names)
+
+
+def test_same_id_created_twice_is_a_conflict_and_writes_nothing(services) -> None:  # type: ignore[no-untyped-def]
+    repo = services.repo
+    res_id = uuid.uuid4().hex
+    with repo.session(write=True) as s:
+        s.create({"resourceType": "Patient", "gender": "male"}, res_id=res_id, method="PUT")
+    with pytest.raises(FhirError) as err:
+        with repo.session(write=True) as s:
+            s.create({"resourceType": "Patient", "gender": "female"}, res_id=res_id, method="PUT")
+    assert err.value.status == 409
+    with repo.session() as s:
+        assert s.read_current("Patient", res_id).resource()["gender"] == "male"

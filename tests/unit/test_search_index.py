@@ -35,6 +35,8 @@ from fhir_server.search.index import (
     DATE_MIN,
     NUM_MAX,
     NUM_MIN,
+    ROW_TYPES,
+    RefTarget,
     date_range,
     index_rows,
     normalize_string,
@@ -42,8 +44,10 @@ from fhir_server.search.index import (
     parse_reference,
 )
 from fhir_server.search.registry import DEFINITIONS_FILE, Registry, get_registry
+from fhir_server.storage.schema import INDEX_TABLES
+from tests.conftest import SHARED_DATA
 
-DATA = pathlib.Path("/work/shared/data/fhir")
+DATA = SHARED_DATA / "fhir"
 OFFICIAL = DATA / "r4-definitions"
 EXAMPLES = DATA / "r4-examples"
 SYNTHEA = DATA / "synthea"
@@ -68,7 +72,7 @@ def reg() -> Registry:
 def rows_for(resource: dict, reg: Registry, code: str, table: str) -> list[dict]:
     sp = reg.get(resource["resourceType"], code)
     assert sp is not None, code
-    return [r for r in index_rows(resource, reg)[table] if r["sp"] == sp.sp]
+    return [r for r in index_rows(resource, registry=reg)[table] if r.sp == sp.sp]
 
 
 # ----------------------------------------------------------------------------- definitions
@@ -284,7 +288,7 @@ def test_registry_add_custom_parameter() -> None:
         "extension": [{"url": "http://e/race", "valueCodeableConcept": {"coding": [{"system": "s", "code": "c"}]}}],
     }
     rows = rows_for(pat, reg, "race", "idx_token")
-    assert [(r["system"], r["code"]) for r in rows] == [("s", "c")]
+    assert [(r.system, r.code) for r in rows] == [("s", "c")]
 
     everywhere = reg.add(
         {"code": "ver", "base": ["Resource"], "type": "token", "expression": "Resource.meta.versionId"}
@@ -335,28 +339,19 @@ def test_number_ranges() -> None:
 
 def test_parse_reference() -> None:
     types = get_registry().resource_types
-    assert parse_reference("Patient/123", types) == {
-        "target_type": "Patient",
-        "target_id": "123",
-        "target_version": None,
-        "url": None,
-    }
-    assert parse_reference("Patient/123/_history/4", types)["target_version"] == "4"  # type: ignore[index]
+    assert parse_reference("Patient/123", types) == RefTarget("Patient", "123", None, None)
+    assert parse_reference("Patient/123/_history/4", types) == RefTarget("Patient", "123", "4", None)
     absolute = parse_reference("http://x.org/fhir/Observation/a-1", types)
-    assert absolute == {
-        "target_type": "Observation",
-        "target_id": "a-1",
-        "target_version": None,
-        "url": "http://x.org/fhir/Observation/a-1",
-    }
-    assert parse_reference("urn:uuid:1234", types) == {
-        "target_type": None,
-        "target_id": None,
-        "target_version": None,
-        "url": "urn:uuid:1234",
-    }
+    assert absolute == RefTarget("Observation", "a-1", None, "http://x.org/fhir/Observation/a-1")
+    assert parse_reference("urn:uuid:1234", types) == RefTarget(None, None, None, "urn:uuid:1234")
     assert parse_reference("#c1", types) is None
-    assert parse_reference("http://x.org/other", types)["target_type"] is None  # type: ignore[index]
+    assert parse_reference("http://x.org/other", types) == RefTarget(None, None, None, "http://x.org/other")
+    assert parse_reference("Unknown/1", types) == RefTarget(None, None, None, "Unknown/1")
+
+
+def test_row_types_match_the_index_tables() -> None:
+    for table, row_type in ROW_TYPES.items():
+        assert row_type._fields == tuple(c.name for c in INDEX_TABLES[table].columns)
 
 
 def test_token_rows_for_each_type(reg: Registry) -> None:
@@ -377,29 +372,27 @@ def test_token_rows_for_each_type(reg: Registry) -> None:
         "category": [{"text": "only text"}],
     }
     code_rows = rows_for(obs, reg, "code", "idx_token")
-    assert {(r["system"], r["code"], r["text"]) for r in code_rows} == {
+    assert {(r.system, r.code, r.text) for r in code_rows} == {
         ("http://loinc.org", "1-8", "acid"),
         (None, "local", None),
         (None, None, "acid test"),
     }
-    row = next(r for r in code_rows if r["code"] == "1-8")
-    assert (row["h_code"], row["h_sys_code"], row["h_sys"]) == hashing.token_hashes(
-        row["sp"], "http://loinc.org", "1-8"
-    )
+    row = next(r for r in code_rows if r.code == "1-8")
+    assert (row.h_code, row.h_sys_code, row.h_sys) == hashing.token_hashes(row.sp, "http://loinc.org", "1-8")
     status = rows_for(obs, reg, "status", "idx_token")
-    assert [(r["system"], r["code"]) for r in status] == [("http://hl7.org/fhir/observation-status", "final")]
+    assert [(r.system, r.code) for r in status] == [("http://hl7.org/fhir/observation-status", "final")]
     ident = rows_for(obs, reg, "identifier", "idx_token")
-    assert [(r["system"], r["code"], r["text"]) for r in ident] == [("urn:sys", "v1", "mr")]
+    assert [(r.system, r.code, r.text) for r in ident] == [("urn:sys", "v1", "mr")]
     of_type_sp = hashing.modifier_sp("Observation", "identifier", "of-type")
-    of_type = [r for r in index_rows(obs, reg)["idx_token"] if r["sp"] == of_type_sp]
-    assert [(r["system"], r["code"]) for r in of_type] == [(None, "http://t|MR|v1")]
-    assert [(r["code"], r["text"]) for r in rows_for(obs, reg, "category", "idx_token")] == [(None, "only text")]
+    of_type = [r for r in index_rows(obs, registry=reg)["idx_token"] if r.sp == of_type_sp]
+    assert [(r.system, r.code) for r in of_type] == [(None, "http://t|MR|v1")]
+    assert [(r.code, r.text) for r in rows_for(obs, reg, "category", "idx_token")] == [(None, "only text")]
 
     pat = {"resourceType": "Patient", "active": True, "telecom": [{"system": "phone", "value": "555", "use": "home"}]}
-    assert [(r["system"], r["code"]) for r in rows_for(pat, reg, "active", "idx_token")] == [(None, "true")]
-    assert [(r["system"], r["code"]) for r in rows_for(pat, reg, "phone", "idx_token")] == [(None, "555")]
-    assert [(r["system"], r["code"]) for r in rows_for(pat, reg, "telecom", "idx_token")] == [(None, "555")]
-    assert [r["code"] for r in rows_for(pat, reg, "deceased", "idx_token")] == ["false"]
+    assert [(r.system, r.code) for r in rows_for(pat, reg, "active", "idx_token")] == [(None, "true")]
+    assert [(r.system, r.code) for r in rows_for(pat, reg, "phone", "idx_token")] == [(None, "555")]
+    assert [(r.system, r.code) for r in rows_for(pat, reg, "telecom", "idx_token")] == [(None, "555")]
+    assert [r.code for r in rows_for(pat, reg, "deceased", "idx_token")] == ["false"]
 
 
 def test_string_rows_for_name_and_address(reg: Registry) -> None:
@@ -416,7 +409,7 @@ def test_string_rows_for_name_and_address(reg: Registry) -> None:
         ],
         "address": [{"line": ["1 Rue X"], "city": "Paris", "postalCode": "75001", "country": "FR", "use": "home"}],
     }
-    names = {(r["value"], r["exact"]) for r in rows_for(pat, reg, "name", "idx_string")}
+    names = {(r.value, r.exact) for r in rows_for(pat, reg, "name", "idx_string")}
     assert names == {
         ("dubois", "Dúbois"),
         ("jean", "Jean"),
@@ -424,18 +417,18 @@ def test_string_rows_for_name_and_address(reg: Registry) -> None:
         ("dr", "Dr"),
         ("dr jean-luc dubois", "Dr Jean-Luc Dúbois"),
     }
-    assert {r["value"] for r in rows_for(pat, reg, "family", "idx_string")} == {"dubois"}
-    assert {r["value"] for r in rows_for(pat, reg, "address", "idx_string")} == {"1 rue x", "paris", "75001", "fr"}
-    assert [r["value"] for r in rows_for(pat, reg, "address-city", "idx_string")] == ["paris"]
+    assert {r.value for r in rows_for(pat, reg, "family", "idx_string")} == {"dubois"}
+    assert {r.value for r in rows_for(pat, reg, "address", "idx_string")} == {"1 rue x", "paris", "75001", "fr"}
+    assert [r.value for r in rows_for(pat, reg, "address-city", "idx_string")] == ["paris"]
 
 
 def test_date_rows_period_timing(reg: Registry) -> None:
     enc = {"resourceType": "Encounter", "period": {"start": "2015-01-17T16:00:00+10:00"}}
-    assert [(r["lo"], r["hi"]) for r in rows_for(enc, reg, "date", "idx_date")] == [
+    assert [(r.lo, r.hi) for r in rows_for(enc, reg, "date", "idx_date")] == [
         (us("2015-01-17T06:00:00.000000Z"), DATE_MAX)
     ]
     enc["period"] = {"end": "2015"}
-    assert [(r["lo"], r["hi"]) for r in rows_for(enc, reg, "date", "idx_date")] == [
+    assert [(r.lo, r.hi) for r in rows_for(enc, reg, "date", "idx_date")] == [
         (DATE_MIN, us("2015-12-31T23:59:59.999999Z"))
     ]
     sr = {
@@ -445,7 +438,7 @@ def test_date_rows_period_timing(reg: Registry) -> None:
             "repeat": {"boundsPeriod": {"start": "2020-04", "end": "2020-06"}},
         },
     }
-    assert [(r["lo"], r["hi"]) for r in rows_for(sr, reg, "occurrence", "idx_date")] == [
+    assert [(r.lo, r.hi) for r in rows_for(sr, reg, "occurrence", "idx_date")] == [
         (us("2020-03-01T10:00:00.000000Z"), us("2020-06-30T23:59:59.999999Z"))
     ]
 
@@ -461,24 +454,24 @@ def test_quantity_number_rows(reg: Registry) -> None:
         },
     }
     (row,) = rows_for(obs, reg, "value-quantity", "idx_quantity")
-    assert (row["system"], row["code"], row["unit"], row["value"]) == (
+    assert (row.system, row.code, row.unit, row.value) == (
         "http://unitsofmeasure.org",
         "mmol/L",
         "mmol/l",
         6.3,
     )
-    assert (row["lo"], row["hi"]) == pytest.approx((6.295, 6.305))
+    assert (row.lo, row.hi) == pytest.approx((6.295, 6.305))
     claim = {"resourceType": "ChargeItem", "priceOverride": {"value": 10, "currency": "EUR"}}
     (money,) = rows_for(claim, reg, "price-override", "idx_quantity")
-    assert (money["system"], money["code"], money["lo"], money["hi"]) == ("urn:iso:std:iso:4217", "EUR", 9.5, 10.5)
+    assert (money.system, money.code, money.lo, money.hi) == ("urn:iso:std:iso:4217", "EUR", 9.5, 10.5)
     cond = {"resourceType": "Condition", "onsetRange": {"low": {"value": 2, "unit": "a"}}}
     (rng,) = rows_for(cond, reg, "onset-age", "idx_quantity")
-    assert (rng["value"], rng["lo"], rng["hi"], rng["unit"]) == (2.0, 1.5, NUM_MAX, "a")
+    assert (rng.value, rng.lo, rng.hi, rng.unit) == (2.0, 1.5, NUM_MAX, "a")
     risk = {
         "resourceType": "RiskAssessment",
         "prediction": [{"probabilityDecimal": 0.25}, {"probabilityRange": {"high": {"value": 3}}}],
     }
-    got = sorted((r["value"], r["lo"], r["hi"]) for r in rows_for(risk, reg, "probability", "idx_number"))
+    got = sorted((r.value, r.lo, r.hi) for r in rows_for(risk, reg, "probability", "idx_number"))
     assert got == [(0.25, pytest.approx(0.245), pytest.approx(0.255)), (3.0, NUM_MIN, 3.5)]
 
 
@@ -491,34 +484,32 @@ def test_reference_and_uri_rows(reg: Registry) -> None:
         "meta": {"profile": ["http://p/StructureDefinition/x|1.0"], "source": "http://src"},
     }
     subject = rows_for(obs, reg, "subject", "idx_reference")
-    assert [(r["target_type"], r["target_id"], r["target_version"], r["url"]) for r in subject] == [
-        ("Patient", "p1", "2", None)
-    ]
-    assert [(r["target_type"], r["url"]) for r in rows_for(obs, reg, "performer", "idx_reference")] == [
+    assert [(r.target_type, r.target_id, r.target_version, r.url) for r in subject] == [("Patient", "p1", "2", None)]
+    assert [(r.target_type, r.url) for r in rows_for(obs, reg, "performer", "idx_reference")] == [
         ("Practitioner", "urn:uuid:9")
     ]
     ident_sp = hashing.modifier_sp("Observation", "subject", "identifier")
-    assert [(r["system"], r["code"]) for r in index_rows(obs, reg)["idx_token"] if r["sp"] == ident_sp] == [
+    assert [(r.system, r.code) for r in index_rows(obs, registry=reg)["idx_token"] if r.sp == ident_sp] == [
         ("urn:mrn", "42")
     ]
-    assert [r["uri"] for r in rows_for(obs, reg, "_profile", "idx_uri")] == ["http://p/StructureDefinition/x|1.0"]
-    assert [r["uri"] for r in rows_for(obs, reg, "_source", "idx_uri")] == ["http://src"]
+    assert [r.uri for r in rows_for(obs, reg, "_profile", "idx_uri")] == ["http://p/StructureDefinition/x|1.0"]
+    assert [r.uri for r in rows_for(obs, reg, "_source", "idx_uri")] == ["http://src"]
     q = {"resourceType": "QuestionnaireResponse", "questionnaire": "http://q/Questionnaire/a|2.0"}
     (canon,) = rows_for(q, reg, "questionnaire", "idx_reference")
-    assert (canon["url"], canon["target_version"], canon["target_id"]) == ("http://q/Questionnaire/a", "2.0", None)
+    assert (canon.url, canon.target_version, canon.target_id) == ("http://q/Questionnaire/a", "2.0", None)
     bundle = {
         "resourceType": "Bundle",
         "type": "document",
         "entry": [{"resource": {"resourceType": "Composition", "id": "c1"}}],
     }
-    assert [(r["target_type"], r["target_id"]) for r in rows_for(bundle, reg, "composition", "idx_reference")] == [
+    assert [(r.target_type, r.target_id) for r in rows_for(bundle, reg, "composition", "idx_reference")] == [
         ("Composition", "c1")
     ]
 
 
 def test_rows_are_deduplicated_and_tables_complete(reg: Registry) -> None:
     pat = {"resourceType": "Patient", "name": [{"family": "A"}, {"family": "A"}]}
-    rows = index_rows(pat, reg)
+    rows = index_rows(pat, registry=reg)
     assert set(rows) == {
         "idx_string",
         "idx_token",
@@ -529,7 +520,7 @@ def test_rows_are_deduplicated_and_tables_complete(reg: Registry) -> None:
         "idx_uri",
     }
     assert len(rows_for(pat, reg, "family", "idx_string")) == 1
-    assert index_rows({"no": "type"}, reg)["idx_token"] == []
+    assert index_rows({"no": "type"}, registry=reg)["idx_token"] == []
 
 
 # ----------------------------------------------------------------------------- real examples
@@ -548,18 +539,18 @@ def _example(name: str) -> dict:
 @needs_examples
 def test_patient_example_rows(reg: Registry) -> None:
     pat = _example("patient-example.json")
-    assert {r["value"] for r in rows_for(pat, reg, "family", "idx_string")} == {"chalmers", "windsor"}
-    assert {r["value"] for r in rows_for(pat, reg, "given", "idx_string")} == {"peter", "james", "jim"}
-    assert [(r["system"], r["code"]) for r in rows_for(pat, reg, "identifier", "idx_token")] == [
+    assert {r.value for r in rows_for(pat, reg, "family", "idx_string")} == {"chalmers", "windsor"}
+    assert {r.value for r in rows_for(pat, reg, "given", "idx_string")} == {"peter", "james", "jim"}
+    assert [(r.system, r.code) for r in rows_for(pat, reg, "identifier", "idx_token")] == [
         ("urn:oid:1.2.36.146.595.217.0.1", "12345")
     ]
-    assert [(r["lo"], r["hi"]) for r in rows_for(pat, reg, "birthdate", "idx_date")] == [
+    assert [(r.lo, r.hi) for r in rows_for(pat, reg, "birthdate", "idx_date")] == [
         (us("1974-12-25T00:00:00.000000Z"), us("1974-12-25T23:59:59.999999Z"))
     ]
-    assert [(r["system"], r["code"]) for r in rows_for(pat, reg, "gender", "idx_token")] == [
+    assert [(r.system, r.code) for r in rows_for(pat, reg, "gender", "idx_token")] == [
         ("http://hl7.org/fhir/administrative-gender", "male")
     ]
-    assert [(r["target_type"], r["target_id"]) for r in rows_for(pat, reg, "organization", "idx_reference")] == [
+    assert [(r.target_type, r.target_id) for r in rows_for(pat, reg, "organization", "idx_reference")] == [
         ("Organization", "1")
     ]
 
@@ -567,18 +558,16 @@ def test_patient_example_rows(reg: Registry) -> None:
 @needs_examples
 def test_observation_example_rows(reg: Registry) -> None:
     obs = _example("observation-example-f001-glucose.json")
-    assert [(r["system"], r["code"]) for r in rows_for(obs, reg, "code", "idx_token")] == [
-        ("http://loinc.org", "15074-8")
-    ]
+    assert [(r.system, r.code) for r in rows_for(obs, reg, "code", "idx_token")] == [("http://loinc.org", "15074-8")]
     (q,) = rows_for(obs, reg, "value-quantity", "idx_quantity")
-    assert (q["value"], q["code"], q["lo"], q["hi"]) == (6.3, "mmol/L", pytest.approx(6.25), pytest.approx(6.35))
-    assert [(r["lo"], r["hi"]) for r in rows_for(obs, reg, "date", "idx_date")] == [
+    assert (q.value, q.code, q.lo, q.hi) == (6.3, "mmol/L", pytest.approx(6.25), pytest.approx(6.35))
+    assert [(r.lo, r.hi) for r in rows_for(obs, reg, "date", "idx_date")] == [
         (us("2013-04-02T08:30:10.000000Z"), DATE_MAX)
     ]
-    assert [(r["target_type"], r["target_id"]) for r in rows_for(obs, reg, "subject", "idx_reference")] == [
+    assert [(r.target_type, r.target_id) for r in rows_for(obs, reg, "subject", "idx_reference")] == [
         ("Patient", "f001")
     ]
-    assert [(r["target_type"], r["target_id"]) for r in rows_for(obs, reg, "patient", "idx_reference")] == [
+    assert [(r.target_type, r.target_id) for r in rows_for(obs, reg, "patient", "idx_reference")] == [
         ("Patient", "f001")
     ]
 
@@ -586,12 +575,12 @@ def test_observation_example_rows(reg: Registry) -> None:
 @needs_examples
 def test_encounter_example_rows(reg: Registry) -> None:
     enc = _example("encounter-example-home.json")
-    assert [(r["lo"], r["hi"]) for r in rows_for(enc, reg, "date", "idx_date")] == [
+    assert [(r.lo, r.hi) for r in rows_for(enc, reg, "date", "idx_date")] == [
         (us("2015-01-17T06:00:00.000000Z"), us("2015-01-17T06:30:00.999999Z"))
     ]
     heart = _example("encounter-example-f001-heart.json")
     (length,) = rows_for(heart, reg, "length", "idx_quantity")
-    assert (length["value"], length["code"]) == (140.0, "min")
+    assert (length.value, length.code) == (140.0, "min")
 
 
 @needs_examples
@@ -600,7 +589,7 @@ def test_extraction_runs_on_all_examples(reg: Registry) -> None:
     assert len(examples) >= 600
     total = 0
     for _name, res in examples:
-        rows = index_rows(res, reg)
+        rows = index_rows(res, registry=reg)
         total += sum(len(v) for v in rows.values())
     assert total > 5_000
 
