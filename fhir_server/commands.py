@@ -56,6 +56,13 @@ def cli(log_level: str) -> None:
 @click.option("--base-url", default=None, help="Public FHIR base URL (default: from the request)")
 @click.option("--access-log/--no-access-log", default=True, show_default=True)
 @click.option(
+    "--pool-size",
+    default=_DEFAULTS.pool_size,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="PostgreSQL connections per worker (workers x pool size must fit max_connections)",
+)
+@click.option(
     "--bundle-slots",
     default=_DEFAULTS.bundle_slots,
     show_default=True,
@@ -70,6 +77,7 @@ def serve(
     workers: int,
     base_url: str | None,
     access_log: bool,
+    pool_size: int,
     bundle_slots: int,
 ) -> None:
     """Serve FHIR over HTTP."""
@@ -83,6 +91,7 @@ def serve(
         workers=workers,
         base_url=base_url,
         access_log=access_log,
+        pool_size=pool_size,
         bundle_slots=bundle_slots,
     )
     run(settings)

@@ -32,7 +32,8 @@ class Settings:
     access_log: bool = True
     #: gzip responses larger than this when the client accepts gzip.
     gzip_min_size: int = 1400
-    pool_size: int = 10
+    #: PostgreSQL connections each worker keeps open (no overflow: a request beyond waits for one)
+    pool_size: int = 20
     #: batch/transaction Bundles processed at once per worker (memory bound; see rest/adapter.py)
     bundle_slots: int = 1
 

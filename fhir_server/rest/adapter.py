@@ -119,26 +119,27 @@ def register(app: Flask, make_context: Any, bundle_slots: int) -> None:
     bundle_gate = threading.BoundedSemaphore(bundle_slots)
 
     def handle(path: str = "") -> Response:
-        params = list(request.args.items(multi=True))
+        http = request._get_current_object()  # type: ignore[attr-defined]  # the proxy costs per access
+        params = list(http.args.items(multi=True))
         fmt = JSON
         pretty = False
         try:
-            fmt = response_format(params, request.headers.get("Accept"))
-            pretty = request.args.get("_pretty") == "true"
-            body = request.get_data(cache=False)
-            content_type = request.headers.get("Content-Type")
-            if request.method == "POST" and path.endswith("_search") and body:
+            fmt = response_format(params, http.headers.get("Accept"))
+            pretty = http.args.get("_pretty") == "true"
+            body = http.get_data(cache=False)
+            content_type = http.headers.get("Content-Type")
+            if http.method == "POST" and path.endswith("_search") and body:
                 params += _form(body)
                 body = b""
             req = FhirRequest(
-                method=request.method,
+                method=http.method,
                 params=params,
-                headers={k.lower(): v for k, v in request.headers.items()},
+                headers={k.lower(): v for k, v in http.headers.items()},
                 body=body,
                 content_type=content_type,
             )
-            with bundle_gate if request.method == "POST" and not path.strip("/") else nullcontext():
-                if request.method in ("POST", "PUT") and body:
+            with bundle_gate if http.method == "POST" and not path.strip("/") else nullcontext():
+                if http.method in ("POST", "PUT") and body:
                     req.resource = parse_body(body, content_type)
                 ctx: RequestContext = make_context()
                 resp = dispatch(req, path, ctx)

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from fhir_server.errors import FhirError
-from fhir_server.storage.schema import idx_string, idx_token, resource_history, resources
+from fhir_server.storage.schema import idx_quantity, idx_reference, idx_string, idx_token, resource_history, resources
 
 
 def _count(services, table, rid: int) -> int:  # type: ignore[no-untyped-def]
@@ -112,21 +112,38 @@ def test_update_of_a_deleted_resource_keeps_the_deletion_in_history(services) ->
     assert "other" in codes and "male" not in codes
 
 
-def test_bulk_create_writes_every_column(services) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("count", [3, 120], ids=["one-statement", "copy"])
+def test_bulk_create_writes_every_column(services, count: int) -> None:  # type: ignore[no-untyped-def]
+    """Both PostgreSQL write paths (multi-row INSERT, binary COPY) store every column type."""
     repo = services.repo
-    family = f"Bulk{uuid.uuid4().hex[:8]}"
+    tag = f"Bulk{uuid.uuid4().hex[:8]}"
     with repo.session(write=True) as s:
-        made = [s.create({"resourceType": "Patient", "name": [{"family": f"{family}{i}"}]}) for i in range(5)]
+        made = [
+            s.create(
+                {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": {"coding": [{"system": "http://loinc.org", "code": tag}], "text": f"{tag} {i} 中医"},
+                    "valueQuantity": {"value": 1.50, "unit": "mmol/L", "system": "http://unitsofmeasure.org"},
+                    "effectiveDateTime": "2024-03-01T08:00:00+08:00",
+                    "subject": {"reference": f"Patient/p{i}"},
+                }
+            )
+            for i in range(count)
+        ]
+    rids = [v.rid for v in made]
     with repo.session() as s:
-        rows = s.read_many([v.rid for v in made])
-        names = (
-            s.conn.execute(select(idx_string.c.exact).where(idx_string.c.rid.in_([v.rid for v in made])))
-            .scalars()
-            .all()
-        )
-    assert [r.resource()["name"][0]["family"] for r in rows] == [f"{family}{i}" for i in range(5)]
-    assert all(r.version == 1 and not r.deleted and r.method == "POST" and r.idx_mask for r in rows)
-    assert {f"{family}{i}" for i in range(5)} <= set(names)
+        rows = s.read_many(rids)
+        tagged = s.conn.execute(select(idx_token.c.rid).where(idx_token.c.rid.in_(rids), idx_token.c.code == tag)).all()
+        quantities = s.conn.execute(
+            select(idx_quantity.c.value, idx_quantity.c.lo).where(idx_quantity.c.rid == rids[-1])
+        ).all()
+        refs = s.conn.execute(select(idx_reference.c.target_id).where(idx_reference.c.rid == rids[-1])).scalars().all()
+    assert [r.resource()["code"]["text"] for r in rows] == [f"{tag} {i} 中医" for i in range(count)]
+    assert all(r.version == 1 and r.deleted is False and r.method == "POST" and r.idx_mask for r in rows)
+    assert {r[0] for r in tagged} == set(rids)
+    assert quantities and quantities[0][0] == 1.5 and quantities[0][1] == pytest.approx(1.45)
+    assert f"p{count - 1}" in refs
 
 
 def test_same_id_created_twice_is_a_conflict_and_writes_nothing(services) -> None:  # type: ignore[no-untyped-def]
