@@ -1,8 +1,8 @@
 """Runs compiled searches: conditional matching for writes and paged searchset results.
 
-Why keyset paging on ``rid``: the next page starts after the last row shown, so page 1,000
-costs what page 1 costs and a resource created meanwhile never shifts a page boundary
-(no OFFSET scans).
+Why keyset paging: the next page starts after the last row shown (its sort keys and ``rid``),
+so page 1,000 costs what page 1 costs and a resource created meanwhile never shifts a page
+boundary (no OFFSET scans). See :mod:`.sorting`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from fhir_server.search import includes, sorting
 from fhir_server.search.query import compile_query
 from fhir_server.storage.repository import Session, StoredVersion
 from fhir_server.storage.schema import resources
@@ -19,17 +20,31 @@ from fhir_server.storage.schema import resources
 r = resources
 
 
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page starts: after (or, for ``previous``, before) the row with these keys."""
+
+    values: list[Any]
+    rid: int
+    before: bool = False
+
+
 @dataclass
 class SearchPage:
     versions: list[StoredVersion]
-    has_more: bool
+    #: sort-key values of each row of ``versions``, for the paging cursors
+    keys: list[list[Any]]
+    has_next: bool
+    has_previous: bool
     total: int | None = None
+    included: list[StoredVersion] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
 class SearchEngine:
-    def __init__(self, registry: Any) -> None:
+    def __init__(self, registry: Any, max_include: int = 1000) -> None:
         self.registry = registry
+        self.max_include = max_include
 
     def _base(self, res_type: str | None, params: list[tuple[str, str]], lenient: bool):  # type: ignore[no-untyped-def]
         compiled = compile_query(self.registry, res_type, params, lenient)
@@ -53,22 +68,47 @@ class SearchEngine:
         res_type: str | None,
         params: list[tuple[str, str]],
         count: int,
-        after_rid: int | None = None,
+        cursor: Cursor | None = None,
         lenient: bool = False,
         want_total: bool = False,
     ) -> SearchPage:
         session.flush()
         conds, warnings = self._base(res_type, params, lenient)
+        keys = sorting.parse_sort(self.registry, res_type, _param(params, "_sort"))
+        specs = includes.parse_includes(self.registry, params)
         total = None
         if want_total:
             total = int(session.conn.execute(select(func.count()).select_from(r).where(*conds)).scalar_one())
         if count == 0:
-            return SearchPage([], False, total, warnings)
-        page_conds = list(conds)
-        if after_rid is not None:
-            page_conds.append(r.c.rid > after_rid)
-        rids = (
-            session.conn.execute(select(r.c.rid).where(*page_conds).order_by(r.c.rid).limit(count + 1)).scalars().all()
+            return SearchPage([], [], False, False, total, warnings=warnings)
+        exprs = [k.expression(r) for k in keys]
+        query = select(r.c.rid, *exprs).where(*conds)
+        before = cursor is not None and cursor.before
+        if cursor is not None:
+            query = query.where(sorting.beyond(exprs, keys, r.c.rid, cursor.values, cursor.rid, before))
+        query = query.order_by(*sorting.order_by(exprs, keys, r.c.rid, reverse=before)).limit(count + 1)
+        rows = session.conn.execute(query).all()
+        more = len(rows) > count
+        rows = rows[:count]
+        if before:
+            rows.reverse()
+        found = {v.rid: v for v in session.read_many([row[0] for row in rows])}
+        rows = [row for row in rows if row[0] in found]  # deleted since the page query ran
+        versions = [found[row[0]] for row in rows]
+        page = SearchPage(
+            versions,
+            [list(row[1:]) for row in rows],
+            has_next=more if not before else True,
+            has_previous=cursor is not None and (more if before else True),
+            total=total,
+            warnings=warnings,
         )
-        has_more = len(rids) > count
-        return SearchPage(session.read_many(rids[:count]), has_more, total, warnings)
+        page.included = includes.resolve(session, specs, versions, self.max_include)
+        if len(page.included) >= self.max_include:
+            page.warnings.append(f"Included resources were cut at {self.max_include}")
+        return page
+
+
+def _param(params: list[tuple[str, str]], name: str) -> str | None:
+    values = [v for k, v in params if k == name]
+    return ",".join(values) if values else None

@@ -3,9 +3,10 @@
 Why predicates are ``EXISTS`` sub-queries on ``rid``: each parameter is answered by the one
 index table of its type, with hashed token keys and normalised strings, so every predicate is
 an index range scan; AND is repetition of predicates, OR (comma) is OR inside one predicate.
-Semantics follow http://hl7.org/fhir/R4/search.html. This module covers the parameter types
-and modifiers listed in docs/conformance.md; chains, ``_has`` and composites come with the
-search engine's own work.
+Chains and ``_has`` are the same predicates one join away: a chain asks about the resource a
+reference points at, ``_has`` about the resources pointing here, each scope an alias of
+``resources``. Semantics follow http://hl7.org/fhir/R4/search.html; docs/conformance.md lists
+what is supported.
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ from fhir_server.storage.schema import (
 from fhir_server.util.fhirdate import parse_range as date_range
 
 #: Parameters that shape the result rather than select resources.
-RESULT_PARAMS = frozenset({"_count", "_sort", "_total", "_summary", "_elements", "_cursor", "_format", "_pretty"})
+RESULT_PARAMS = frozenset(
+    {"_count", "_sort", "_total", "_summary", "_elements", "_cursor", "_format", "_pretty", "_include", "_revinclude"}
+)
 #: Parameters recognised but not yet implemented: refused rather than silently ignored.
-UNSUPPORTED_PARAMS = frozenset({"_include", "_revinclude", "_contained", "_containedType", "_has"})
+UNSUPPORTED_PARAMS = frozenset({"_contained", "_containedType", "_text", "_content", "_query", "_filter"})
 _PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _NUMBER_RE = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
 _ESCAPED_SPLIT = re.compile(r"(?<!\\),")
@@ -75,8 +78,9 @@ def _prefix(value: str) -> tuple[str, str]:
     return "eq", value
 
 
-def _exists(table: Any, *conds: ColumnElement[bool]) -> ColumnElement[bool]:
-    return exists(select(1).select_from(table).where(table.c.rid == r.c.rid, *conds))
+def _exists(res: Any, table: Any, *conds: ColumnElement[bool]) -> ColumnElement[bool]:
+    """Some row of ``table`` for the resource ``res`` meets ``conds``."""
+    return exists(select(1).select_from(table).where(table.c.rid == res.c.rid, *conds).correlate(res))
 
 
 # -- per type ------------------------------------------------------------------------------
@@ -121,12 +125,8 @@ def _date_search(name: str, raw: str, lo_col: Any, hi_col: Any) -> ColumnElement
     return _range_predicate(prefix, lo_col, hi_col, lo, hi, approx)
 
 
-def date_predicate(sp: int, name: str, raw: str) -> ColumnElement[bool]:
-    return _exists(idx_date, idx_date.c.sp == sp, _date_search(name, raw, idx_date.c.lo, idx_date.c.hi))
-
-
-def last_updated_predicate(name: str, raw: str) -> ColumnElement[bool]:
-    return _date_search(name, raw, r.c.updated_us, r.c.updated_us)
+def date_predicate(res: Any, sp: int, name: str, raw: str) -> ColumnElement[bool]:
+    return _exists(res, idx_date, idx_date.c.sp == sp, _date_search(name, raw, idx_date.c.lo, idx_date.c.hi))
 
 
 def _number_range(name: str, value: str) -> tuple[float, float, float]:
@@ -154,13 +154,13 @@ def _value_predicate(prefix: str, col: Any, number: float, lo: float, hi: float)
     }[prefix]
 
 
-def number_predicate(sp: int, name: str, raw: str) -> ColumnElement[bool]:
+def number_predicate(res: Any, sp: int, name: str, raw: str) -> ColumnElement[bool]:
     prefix, value = _prefix(raw)
     number, lo, hi = _number_range(name, value)
-    return _exists(idx_number, idx_number.c.sp == sp, _value_predicate(prefix, idx_number.c.value, number, lo, hi))
+    return _exists(res, idx_number, idx_number.c.sp == sp, _value_predicate(prefix, idx_number.c.value, number, lo, hi))
 
 
-def quantity_predicate(sp: int, name: str, raw: str) -> ColumnElement[bool]:
+def quantity_predicate(res: Any, sp: int, name: str, raw: str) -> ColumnElement[bool]:
     prefix, rest = _prefix(raw)
     parts = re.split(r"(?<!\\)\|", rest)
     number, lo, hi = _number_range(name, parts[0])
@@ -177,24 +177,24 @@ def quantity_predicate(sp: int, name: str, raw: str) -> ColumnElement[bool]:
             )
     elif len(parts) != 1:
         raise FhirError("invalid-param", f"Search parameter {name}: {raw!r} is not [prefix]number|system|code")
-    return _exists(idx_quantity, *conds)
+    return _exists(res, idx_quantity, *conds)
 
 
-def string_predicate(sp: int, modifier: str | None, value: str) -> ColumnElement[bool]:
+def string_predicate(res: Any, sp: int, modifier: str | None, value: str) -> ColumnElement[bool]:
     value = unescape(value)
     if modifier == "exact":
-        return _exists(idx_string, idx_string.c.sp == sp, idx_string.c.exact == value)
+        return _exists(res, idx_string, idx_string.c.sp == sp, idx_string.c.exact == value)
     norm = normalize_string(value)
     pattern = norm.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     if modifier == "contains":
-        return _exists(idx_string, idx_string.c.sp == sp, idx_string.c.value.like(f"%{pattern}%", escape="\\"))
-    return _exists(idx_string, idx_string.c.sp == sp, idx_string.c.value.like(f"{pattern}%", escape="\\"))
+        return _exists(res, idx_string, idx_string.c.sp == sp, idx_string.c.value.like(f"%{pattern}%", escape="\\"))
+    return _exists(res, idx_string, idx_string.c.sp == sp, idx_string.c.value.like(f"{pattern}%", escape="\\"))
 
 
-def token_predicate(sp: int, name: str, modifier: str | None, value: str) -> ColumnElement[bool]:
+def token_predicate(res: Any, sp: int, name: str, modifier: str | None, value: str) -> ColumnElement[bool]:
     if modifier == "text":
         norm = normalize_string(unescape(value)).replace("%", "\\%").replace("_", "\\_")
-        return _exists(idx_token, idx_token.c.sp == sp, idx_token.c.text.like(f"{norm}%", escape="\\"))
+        return _exists(res, idx_token, idx_token.c.sp == sp, idx_token.c.text.like(f"{norm}%", escape="\\"))
     system, code, has_bar = split_token(value)
     if not has_bar:
         cond = idx_token.c.h_code == hashing.h_code(sp, code)
@@ -204,10 +204,10 @@ def token_predicate(sp: int, name: str, modifier: str | None, value: str) -> Col
         raise FhirError("invalid-param", f"Search parameter {name}: {value!r} has neither system nor code")
     else:
         cond = idx_token.c.h_sys_code == hashing.h_sys_code(sp, system, code)
-    return _exists(idx_token, cond)
+    return _exists(res, idx_token, cond)
 
 
-def reference_predicate(sp: int, name: str, modifier: str | None, value: str) -> ColumnElement[bool]:
+def reference_predicate(res: Any, sp: int, name: str, modifier: str | None, value: str) -> ColumnElement[bool]:
     from fhir_server.model import get_model
 
     value = unescape(value)
@@ -225,7 +225,7 @@ def reference_predicate(sp: int, name: str, modifier: str | None, value: str) ->
             )
         else:
             conds.append(idx_reference.c.url == value)
-        return _exists(idx_reference, *conds)
+        return _exists(res, idx_reference, *conds)
     segments = value.split("/")
     if len(segments) >= 2:
         res_type, res_id = segments[-2], segments[-1]
@@ -236,28 +236,28 @@ def reference_predicate(sp: int, name: str, modifier: str | None, value: str) ->
         conds.append(idx_reference.c.target_id == value)
         if modifier:
             conds.append(idx_reference.c.target_type == modifier)
-    return _exists(idx_reference, *conds)
+    return _exists(res, idx_reference, *conds)
 
 
-def uri_predicate(sp: int, modifier: str | None, value: str) -> ColumnElement[bool]:
+def uri_predicate(res: Any, sp: int, modifier: str | None, value: str) -> ColumnElement[bool]:
     value = unescape(value)
     if modifier == "below":
         pattern = value.replace("%", "\\%").replace("_", "\\_")
-        return _exists(idx_uri, idx_uri.c.sp == sp, idx_uri.c.uri.like(f"{pattern}%", escape="\\"))
+        return _exists(res, idx_uri, idx_uri.c.sp == sp, idx_uri.c.uri.like(f"{pattern}%", escape="\\"))
     if modifier == "above":
         prefixes = []
         parts = value.split("/")
         for i in range(3, len(parts) + 1):
             prefixes.append("/".join(parts[:i]))
-        return _exists(idx_uri, idx_uri.c.sp == sp, idx_uri.c.uri.in_(prefixes or [value]))
-    return _exists(idx_uri, idx_uri.c.sp == sp, idx_uri.c.uri == value)
+        return _exists(res, idx_uri, idx_uri.c.sp == sp, idx_uri.c.uri.in_(prefixes or [value]))
+    return _exists(res, idx_uri, idx_uri.c.sp == sp, idx_uri.c.uri == value)
 
 
 # -- the compiler --------------------------------------------------------------------------
 _MODIFIERS = {
     "string": {None, "exact", "contains", "missing"},
-    "token": {None, "text", "not", "missing"},
-    "reference": None,  # any resource type, plus missing
+    "token": {None, "text", "not", "missing", "of-type"},
+    "reference": None,  # any resource type, plus missing and identifier
     "date": {None, "missing"},
     "number": {None, "missing"},
     "quantity": {None, "missing"},
@@ -272,6 +272,8 @@ _TABLE_OF = {
     "quantity": idx_quantity,
     "uri": idx_uri,
 }
+#: Deepest chain or ``_has`` nesting accepted (each level is one more join).
+MAX_DEPTH = 4
 
 
 def compile_query(
@@ -282,19 +284,17 @@ def compile_query(
     Unknown parameters are a 400, or a warning when ``lenient`` (``Prefer: handling=lenient``).
     """
     query = CompiledQuery(res_type)
+    compiler = _Compiler(registry)
     for key, raw in params:
-        name, _, modifier = key.partition(":")
+        name = key.partition(":")[0]
         if name in RESULT_PARAMS:
             continue
         if name in UNSUPPORTED_PARAMS:
             _reject(query, lenient, f"Search parameter {key} is not supported yet")
             continue
-        if "." in name:
-            _reject(query, lenient, f"Chained search ({key}) is not supported yet")
-            continue
         if raw == "":
             continue  # empty values are ignored (search.html#2.1.1.1)
-        pred = _compile_param(registry, res_type, name, modifier or None, raw, key)
+        pred = compiler.key(r, res_type, key, raw, 0)
         if pred is None:
             _reject(query, lenient, f"Unknown search parameter {key!r} for {res_type or 'all types'}")
             continue
@@ -308,34 +308,137 @@ def _reject(query: CompiledQuery, lenient: bool, message: str) -> None:
     query.warnings.append(message)
 
 
-def _compile_param(
-    registry: Any, res_type: str | None, name: str, modifier: str | None, raw: str, key: str
-) -> ColumnElement[bool] | None:
-    if name == "_id":
-        ids = [unescape(v) for v in split_values(raw)]
-        pred = r.c.res_id.in_(ids)
-        return not_(pred) if modifier == "not" else pred
-    if name == "_lastUpdated":
-        return or_(*[last_updated_predicate(key, v) for v in split_values(raw)])
-    if res_type is None:
-        return _compile_all_types(registry, name, modifier, raw, key)
-    param = registry.get(res_type, name)
-    if param is None:
-        return None
-    return _compile_typed(param, modifier, raw, key)
+class _Compiler:
+    """Compiles one parameter against a scope: ``res`` is the ``resources`` row (or an alias of
+    it, inside a chain or ``_has``) whose ``rid`` the predicate is about."""
+
+    def __init__(self, registry: Any) -> None:
+        self.registry = registry
+
+    def key(self, res: Any, res_type: str | None, key: str, raw: str, depth: int) -> ColumnElement[bool] | None:
+        if depth > MAX_DEPTH:
+            raise FhirError("invalid-param", f"{key}: chains and _has nest at most {MAX_DEPTH} deep")
+        if key.startswith("_has:"):
+            return self._has(res, res_type, key, raw, depth)
+        head, dot, rest = key.partition(".")
+        name, _, modifier = head.partition(":")
+        if dot:
+            return self._chain(res, res_type, name, modifier or None, rest, raw, key, depth)
+        return self._param(res, res_type, name, modifier or None, raw, key)
+
+    # -- chains: subject:Patient.name=x (search.html#chaining) --------------------------------
+    def _chain(
+        self, res: Any, res_type: str | None, name: str, modifier: str | None, rest: str, raw: str, key: str, depth: int
+    ) -> ColumnElement[bool]:
+        if res_type is None:
+            raise FhirError("invalid-param", f"Chained parameter {key} needs a resource type to search")
+        param = self.registry.get(res_type, name)
+        if param is None or param.type != "reference":
+            raise FhirError("invalid-param", f"{key}: {name!r} is not a reference parameter of {res_type}")
+        types = self.registry.resource_types
+        if modifier is not None and modifier not in types:
+            raise FhirError("invalid-param", f"{key}: :{modifier} is not a resource type")
+        candidates = [modifier] if modifier else sorted(t for t in (param.targets or types) if t in types)
+        ref, target = idx_reference.alias(), resources.alias()
+        per_type = []
+        for target_type in candidates:
+            if not modifier and not self._defines(target_type, rest):
+                continue  # subject.name: only the target types that have a "name"
+            pred = self.key(target, target_type, rest, raw, depth + 1)
+            if pred is not None:
+                per_type.append(and_(target.c.res_type == target_type, pred))
+        if not per_type:
+            raise FhirError("invalid-param", f"{key}: no target type of {res_type}.{name} has a parameter {rest!r}")
+        joined = ref.join(target, and_(target.c.res_type == ref.c.target_type, target.c.res_id == ref.c.target_id))
+        return exists(
+            select(1)
+            .select_from(joined)
+            .where(ref.c.rid == res.c.rid, ref.c.sp == param.sp, target.c.deleted.is_(False), or_(*per_type))
+            .correlate(res)
+        )
+
+    def _defines(self, res_type: str, key: str) -> bool:
+        name = key.split(".", 1)[0].partition(":")[0]
+        return name in ("_has", "_id", "_lastUpdated", "_list") or self.registry.get(res_type, name) is not None
+
+    # -- reverse chains: _has:Observation:subject:code=x (search.html#has) ----------------------
+    def _has(self, res: Any, res_type: str | None, key: str, raw: str, depth: int) -> ColumnElement[bool]:
+        parts = key.split(":", 3)
+        if len(parts) < 4 or not all(parts[1:]):
+            raise FhirError("invalid-param", f"{key}: expected _has:[type]:[reference parameter]:[parameter]")
+        _, source_type, ref_name, rest = parts
+        if source_type not in self.registry.resource_types:
+            raise FhirError("invalid-param", f"{key}: {source_type!r} is not a resource type")
+        param = self.registry.get(source_type, ref_name)
+        if param is None or param.type != "reference":
+            raise FhirError("invalid-param", f"{key}: {ref_name!r} is not a reference parameter of {source_type}")
+        if res_type is not None and param.targets and res_type not in param.targets:
+            raise FhirError("invalid-param", f"{key}: {source_type}.{ref_name} cannot refer to {res_type}")
+        pred = self.key(source := resources.alias(), source_type, rest, raw, depth + 1)
+        if pred is None:
+            raise FhirError("invalid-param", f"{key}: {rest!r} is not a search parameter of {source_type}")
+        ref = idx_reference.alias()
+        target_type = res.c.res_type if res_type is None else res_type
+        return exists(
+            select(1)
+            .select_from(ref.join(source, source.c.rid == ref.c.rid))
+            .where(
+                ref.c.target_id == res.c.res_id,
+                ref.c.target_type == target_type,
+                ref.c.sp == param.sp,
+                source.c.deleted.is_(False),
+                pred,
+            )
+            .correlate(res)
+        )
+
+    # -- plain parameters ---------------------------------------------------------------------
+    def _param(
+        self, res: Any, res_type: str | None, name: str, modifier: str | None, raw: str, key: str
+    ) -> ColumnElement[bool] | None:
+        if name == "_id":
+            ids = [unescape(v) for v in split_values(raw)]
+            pred = res.c.res_id.in_(ids)
+            return not_(pred) if modifier == "not" else pred
+        if name == "_lastUpdated":
+            return or_(*[_date_search(key, v, res.c.updated_us, res.c.updated_us) for v in split_values(raw)])
+        if name == "_list":
+            return self._list(res, res_type, raw)
+        if res_type is None:
+            return self._all_types(res, name, modifier, raw, key)
+        param = self.registry.get(res_type, name)
+        if param is None:
+            return None
+        return _typed(res, param, modifier, raw, key)
+
+    def _all_types(self, res: Any, name: str, modifier: str | None, raw: str, key: str) -> ColumnElement[bool] | None:
+        """System-level search: a parameter defined on Resource applies to every type."""
+        preds = []
+        for res_type, param in self.registry.common(name):
+            preds.append(and_(res.c.res_type == res_type, _typed(res, param, modifier, raw, key)))
+        return or_(*preds) if preds else None
+
+    def _list(self, res: Any, res_type: str | None, raw: str) -> ColumnElement[bool]:
+        """``_list=id``: resources that List/id has as an entry item (search.html#list)."""
+        item = self.registry.get("List", "item")
+        ref, lst = idx_reference.alias(), resources.alias()
+        target_type = res.c.res_type if res_type is None else res_type
+        return exists(
+            select(1)
+            .select_from(ref.join(lst, lst.c.rid == ref.c.rid))
+            .where(
+                lst.c.res_type == "List",
+                lst.c.res_id.in_([unescape(v) for v in split_values(raw)]),
+                lst.c.deleted.is_(False),
+                ref.c.sp == item.sp,
+                ref.c.target_type == target_type,
+                ref.c.target_id == res.c.res_id,
+            )
+            .correlate(res)
+        )
 
 
-def _compile_all_types(
-    registry: Any, name: str, modifier: str | None, raw: str, key: str
-) -> ColumnElement[bool] | None:
-    """System-level search: a parameter defined on Resource applies to every type."""
-    preds = []
-    for res_type, param in registry.common(name):
-        preds.append(and_(r.c.res_type == res_type, _compile_typed(param, modifier, raw, key)))
-    return or_(*preds) if preds else None
-
-
-def _compile_typed(param: Any, modifier: str | None, raw: str, key: str) -> ColumnElement[bool]:
+def _typed(res: Any, param: Any, modifier: str | None, raw: str, key: str) -> ColumnElement[bool]:
     allowed = _MODIFIERS.get(param.type)
     if param.type not in _MODIFIERS:
         raise FhirError("invalid-param", f"Search parameter {key}: {param.type} parameters are not supported yet")
@@ -348,23 +451,31 @@ def _compile_typed(param: Any, modifier: str | None, raw: str, key: str) -> Colu
         if raw not in ("true", "false"):
             raise FhirError("invalid-param", f"{key} must be true or false")
         table = _TABLE_OF[param.type]
-        has = _exists(table, table.c.sp == sp)
+        has = _exists(res, table, table.c.sp == sp)
         return not_(has) if raw == "true" else has
     if modifier == "not" and param.type == "token":
-        return not_(or_(*[token_predicate(sp, key, None, v) for v in split_values(raw)]))
+        return not_(or_(*[token_predicate(res, sp, key, None, v) for v in split_values(raw)]))
+    if modifier == "of-type":
+        of_type = hashing.modifier_sp(param.resource_type, param.code, "of-type")
+        return or_(
+            *[_exists(res, idx_token, idx_token.c.h_code == hashing.h_code(of_type, v)) for v in split_values(raw)]
+        )
+    if modifier == "identifier" and param.type == "reference":
+        ident_sp = hashing.modifier_sp(param.resource_type, param.code, "identifier")
+        return or_(*[token_predicate(res, ident_sp, key, None, v) for v in split_values(raw)])
     build: Callable[[str], ColumnElement[bool]]
     if param.type == "string":
-        build = lambda v: string_predicate(sp, modifier, v)  # noqa: E731
+        build = lambda v: string_predicate(res, sp, modifier, v)  # noqa: E731
     elif param.type == "token":
-        build = lambda v: token_predicate(sp, key, modifier, v)  # noqa: E731
+        build = lambda v: token_predicate(res, sp, key, modifier, v)  # noqa: E731
     elif param.type == "reference":
-        build = lambda v: reference_predicate(sp, key, modifier, v)  # noqa: E731
+        build = lambda v: reference_predicate(res, sp, key, modifier, v)  # noqa: E731
     elif param.type == "date":
-        build = lambda v: date_predicate(sp, key, v)  # noqa: E731
+        build = lambda v: date_predicate(res, sp, key, v)  # noqa: E731
     elif param.type == "number":
-        build = lambda v: number_predicate(sp, key, v)  # noqa: E731
+        build = lambda v: number_predicate(res, sp, key, v)  # noqa: E731
     elif param.type == "quantity":
-        build = lambda v: quantity_predicate(sp, key, v)  # noqa: E731
+        build = lambda v: quantity_predicate(res, sp, key, v)  # noqa: E731
     else:
-        build = lambda v: uri_predicate(sp, modifier, v)  # noqa: E731
+        build = lambda v: uri_predicate(res, sp, modifier, v)  # noqa: E731
     return or_(*[build(v) for v in split_values(raw)])

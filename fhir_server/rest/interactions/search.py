@@ -1,17 +1,25 @@
 """search: ``GET [base]/[type]?...``, ``POST [base]/[type]/_search`` and system-level search.
 
 http://hl7.org/fhir/R4/http.html#search and search.html. Results are a ``searchset`` Bundle
-paged by an opaque cursor; ``_total=accurate`` (or a result that fits one page) gives
-``Bundle.total``; ``_summary=count`` returns only the total.
+paged by opaque keyset cursors (``next`` and ``previous`` links); ``_total=accurate`` or
+``estimate`` (both answered exactly), or a result that fits one page, gives ``Bundle.total``;
+``_summary=count`` returns only the total.
 """
 
 from __future__ import annotations
 
+import base64
+from typing import Any
+
+import orjson
+
 from fhir_server.context import RequestContext
 from fhir_server.errors import FhirError, Issue, operation_outcome
-from fhir_server.rest.bundles import bundle, decode_cursor, encode_cursor, page_link, raw_resource
+from fhir_server.rest.bundles import bundle, page_link, raw_resource
 from fhir_server.rest.interactions.common import count_param, require_type
 from fhir_server.rest.messages import FhirRequest, FhirResponse
+from fhir_server.search.engine import Cursor
+from fhir_server.storage.repository import StoredVersion
 
 
 def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
@@ -26,33 +34,47 @@ def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
         raise FhirError("invalid-param", f"_summary={summary} is not supported yet")
     if total_mode not in ("none", "estimate", "accurate"):
         raise FhirError("invalid-param", f"_total must be none, estimate or accurate, not {total_mode!r}")
-    if req.param("_sort"):
-        raise FhirError("invalid-param", "_sort is not supported yet")
-    cursor = req.param("_cursor")
-    after = decode_cursor(cursor, 1)[0] if cursor else None
+    token = req.param("_cursor")
+    cursor = decode_cursor(token) if token else None
     lenient = req.prefer.get("handling") == "lenient"
     with ctx.session() as session:
         page = ctx.search.search(
-            session, res_type, params, count, after, lenient=lenient, want_total=total_mode != "none"
+            session, res_type, params, count, cursor, lenient=lenient, want_total=total_mode != "none"
         )
     total = page.total
-    if total is None and after is None and not page.has_more:
+    if total is None and cursor is None and not page.has_next:
         total = len(page.versions)
     path = res_type or ""
     query = [(k, v) for k, v in params if k != "_cursor"]
     links = [("self", page_link(ctx.base_url, path, req.params))]
-    if page.has_more:
-        last = page.versions[-1]
-        links.append(("next", page_link(ctx.base_url, path, query + [("_cursor", encode_cursor(last.rid))])))
-    entries = [
-        {
-            "fullUrl": ctx.full_url(f"{v.res_type}/{v.res_id}"),
-            "resource": raw_resource(v),
-            "search": {"mode": "match"},
-        }
-        for v in page.versions
-    ]
+    if page.has_next and page.versions:
+        after = Cursor(page.keys[-1], page.versions[-1].rid)
+        links.append(("next", page_link(ctx.base_url, path, query + [("_cursor", encode_cursor(after))])))
+    if page.has_previous and page.versions:
+        before = Cursor(page.keys[0], page.versions[0].rid, before=True)
+        links.append(("previous", page_link(ctx.base_url, path, query + [("_cursor", encode_cursor(before))])))
+    entries = [_entry(ctx, v, "match") for v in page.versions]
+    entries += [_entry(ctx, v, "include") for v in page.included]
     if page.warnings:
         outcome = operation_outcome(Issue("warning", "not-supported", w) for w in page.warnings)
         entries.append({"resource": outcome, "search": {"mode": "outcome"}})
     return FhirResponse(200, resource=bundle("searchset", entries, links, total))
+
+
+def _entry(ctx: RequestContext, v: StoredVersion, mode: str) -> dict[str, Any]:
+    return {"fullUrl": ctx.full_url(f"{v.res_type}/{v.res_id}"), "resource": raw_resource(v), "search": {"mode": mode}}
+
+
+def encode_cursor(cursor: Cursor) -> str:
+    raw = orjson.dumps([1 if cursor.before else 0, cursor.rid, cursor.values])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> Cursor:
+    try:
+        before, rid, values = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if before not in (0, 1) or type(rid) is not int or type(values) is not list:
+            raise ValueError(token)
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise FhirError("invalid-param", f"Invalid paging cursor {token!r}") from None
+    return Cursor(values, rid, before=bool(before))
