@@ -15,9 +15,11 @@ from flask import Flask, Response, g, request
 
 from fhir_server.config import Settings
 from fhir_server.context import RequestContext
+from fhir_server.search.custom import CustomSearchParameters
 from fhir_server.search.engine import SearchEngine
 from fhir_server.search.index import index_rows
 from fhir_server.search.registry import get_registry
+from fhir_server.search.reindex import JobRunner
 from fhir_server.storage.engine import make_engine
 from fhir_server.storage.migrate import ensure_schema
 from fhir_server.storage.repository import Repository
@@ -28,6 +30,10 @@ class Services:
     settings: Settings
     repo: Repository
     search: SearchEngine
+    #: custom SearchParameter resources, kept registered in this process (search/custom.py)
+    search_params: CustomSearchParameters
+    #: background jobs: ``$reindex`` (search/reindex.py)
+    jobs: JobRunner
 
 
 def build_services(settings: Settings, migrate: bool = True) -> Services:
@@ -36,7 +42,18 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
         ensure_schema(engine)
     registry = get_registry()
     repo = Repository(engine, functools.partial(index_rows, registry=registry))
-    return Services(settings, repo, SearchEngine(registry))
+    search_params = CustomSearchParameters(engine, registry, settings.search_param_refresh)
+    search_params.refresh(force=True)  # the stored active SearchParameters, before any write is indexed
+    repo.write_hooks["SearchParameter"] = search_params.on_write
+    jobs = JobRunner(
+        repo,
+        search_params.maybe_refresh,
+        batch_size=settings.reindex_batch_size,
+        lease=settings.job_lease,
+        settle=settings.search_param_refresh,
+        poll_interval=settings.job_poll_interval,
+    )
+    return Services(settings, repo, SearchEngine(registry), search_params, jobs)
 
 
 def base_url(settings: Settings) -> str:
@@ -55,7 +72,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
     metrics = Metrics()
 
     def make_context() -> RequestContext:
-        return RequestContext(services.repo, settings, services.search, base_url(settings))
+        services.search_params.maybe_refresh()  # a time check; a query at most once per interval
+        return RequestContext(services.repo, settings, services.search, base_url(settings), jobs=services.jobs)
 
     adapter.register(app, make_context, settings.bundle_slots)
 

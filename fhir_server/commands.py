@@ -117,6 +117,67 @@ def upgrade(database_url: str, data_dir: str) -> None:
     click.echo(f"database at revision {current_revision(engine)}")
 
 
+@db.command()
+@_database_option
+@_data_dir_option
+@click.option("--type", "res_type", default=None, help="Reindex only this resource type (default: all)")
+@click.option(
+    "--batch-size",
+    default=_DEFAULTS.reindex_batch_size,
+    show_default=True,
+    type=click.IntRange(min=1, max=10_000),
+    help="Resources per transaction",
+)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def reindex(database_url: str, data_dir: str, res_type: str | None, batch_size: int, progress: bool) -> None:
+    """Recompute the search index (after adding custom SearchParameters), resumably.
+
+    Runs a job of the `jobs` table in this process, like `POST [base]/$reindex` does in the
+    server. An interrupted run (Ctrl-C) gives its job back; running the command again for the
+    same type resumes it after the last resource done.
+    """
+    from tqdm import tqdm
+
+    from fhir_server.app import build_services
+    from fhir_server.model import get_model
+
+    if res_type is not None and res_type not in get_model().resource_types - {"Resource", "DomainResource"}:
+        raise click.BadParameter(f"{res_type!r} is not a resource type", param_hint="--type")
+    services = build_services(_settings(database_url, data_dir))
+    runner = services.jobs
+    job = runner.resumable(res_type)
+    if job is not None:
+        click.echo(f"resuming reindex job {job.id} after rid {job.last_rid} ({job.processed} resources done)")
+    else:
+        job = runner.submit(res_type, batch_size, background=False)
+        click.echo(f"reindex job {job.id} ({res_type or 'all types'})")
+    bar = tqdm(total=job.total, initial=job.processed, unit="res", disable=not progress)
+    seen = job.processed
+
+    def advance(j) -> None:  # type: ignore[no-untyped-def]
+        nonlocal seen
+        if bar.total is None and j.total is not None:  # counted when the job starts
+            bar.total = j.total
+        bar.update(j.processed - seen)
+        seen = j.processed
+
+    try:
+        job = runner.run(job, progress=advance)
+    except KeyboardInterrupt:
+        bar.close()
+        runner.release(job)
+        click.echo(f"interrupted after rid {job.last_rid}; run the command again to resume")
+        sys.exit(130)
+    finally:
+        services.repo.engine.dispose()
+    bar.close()
+    click.echo(f"reindex job {job.id} {job.state}: {job.processed} resources, {job.errors} errors")
+    if job.error:
+        click.echo(f"  {job.error}")
+    if job.state != "completed":
+        sys.exit(1)
+
+
 @cli.command()
 @_database_option
 @_data_dir_option

@@ -36,6 +36,14 @@ class Settings:
     pool_size: int = 20
     #: batch/transaction Bundles processed at once per worker (memory bound; see rest/adapter.py)
     bundle_slots: int = 1
+    #: seconds between a worker's checks for SearchParameters changed by another worker
+    search_param_refresh: float = 1.0
+    #: resources per transaction of a ``$reindex`` job (a job may ask for another size)
+    reindex_batch_size: int = 500
+    #: seconds after its last batch before a job whose worker stopped answering may be taken over
+    job_lease: float = 60.0
+    #: seconds between a server worker's checks for jobs that nobody runs
+    job_poll_interval: float = 5.0
 
     def with_overrides(self, **values: object) -> Settings:
         return replace(self, **{k: v for k, v in values.items() if v is not None})

@@ -18,6 +18,7 @@ from fhir_server.storage.repository import Repository, Session
 
 if TYPE_CHECKING:
     from fhir_server.search.engine import SearchEngine
+    from fhir_server.search.reindex import JobRunner
 
 
 @dataclass
@@ -28,6 +29,8 @@ class RequestContext:
     base_url: str
     #: the open session of an enclosing transaction Bundle, if any
     active_session: Session | None = None
+    #: background jobs (``$reindex``) of this process; None where jobs cannot be started
+    jobs: JobRunner | None = None
 
     @contextmanager
     def session(self, write: bool = False) -> Iterator[Session]:
@@ -42,4 +45,4 @@ class RequestContext:
         return f"{self.base_url}/{relative}"
 
     def child(self, session: Session) -> RequestContext:
-        return RequestContext(self.repo, self.settings, self.search, self.base_url, session)
+        return RequestContext(self.repo, self.settings, self.search, self.base_url, session, self.jobs)

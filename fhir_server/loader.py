@@ -139,6 +139,7 @@ class Loader:
                 report.reject(file, f"line {lineno}", err.diagnostics)
 
     def _load_bundle(self, bundle: dict[str, Any], file: str, report: Report) -> None:
+        self.services.search_params.maybe_refresh()  # SearchParameters a running server registered
         req = FhirRequest(method="POST", resource=bundle, headers={"prefer": "return=minimal"})
         try:
             resp = batch.handle(req, self._ctx())
@@ -173,6 +174,7 @@ class Loader:
 
     def _commit(self, chunk: list[tuple[str, dict[str, Any]]], file: str, report: Report) -> None:
         """Store a batch in one transaction; if it fails, store its resources one by one."""
+        self.services.search_params.maybe_refresh()
         try:
             with self.services.repo.session(write=True) as session:
                 for _, resource in chunk:

@@ -1,4 +1,4 @@
-"""The FHIR R4 (4.0.1) element model: every type's elements with cardinality and bindings.
+"""The FHIR R4 (4.0.1) element model: every type's elements with cardinality, bindings and summary flags.
 
 Why: validation, the XML codec and search-value extraction all need to know, for a
 resource type and a JSON property, which FHIR type it holds and whether it repeats. The
@@ -35,6 +35,8 @@ class Element:
     targets: tuple[str, ...] | None = None
     children: dict[str, Element] | None = field(default=None, repr=False)
     path: str = ""
+    #: ``isSummary`` in the base definition (part of ``_summary=true`` output)
+    summary: bool = False
 
     @property
     def is_primitive(self) -> bool:
@@ -74,7 +76,7 @@ class Model:
 
     def _build(self, path: str, raw: dict) -> dict[str, Element]:
         out: dict[str, Element] = {}
-        for name, (etype, emin, emax, choice, binding, targets, children) in raw.items():
+        for name, (etype, emin, emax, choice, binding, targets, children, *flags) in raw.items():
             epath = f"{path}.{name}"
             out[name] = Element(
                 name=name,
@@ -86,6 +88,7 @@ class Model:
                 targets=tuple(targets) if targets else None,
                 children=self._build(epath, children) if children else None,
                 path=epath,
+                summary=bool(flags and flags[0]),  # stored only when true
             )
         return out
 

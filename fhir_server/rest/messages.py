@@ -21,6 +21,8 @@ class FhirRequest:
     res_id: str | None = None
     vid: str | None = None
     operation: str | None = None
+    #: (compartment type, id) of ``Patient/123/Observation``
+    compartment: tuple[str, str] | None = None
     #: query (or form) parameters in the order given; repeated names stay separate
     params: list[tuple[str, str]] = field(default_factory=list)
     #: header names in lower case

@@ -20,6 +20,7 @@ from fhir_server.rest.interactions import (
     history,
     patch,
     read,
+    reindex,
     search,
     update,
     vread,
@@ -59,6 +60,13 @@ ROUTES: tuple[Route, ...] = (
     Route("delete", "instance", "DELETE", ("{type}", "{id}"), delete.handle),
     Route("history-instance", "instance", "GET", ("{type}", "{id}", "_history"), history.handle),
     Route("vread", "instance", "GET", ("{type}", "{id}", "_history", "{vid}"), vread.handle),
+    Route("search-compartment", "compartment", "GET", ("{compartment}", "{cid}", "{type}"), search.handle),
+    Route("search-compartment", "compartment", "POST", ("{compartment}", "{cid}", "{type}", "_search"), search.handle),
+    # operations: interaction "$name" (the CapabilityStatement lists them under ``operation``)
+    Route("$reindex", "system", "POST", ("$reindex",), reindex.start),
+    Route("$reindex", "type", "POST", ("{type}", "$reindex"), reindex.start),
+    Route("$reindex", "system", "GET", ("$reindex", "{id}"), reindex.status),  # async status URL
+    Route("$reindex", "system", "DELETE", ("$reindex", "{id}"), reindex.cancel),
 )
 
 
@@ -97,6 +105,8 @@ def bind(req: FhirRequest, variables: dict[str, str]) -> FhirRequest:
     req.res_type = variables.get("type")
     req.res_id = variables.get("id")
     req.vid = variables.get("vid")
+    if "compartment" in variables:
+        req.compartment = (variables["compartment"], variables["cid"])
     return req
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from fhir_server.search import includes, sorting
-from fhir_server.search.query import compile_query
+from fhir_server.search.query import compartment_predicate, compile_query
 from fhir_server.storage.repository import Session, StoredVersion
 from fhir_server.storage.schema import resources
 
@@ -46,11 +46,16 @@ class SearchEngine:
         self.registry = registry
         self.max_include = max_include
 
-    def _base(self, res_type: str | None, params: list[tuple[str, str]], lenient: bool):  # type: ignore[no-untyped-def]
-        compiled = compile_query(self.registry, res_type, params, lenient)
+    def _base(  # type: ignore[no-untyped-def]
+        self, session: Session, res_type: str | None, params: list[tuple[str, str]], lenient: bool, compartment=None
+    ):
+        compiled = compile_query(self.registry, res_type, params, lenient, session, self)
         conds = [r.c.deleted.is_(False), *compiled.filters]
         if res_type is not None:
             conds.insert(0, r.c.res_type == res_type)
+        if compartment is not None:
+            assert res_type is not None
+            conds.append(compartment_predicate(self.registry, res_type, *compartment))
         return conds, compiled.warnings
 
     def match(
@@ -58,7 +63,7 @@ class SearchEngine:
     ) -> list[StoredVersion]:
         """Current resources matching ``params`` (for conditional create/update/delete)."""
         session.flush()
-        conds, _ = self._base(res_type, params, lenient=False)
+        conds, _ = self._base(session, res_type, params, lenient=False)
         rids = session.conn.execute(select(r.c.rid).where(*conds).order_by(r.c.rid).limit(limit)).scalars().all()
         return session.read_many(rids)
 
@@ -71,9 +76,11 @@ class SearchEngine:
         cursor: Cursor | None = None,
         lenient: bool = False,
         want_total: bool = False,
+        compartment: tuple[str, str] | None = None,
     ) -> SearchPage:
+        """One page of matches; ``compartment`` is (type, id) for ``Patient/123/Observation``."""
         session.flush()
-        conds, warnings = self._base(res_type, params, lenient)
+        conds, warnings = self._base(session, res_type, params, lenient, compartment)
         keys = sorting.parse_sort(self.registry, res_type, _param(params, "_sort"))
         specs = includes.parse_includes(self.registry, params)
         total = None

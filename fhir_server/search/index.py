@@ -32,7 +32,8 @@ stored once, in the form its search type compares (http://hl7.org/fhir/R4/search
 - **quantity** (``idx_quantity``): Quantity and its profiles (Age, Duration, Count, Distance,
   SimpleQuantity, MoneyQuantity) → value, system, code, unit and the precision range; Money →
   currency as code in ``urn:iso:std:iso:4217``; Range → low..high with open sides at
-  ``NUM_MIN``/``NUM_MAX``. No unit conversion (UCUM canonicalisation is not done).
+  ``NUM_MIN``/``NUM_MAX``. A UCUM quantity gets a second row in canonical units (:mod:`.ucum`)
+  under :func:`canonical_sp`, which searches with a UCUM unit use.
 - **reference** (``idx_reference``): ``Type/id[/_history/v]`` → target_type/target_id/
   target_version; absolute URLs → ``url`` plus type/id when they end in ``Type/id``; ``urn:uuid:``
   / ``urn:oid:`` → ``url`` (with ``Reference.type`` as target_type if given); contained ``#id``
@@ -40,7 +41,10 @@ stored once, in the form its search type compares (http://hl7.org/fhir/R4/search
   target_version. Resources (``Bundle.entry[0].resource``) → their type and id.
 - **uri** (``idx_uri``): uri/url/canonical/oid/uuid values as written.
 
-Composite and special parameters are not indexed here. Rows are deduplicated per table.
+- **composite** (:mod:`.composite`): the second component's row in its own type's table, under an
+  ``sp`` that also hashes the first component's token.
+
+Special parameters are not indexed here. Rows are deduplicated per table.
 """
 
 from __future__ import annotations
@@ -50,9 +54,11 @@ import re
 import unicodedata
 from collections.abc import Callable
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
-from fhir_server.search.hashing import modifier_sp, token_hashes
+from fhir_server.search import composite, ucum
+from fhir_server.search.hashing import hash64, modifier_sp, token_hashes
 from fhir_server.search.registry import Registry, SearchParam, get_registry
 from fhir_server.util.fhirdate import date_range
 
@@ -368,6 +374,8 @@ def _index_quantity(p: SearchParam, items: list, out: _Out) -> None:
             if parts:
                 (v, lo, hi), system, code, unit = parts
                 out.add("idx_quantity", QuantityRow(out.rid, p.sp, system, code, unit, v, lo, hi))
+                if system == ucum.UCUM_SYSTEM and code:
+                    _canonical_row(out, p.sp, v, lo, hi, code)
         elif vtype == "Range" and type(value) is dict:
             low, high = _quantity_parts(value.get("low")), _quantity_parts(value.get("high"))
             if low is None and high is None:
@@ -377,6 +385,21 @@ def _index_quantity(p: SearchParam, items: list, out: _Out) -> None:
             lo = low[0][1] if low else NUM_MIN
             hi = high[0][2] if high else NUM_MAX
             out.add("idx_quantity", QuantityRow(out.rid, p.sp, ref[1], ref[2], ref[3], ref[0][0], lo, hi))
+
+
+def _canonical_row(out: _Out, sp: int, v: float, lo: float, hi: float, code: str) -> None:
+    """The same quantity in UCUM canonical units, so 5.4 mg is found by 0.0054 g."""
+    value = ucum.canonical(v, code)
+    bounds = ucum.canonical_range(lo, hi, code)
+    if value is not None and bounds is not None:
+        row = QuantityRow(out.rid, canonical_sp(sp), ucum.UCUM_SYSTEM, value[1], None, value[0], bounds[0], bounds[1])
+        out.add("idx_quantity", row)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def canonical_sp(sp: int) -> int:
+    """Where a quantity parameter's canonical-unit rows are kept (beside its rows as written)."""
+    return hash64(f"{sp}:ucum-canonical")
 
 
 _ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
@@ -449,6 +472,44 @@ _HANDLERS: dict[str, Callable[[SearchParam, list, _Out], None]] = {
 }
 
 
+def _index_composite(p: SearchParam, items: list, out: _Out, registry: Registry) -> None:
+    comp = composite.resolve(p, registry)
+    if comp is None:
+        return
+    handler = _HANDLERS[comp.second_type]
+    for element, _vtype in items:
+        if type(element) is not dict:
+            continue
+        seconds = comp.second(element)
+        if not seconds:
+            continue
+        keys = {k for value, vtype in comp.first(element) for k in _token_keys(p, value, vtype)}
+        for key in sorted(keys):
+            handler(_scoped(p, key), seconds, out)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _scoped(p: SearchParam, key: str) -> SimpleNamespace:
+    """The composite's second component as a parameter of its own ``sp`` (codes repeat: cached)."""
+    return SimpleNamespace(
+        sp=composite.combined_sp(p.sp, key), resource_type=p.resource_type, code=p.code, code_systems={}
+    )
+
+
+def _token_keys(p: SearchParam, value: Any, vtype: str) -> list[str]:
+    if type(value) is str:
+        return composite.first_keys(p.code_systems.get(value) if vtype == "code" else None, value)
+    if type(value) is not dict:
+        return []
+    codings = value.get("coding") if vtype == "CodeableConcept" else [value]
+    keys: list[str] = []
+    for c in codings if type(codings) is list else ():
+        if type(c) is dict and type(c.get("code")) is str:
+            system = c.get("system")
+            keys += composite.first_keys(system if type(system) is str else None, c["code"])
+    return keys
+
+
 def index_rows(resource: dict, rid: int = 0, registry: Registry | None = None) -> Rows:
     """Index rows for ``resource`` stored under ``rid``: table name → rows.
 
@@ -466,6 +527,8 @@ def index_rows(resource: dict, rid: int = 0, registry: Registry | None = None) -
             continue
         if p.type == "reference":
             _index_reference(p, items, out, resource_types)
+        elif p.type == "composite":
+            _index_composite(p, items, out, registry)
         else:
             handler = _HANDLERS.get(p.type)
             if handler is not None:

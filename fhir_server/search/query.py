@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, not_, or_, select
+from sqlalchemy import ColumnElement, and_, exists, false, not_, or_, select
 
 from fhir_server.errors import FhirError
-from fhir_server.search import hashing
-from fhir_server.search.index import normalize_string
+from fhir_server.search import composite, hashing, ucum
+from fhir_server.search.index import canonical_sp, normalize_string
 from fhir_server.storage.schema import (
     idx_date,
     idx_number,
@@ -32,6 +31,7 @@ from fhir_server.storage.schema import (
     idx_uri,
     resources,
 )
+from fhir_server.terminology import code_closure, codes_in_valueset
 from fhir_server.util.fhirdate import parse_range as date_range
 
 #: Parameters that shape the result rather than select resources.
@@ -163,20 +163,23 @@ def number_predicate(res: Any, sp: int, name: str, raw: str) -> ColumnElement[bo
 def quantity_predicate(res: Any, sp: int, name: str, raw: str) -> ColumnElement[bool]:
     prefix, rest = _prefix(raw)
     parts = re.split(r"(?<!\\)\|", rest)
-    number, lo, hi = _number_range(name, parts[0])
-    conds = [idx_quantity.c.sp == sp, _value_predicate(prefix, idx_quantity.c.value, number, lo, hi)]
-    if len(parts) == 3:
-        system, code = unescape(parts[1]), unescape(parts[2])
-        if system:
-            conds.append(idx_quantity.c.system == system)
-        if code:
-            conds.append(
-                or_(idx_quantity.c.code == code, idx_quantity.c.unit == code)
-                if not system
-                else idx_quantity.c.code == code
-            )
-    elif len(parts) != 1:
+    if len(parts) not in (1, 3):
         raise FhirError("invalid-param", f"Search parameter {name}: {raw!r} is not [prefix]number|system|code")
+    number, lo, hi = _number_range(name, parts[0])
+    system, code = (unescape(parts[1]), unescape(parts[2])) if len(parts) == 3 else ("", "")
+    if system == ucum.UCUM_SYSTEM and code:
+        value, bounds = ucum.canonical(number, code), ucum.canonical_range(lo, hi, code)
+        if value is not None and bounds is not None:  # compare in canonical units: 5.4 mg = 0.0054 g
+            q = idx_quantity
+            value_pred = _value_predicate(prefix, q.c.value, value[0], bounds[0], bounds[1])
+            return _exists(res, q, q.c.sp == canonical_sp(sp), q.c.code == value[1], value_pred)
+    conds = [idx_quantity.c.sp == sp, _value_predicate(prefix, idx_quantity.c.value, number, lo, hi)]
+    if system:
+        conds.append(idx_quantity.c.system == system)
+    if code:
+        conds.append(
+            or_(idx_quantity.c.code == code, idx_quantity.c.unit == code) if not system else idx_quantity.c.code == code
+        )
     return _exists(res, idx_quantity, *conds)
 
 
@@ -256,12 +259,13 @@ def uri_predicate(res: Any, sp: int, modifier: str | None, value: str) -> Column
 # -- the compiler --------------------------------------------------------------------------
 _MODIFIERS = {
     "string": {None, "exact", "contains", "missing"},
-    "token": {None, "text", "not", "missing", "of-type"},
+    "token": {None, "text", "not", "missing", "of-type", "in", "not-in", "above", "below"},
     "reference": None,  # any resource type, plus missing and identifier
     "date": {None, "missing"},
     "number": {None, "missing"},
     "quantity": {None, "missing"},
     "uri": {None, "below", "above", "missing"},
+    "composite": {None},
 }
 _TABLE_OF = {
     "string": idx_string,
@@ -276,15 +280,36 @@ _TABLE_OF = {
 MAX_DEPTH = 4
 
 
+def supported_modifiers(registry: Any, param: Any) -> tuple[str, ...] | None:
+    """Modifiers this server honours on ``param`` (``()`` for none), or None if it cannot search
+    by it at all: the one truth for the CapabilityStatement and docs/search-parameters.md."""
+    if not param.indexed or param.type not in _MODIFIERS:
+        return None
+    if param.type == "composite":
+        return () if composite.resolve(param, registry) is not None else None
+    if param.type == "reference":
+        return ("missing", "identifier", "[type]")
+    mods = {m for m in _MODIFIERS[param.type] if m is not None}
+    if "Identifier" not in param.value_types:
+        mods.discard("of-type")
+    return tuple(sorted(mods))
+
+
 def compile_query(
-    registry: Any, res_type: str | None, params: list[tuple[str, str]], lenient: bool = False
+    registry: Any,
+    res_type: str | None,
+    params: list[tuple[str, str]],
+    lenient: bool = False,
+    session: Any = None,
+    search: Any = None,
 ) -> CompiledQuery:
     """Filters for ``params`` (AND of repetitions, OR of comma values).
 
     Unknown parameters are a 400, or a warning when ``lenient`` (``Prefer: handling=lenient``).
+    ``session`` and ``search`` let ``:in``/``:below`` read stored terminology.
     """
     query = CompiledQuery(res_type)
-    compiler = _Compiler(registry)
+    compiler = _Compiler(registry, session, search)
     for key, raw in params:
         name = key.partition(":")[0]
         if name in RESULT_PARAMS:
@@ -312,8 +337,11 @@ class _Compiler:
     """Compiles one parameter against a scope: ``res`` is the ``resources`` row (or an alias of
     it, inside a chain or ``_has``) whose ``rid`` the predicate is about."""
 
-    def __init__(self, registry: Any) -> None:
+    def __init__(self, registry: Any, session: Any = None, search: Any = None) -> None:
         self.registry = registry
+        #: the open session and search engine, for terminology modifiers (stored ValueSets)
+        self.session = session
+        self.search = search
 
     def key(self, res: Any, res_type: str | None, key: str, raw: str, depth: int) -> ColumnElement[bool] | None:
         if depth > MAX_DEPTH:
@@ -409,14 +437,81 @@ class _Compiler:
         param = self.registry.get(res_type, name)
         if param is None:
             return None
-        return _typed(res, param, modifier, raw, key)
+        return self._typed(res, param, modifier, raw, key)
 
     def _all_types(self, res: Any, name: str, modifier: str | None, raw: str, key: str) -> ColumnElement[bool] | None:
         """System-level search: a parameter defined on Resource applies to every type."""
         preds = []
         for res_type, param in self.registry.common(name):
-            preds.append(and_(res.c.res_type == res_type, _typed(res, param, modifier, raw, key)))
+            preds.append(and_(res.c.res_type == res_type, self._typed(res, param, modifier, raw, key)))
         return or_(*preds) if preds else None
+
+    def _typed(self, res: Any, param: Any, modifier: str | None, raw: str, key: str) -> ColumnElement[bool]:
+        allowed = _MODIFIERS.get(param.type)
+        if param.type not in _MODIFIERS:
+            raise FhirError("invalid-param", f"Search parameter {key}: {param.type} parameters are not supported")
+        if allowed is not None and modifier not in allowed:
+            raise FhirError(
+                "invalid-param", f"Modifier :{modifier} is not supported on {param.type} parameter {param.code}"
+            )
+        sp = param.sp
+        if param.type == "composite":
+            return self._composite(res, param, raw, key)
+        if modifier == "missing":
+            if raw not in ("true", "false"):
+                raise FhirError("invalid-param", f"{key} must be true or false")
+            table = _TABLE_OF[param.type]
+            has = _exists(res, table, table.c.sp == sp)
+            return not_(has) if raw == "true" else has
+        if modifier == "not" and param.type == "token":
+            return not_(or_(*[token_predicate(res, sp, key, None, v) for v in split_values(raw)]))
+        if modifier in ("in", "not-in", "above", "below") and param.type == "token":
+            matched = or_(*[self._terminology(res, sp, key, modifier, v) for v in split_values(raw)])
+            return not_(matched) if modifier == "not-in" else matched
+        if modifier == "of-type":
+            of_type = hashing.modifier_sp(param.resource_type, param.code, "of-type")
+            return or_(
+                *[_exists(res, idx_token, idx_token.c.h_code == hashing.h_code(of_type, v)) for v in split_values(raw)]
+            )
+        if modifier == "identifier" and param.type == "reference":
+            ident_sp = hashing.modifier_sp(param.resource_type, param.code, "identifier")
+            return or_(*[token_predicate(res, ident_sp, key, None, v) for v in split_values(raw)])
+        return or_(*[_value(res, param.type, sp, key, modifier, v) for v in split_values(raw)])
+
+    def _composite(self, res: Any, param: Any, raw: str, key: str) -> ColumnElement[bool]:
+        comp = composite.resolve(param, self.registry)
+        if comp is None:
+            raise FhirError("invalid-param", f"Composite parameter {key} is not supported by this server")
+        preds = []
+        for value in split_values(raw):
+            first, second = composite.split_composite(key, value)
+            system, code, has_bar = split_token(first)
+            sp = composite.combined_sp(param.sp, composite.search_key(key, system, code, has_bar))
+            preds.append(_value(res, comp.second_type, sp, key, None, second))
+        return or_(*preds)
+
+    def _terminology(self, res: Any, sp: int, key: str, modifier: str, value: str) -> ColumnElement[bool]:
+        """``:in``/``:not-in`` a stored ValueSet, ``:below``/``:above`` a code in a stored CodeSystem."""
+        if self.session is None:
+            raise FhirError("invalid-param", f"{key}: terminology modifiers cannot be used here")
+        if modifier in ("in", "not-in"):
+            pairs = codes_in_valueset(self.session, unescape(value), self.search)
+            with_system = [hashing.h_sys_code(sp, s, c) for s, c in pairs if s is not None]
+            code_only = [hashing.h_code(sp, c) for s, c in pairs if s is None]
+            conds = []
+            if with_system:
+                conds.append(idx_token.c.h_sys_code.in_(with_system))
+            if code_only:
+                conds.append(idx_token.c.h_code.in_(code_only))
+            return _exists(res, idx_token, or_(*conds)) if conds else false()
+        system, code, _ = split_token(value)
+        if system is None or code is None:
+            raise FhirError("invalid-param", f"{key}: :{modifier} needs system|code (the code system to look in)")
+        codes = code_closure(self.session, system, code, modifier, self.search)  # type: ignore[arg-type]
+        bare_system = system.split("|", 1)[0]
+        return _exists(
+            res, idx_token, idx_token.c.h_sys_code.in_([hashing.h_sys_code(sp, bare_system, c) for c in codes])
+        )
 
     def _list(self, res: Any, res_type: str | None, raw: str) -> ColumnElement[bool]:
         """``_list=id``: resources that List/id has as an entry item (search.html#list)."""
@@ -438,44 +533,36 @@ class _Compiler:
         )
 
 
-def _typed(res: Any, param: Any, modifier: str | None, raw: str, key: str) -> ColumnElement[bool]:
-    allowed = _MODIFIERS.get(param.type)
-    if param.type not in _MODIFIERS:
-        raise FhirError("invalid-param", f"Search parameter {key}: {param.type} parameters are not supported yet")
-    if allowed is not None and modifier not in allowed:
-        raise FhirError(
-            "invalid-param", f"Modifier :{modifier} is not supported on {param.type} parameter {param.code}"
-        )
-    sp = param.sp
-    if modifier == "missing":
-        if raw not in ("true", "false"):
-            raise FhirError("invalid-param", f"{key} must be true or false")
-        table = _TABLE_OF[param.type]
-        has = _exists(res, table, table.c.sp == sp)
-        return not_(has) if raw == "true" else has
-    if modifier == "not" and param.type == "token":
-        return not_(or_(*[token_predicate(res, sp, key, None, v) for v in split_values(raw)]))
-    if modifier == "of-type":
-        of_type = hashing.modifier_sp(param.resource_type, param.code, "of-type")
-        return or_(
-            *[_exists(res, idx_token, idx_token.c.h_code == hashing.h_code(of_type, v)) for v in split_values(raw)]
-        )
-    if modifier == "identifier" and param.type == "reference":
-        ident_sp = hashing.modifier_sp(param.resource_type, param.code, "identifier")
-        return or_(*[token_predicate(res, ident_sp, key, None, v) for v in split_values(raw)])
-    build: Callable[[str], ColumnElement[bool]]
-    if param.type == "string":
-        build = lambda v: string_predicate(res, sp, modifier, v)  # noqa: E731
-    elif param.type == "token":
-        build = lambda v: token_predicate(res, sp, key, modifier, v)  # noqa: E731
-    elif param.type == "reference":
-        build = lambda v: reference_predicate(res, sp, key, modifier, v)  # noqa: E731
-    elif param.type == "date":
-        build = lambda v: date_predicate(res, sp, key, v)  # noqa: E731
-    elif param.type == "number":
-        build = lambda v: number_predicate(res, sp, key, v)  # noqa: E731
-    elif param.type == "quantity":
-        build = lambda v: quantity_predicate(res, sp, key, v)  # noqa: E731
-    else:
-        build = lambda v: uri_predicate(res, sp, modifier, v)  # noqa: E731
-    return or_(*[build(v) for v in split_values(raw)])
+def compartment_predicate(registry: Any, res_type: str, compartment: str, compartment_id: str) -> ColumnElement[bool]:
+    """``[compartment]/[id]/[type]``: resources of ``res_type`` linked to that compartment's owner
+    by one of the parameters its CompartmentDefinition lists (compartmentdefinition.html)."""
+    if compartment not in registry.compartments():
+        raise FhirError("not-found", f"{compartment} is not a compartment this server supports")
+    codes = registry.compartment_params(compartment, res_type)
+    if not codes:
+        raise FhirError("invalid-param", f"{res_type} is not in the {compartment} compartment")
+    preds = []
+    for code in codes:
+        param = registry.get(res_type, code)
+        if param is not None and param.type == "reference":
+            preds.append(reference_predicate(r, param.sp, code, None, f"{compartment}/{compartment_id}"))
+    if res_type == compartment:  # the owner belongs to its own compartment
+        preds.append(r.c.res_id == compartment_id)
+    return or_(*preds)
+
+
+def _value(res: Any, ptype: str, sp: int, key: str, modifier: str | None, v: str) -> ColumnElement[bool]:
+    """One (not comma-separated) value of a parameter of type ``ptype`` stored under ``sp``."""
+    if ptype == "string":
+        return string_predicate(res, sp, modifier, v)
+    if ptype == "token":
+        return token_predicate(res, sp, key, modifier, v)
+    if ptype == "reference":
+        return reference_predicate(res, sp, key, modifier, v)
+    if ptype == "date":
+        return date_predicate(res, sp, key, v)
+    if ptype == "number":
+        return number_predicate(res, sp, key, v)
+    if ptype == "quantity":
+        return quantity_predicate(res, sp, key, v)
+    return uri_predicate(res, sp, modifier, v)

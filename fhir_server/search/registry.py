@@ -55,7 +55,7 @@ DEFINITION_FIELDS = (
 
 NOT_DOMAIN_RESOURCES = frozenset({"Bundle", "Binary", "Parameters"})
 UNINDEXED_CODES = frozenset({"_id", "_lastUpdated", "_text", "_content", "_query", "_list", "_has", "_type"})
-UNINDEXED_TYPES = frozenset({"composite", "special"})
+UNINDEXED_TYPES = frozenset({"special"})
 PARAM_TYPES = frozenset({"number", "date", "string", "token", "reference", "composite", "quantity", "uri", "special"})
 
 
@@ -104,6 +104,8 @@ class Registry:
         self._compartments: dict[str, dict[str, tuple[str, ...]]] = {}
         self._by_type: dict[str, dict[str, SearchParam]] = {}
         self._indexed: dict[str, tuple[SearchParam, ...]] = {}
+        #: incremented by every add/remove, so derived views (the CapabilityStatement) know to rebuild
+        self.version = 0
 
     # ------------------------------------------------------------------ loading
 
@@ -174,6 +176,11 @@ class Registry:
         self._ensure_loaded()
         return self._compartments.get(compartment, {}).get(resource_type, ())
 
+    def compartments(self) -> frozenset[str]:
+        """Compartments with a definition (http://hl7.org/fhir/R4/compartmentdefinition.html)."""
+        self._ensure_loaded()
+        return frozenset(self._compartments)
+
     def compartment_types(self, compartment: str) -> frozenset[str]:
         self._ensure_loaded()
         return frozenset(self._compartments.get(compartment, {}))
@@ -181,7 +188,7 @@ class Registry:
     def add(self, search_parameter: dict) -> list[SearchParam]:
         """Register a custom SearchParameter resource; returns the compiled per-type parameters.
 
-        A later definition with the same (base, code) replaces the earlier one. Raises
+        A later definition with the same url, or the same (base, code), replaces the earlier one. Raises
         ``ValueError`` if ``code``, ``base`` or ``type`` is missing or invalid.
         """
         self._ensure_loaded()
@@ -199,18 +206,54 @@ class Registry:
         reduced = {k: search_parameter[k] for k in DEFINITION_FIELDS if k in search_parameter}
         reduced.setdefault("url", f"urn:custom:SearchParameter/{'-'.join(bases)}-{code}")
         with self._lock:
+            self._remove_custom(reduced["url"])  # a new version of the same definition replaces it whole
             self._store(reduced)
             self._custom_urls.add(reduced["url"])
-            affected = self.resource_types if any(b in ("Resource", "DomainResource") for b in bases) else set(bases)
-            for rt in affected:
-                self._by_type.pop(rt, None)
-                self._indexed.pop(rt, None)
+            affected = self._invalidate(bases)
         out = []
         for rt in sorted(affected):
             p = self.get(rt, code)
             if p is not None:
                 out.append(p)
         return out
+
+    def remove(self, url: str) -> bool:
+        """Unregister the custom SearchParameter with canonical ``url``; False if none is registered.
+
+        Built-in R4 parameters cannot be removed. Index rows already written for it stay until the
+        resources are reindexed (they are no longer searchable).
+        """
+        with self._lock:
+            return self._remove_custom(url)
+
+    def custom_urls(self) -> frozenset[str]:
+        """Canonical URLs of the custom parameters registered now."""
+        with self._lock:
+            return frozenset(self._custom_urls)
+
+    def _remove_custom(self, url: str) -> bool:
+        if url not in self._custom_urls:
+            return False
+        sp = self._by_url.pop(url)
+        self._custom_urls.discard(url)
+        for base in sp.get("base", []):
+            defs = self._defs.get(base, {})
+            if defs.get(sp["code"]) is sp:
+                del defs[sp["code"]]
+        self._invalidate(sp.get("base", []))
+        return True
+
+    def _invalidate(self, bases: list[str]) -> set[str]:
+        """Drop the compiled parameters of the types ``bases`` apply to (caller holds the lock)."""
+        if any(b in ("Resource", "DomainResource") for b in bases):
+            affected = set(self.resource_types)
+        else:
+            affected = set(bases)
+        for rt in affected:
+            self._by_type.pop(rt, None)
+            self._indexed.pop(rt, None)
+        self.version += 1
+        return affected
 
     def stats(self) -> dict[str, int]:
         """Counts over all resource types: parameters, indexed ones, fhirpathpy fallbacks."""

@@ -32,6 +32,9 @@ from fhir_server.util.clock import http_date, instant, now_us
 IndexRows = dict[str, list[tuple[Any, ...]]]
 #: Computes the index rows of a resource stored under a rid (the search registry provides it).
 Indexer = Callable[[dict[str, Any], int], IndexRows]
+#: Called before a resource of a given type is created, updated (``resource`` set) or deleted
+#: (``resource`` None) with ``(session, res_id, resource, current)``; may raise ``FhirError``.
+WriteHook = Callable[["Session", str, "dict[str, Any] | None", "StoredVersion | None"], None]
 
 
 @dataclass(slots=True)
@@ -86,9 +89,12 @@ _CURRENT_COLS = (
 # Hot statements as constant SQL (``?`` placeholders, turned into ``%s`` for psycopg): building
 # and cache-keying a SQLAlchemy ``select()`` per call cost more than running it (read benchmark).
 _READ_CURRENT = f"SELECT {', '.join(c.name for c in _CURRENT_COLS)} FROM resources WHERE res_type = ? AND res_id = ?"
+# ``idx_mask = ?``: the old index rows are deleted by the mask the writer read; if a reindex
+# (search/reindex.py) changed the mask meanwhile, rows in a table the writer does not know of
+# would be left behind, so that is a conflict like a concurrent update.
 _UPDATE_CURRENT = (
     "UPDATE resources SET version = ?, updated_us = ?, deleted = ?, method = ?, content = ?, idx_mask = ? "
-    "WHERE rid = ? AND version = ?"
+    "WHERE rid = ? AND version = ? AND idx_mask = ?"
 )
 _HISTORY_COLS = "rid, version, res_type, res_id, updated_us, deleted, method, content"
 _INSERT_HISTORY = f"INSERT INTO resource_history ({_HISTORY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -139,6 +145,8 @@ class Session:
     created_ids: set[tuple[str, str]] = field(default_factory=set)
     #: SQLite: the next free rid, counted from MAX(rid) under the transaction's write lock
     next_rid: int | None = None
+    #: run once the transaction has committed (not on rollback), e.g. to reload search parameters
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
 
     # -- reads ---------------------------------------------------------------------------
     def read_current(self, res_type: str, res_id: str) -> StoredVersion | None:
@@ -184,6 +192,9 @@ class Session:
         res_id = res_id or new_id()
         if (res_type, res_id) in self.created_ids:
             raise FhirError("conflict", f"{res_type}/{res_id} is created twice in one transaction")
+        hook = self.repo.write_hooks.get(res_type)
+        if hook is not None:
+            hook(self, res_id, resource, None)
         updated = now_us()
         stamped = stamp(resource, res_id, 1, updated)
         rid = self._allocate_rid()
@@ -199,6 +210,9 @@ class Session:
     def update(self, current: StoredVersion, resource: dict[str, Any], method: str = "PUT") -> StoredVersion:
         """Replace ``current`` (the version the caller read) with a new version."""
         self._require_writable()
+        hook = self.repo.write_hooks.get(current.res_type)
+        if hook is not None:
+            hook(self, current.res_id, resource, current)
         self.flush()
         new_version = current.version + 1
         updated = max(now_us(), current.updated_us + 1)
@@ -215,6 +229,9 @@ class Session:
     def delete(self, current: StoredVersion) -> StoredVersion:
         """Mark ``current`` deleted: a new version without content; history is kept."""
         self._require_writable()
+        hook = self.repo.write_hooks.get(current.res_type)
+        if hook is not None:
+            hook(self, current.res_id, None, current)
         self.flush()
         new_version = current.version + 1
         updated = max(now_us(), current.updated_us + 1)
@@ -237,7 +254,7 @@ class Session:
         if the optimistic ``WHERE version = n`` matched, so its row count tells a conflict.
         """
         c = current
-        new_values = (new_version, updated, deleted, method, content, idx_mask, c.rid, c.version)
+        new_values = (new_version, updated, deleted, method, content, idx_mask, c.rid, c.version, c.idx_mask)
         old_values = (c.version, c.res_type, c.res_id, c.updated_us, c.deleted, c.method, c.content)
         stale = [t for name, t in INDEX_TABLES.items() if c.idx_mask & INDEX_BITS[name]]
         if self.repo.postgres:
@@ -257,8 +274,8 @@ class Session:
         if matched != 1:
             raise FhirError(
                 "conflict",
-                f"{c.res_type}/{c.res_id} was changed by another request "
-                f"(version {c.version} is no longer current); read it again and retry",
+                f"{c.res_type}/{c.res_id} was changed by another request or reindexed meanwhile "
+                f"(version {c.version} was read); read it again and retry",
             )
 
     def _allocate_rid(self) -> int:
@@ -327,6 +344,8 @@ class Repository:
         self.postgres = is_postgres(engine)
         self.rid_block_size = 500
         self._rid_block: list[int] = []
+        #: resource type -> hook run by every create, update and delete of that type
+        self.write_hooks: dict[str, WriteHook] = {}
 
     @contextmanager
     def session(self, write: bool = False) -> Iterator[Session]:
@@ -345,6 +364,8 @@ class Repository:
                         sess.flush()
             finally:
                 conn.info[WRITE_FLAG] = False
+        for callback in sess.after_commit:  # committed, connection returned to the pool
+            callback()
 
     def take_rid(self, conn: Connection) -> int:
         """A rid from this process's block of the PostgreSQL sequence (one round trip per block).

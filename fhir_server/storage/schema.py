@@ -155,6 +155,38 @@ idx_uri = Table(
     Index("ix_uri_rid", "rid"),
 )
 
+#: Background jobs (``$reindex``): claimed by one worker at a time under a lease that the
+#: worker renews after every batch; ``last_rid`` is the resume point (see search/reindex.py).
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("kind", String(32), nullable=False),  # reindex
+    Column("res_type", String(64), nullable=True),  # None: every resource type
+    Column("state", String(16), nullable=False),  # queued | running | completed | failed | cancelled
+    Column("batch_size", Integer, nullable=False),
+    Column("last_rid", BigInteger, nullable=False),  # resources up to this rid are done
+    Column("total", BigInteger, nullable=True),  # resources to process, counted before the first batch
+    Column("processed", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),  # resources whose index could not be computed
+    Column("owner", String(128), nullable=True),  # host:pid:nonce of the process running it
+    Column("heartbeat_us", BigInteger, nullable=True),  # lease: renewed after every batch
+    Column("created_us", BigInteger, nullable=False),
+    Column("started_us", BigInteger, nullable=True),
+    Column("finished_us", BigInteger, nullable=True),
+    Column("error", Text, nullable=True),  # why it failed, or the first resource that could not be indexed
+    Index("ix_jobs_state_created", "state", "created_us"),
+)
+
+#: Small named counters shared by all workers; ``search_parameters`` is bumped by every write
+#: of a SearchParameter resource so that workers know to reload their custom parameters.
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
 INDEX_TABLES: dict[str, Table] = {
     t.name: t for t in (idx_string, idx_token, idx_date, idx_number, idx_quantity, idx_reference, idx_uri)
 }

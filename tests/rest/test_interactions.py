@@ -12,6 +12,8 @@ import uuid
 
 import pytest
 
+from fhir_server.validation import check_resource
+
 JSON = "application/fhir+json"
 
 
@@ -281,5 +283,12 @@ def test_capability_statement_matches_routes(client) -> None:
         "search-type",
     }
     assert {p["name"] for p in patient["searchParam"]} >= {"_id", "family", "identifier", "birthdate"}
+    assert not {p["name"] for p in patient["searchParam"]} & {"_text", "_content"}  # not supported
+    observation = next(r for r in cs["rest"][0]["resource"] if r["type"] == "Observation")
+    assert "code-value-quantity" in {p["name"] for p in observation["searchParam"]}
+    assert "Observation:subject" in observation["searchInclude"]
+    assert "Observation:subject" in patient["searchRevInclude"] and "Encounter:patient" in patient["searchRevInclude"]
+    assert cs["rest"][0]["compartment"] == ["http://hl7.org/fhir/CompartmentDefinition/patient"]
+    check_resource(cs)  # the statement is itself valid R4
     system = {i["code"] for i in cs["rest"][0]["interaction"]}
     assert system == {"transaction", "batch", "search-system", "history-system"}

@@ -221,3 +221,149 @@ def test_sort_by_id_and_last_updated(world: World) -> None:
     ids = [world.post({"resourceType": "Patient", "name": [{"family": f"U{t}"}]}) for _ in range(3)]
     assert world.ids(f"Patient?name=u{t}&_sort=-_lastUpdated") == ids[::-1]
     assert world.ids(f"Patient?name=u{t}&_sort=_id") == sorted(ids)
+
+
+def test_compartment_search(world: World) -> None:
+    t = world.tag
+    assert world.ids(f"Patient/{world.zhang}/Observation") == [world.pulse]
+    assert world.ids(f"Patient/{world.li}/Observation?code=85354-{t}") == [world.bp]
+    assert world.ids(f"Patient/{world.li}/Observation?code=8867-{t}") == []
+    assert world.ids(f"Patient/{world.zhang}/Patient") == [world.zhang]
+    bundle = world.search(f"Patient/{world.zhang}/Observation?_count=1")
+    assert bundle["link"][0]["url"].endswith(f"/fhir/Patient/{world.zhang}/Observation?_count=1")
+    posted = world.client.post(f"/fhir/Patient/{world.li}/Observation/_search", data={"code": f"85354-{t}"})
+    assert [e["resource"]["id"] for e in posted.get_json()["entry"]] == [world.bp]
+    world.search(f"Patient/{world.zhang}/Organization", status=400)  # not in the Patient compartment
+    world.search(f"Nothing/{world.zhang}/Observation", status=404)
+
+
+def test_composite_values_pair_within_one_element(world: World) -> None:
+    t = world.tag
+    bp = world.post(
+        {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": LOINC, "code": f"85354-{t}"}]},
+            "effectiveDateTime": "2024-05-01",
+            "component": [
+                {"code": {"coding": [{"system": LOINC, "code": f"8480-{t}"}]}, "valueQuantity": {"value": 150}},
+                {"code": {"coding": [{"system": LOINC, "code": f"8462-{t}"}]}, "valueQuantity": {"value": 80}},
+            ],
+        }
+    )
+    tcm = world.post(
+        {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": "urn:tcm", "code": f"constitution-{t}"}]},
+            "valueCodeableConcept": {"coding": [{"system": "urn:tcm:constitution", "code": "qi-deficiency"}]},
+        }
+    )
+    q = "Observation?component-code-value-quantity="
+    assert world.ids(f"{q}{LOINC}|8480-{t}$gt140") == [bp]
+    assert world.ids(f"{q}{LOINC}|8480-{t}$lt100") == []  # 80 belongs to the other component
+    assert world.ids(f"{q}8462-{t}$lt100") == [bp]
+    assert world.ids(f"{q}8462-{t}$lt50,8480-{t}$ge150") == [bp]
+    assert world.ids(f"Observation?combo-code-value-quantity={LOINC}|8462-{t}$80") == [bp]
+    assert world.ids(f"Observation?code-value-concept=urn:tcm|constitution-{t}$urn:tcm:constitution|qi-deficiency") == [
+        tcm
+    ]
+    assert world.ids(f"Observation?code-value-concept=constitution-{t}$yang-deficiency") == []
+    world.search(f"{q}8462-{t}", status=400)  # no second value
+
+
+def test_token_in_not_in_below_above_against_stored_terminology(world: World) -> None:
+    t = world.tag
+    system = f"urn:tcm:syndrome:{t}"
+    world.post(
+        {
+            "resourceType": "CodeSystem",
+            "url": system,
+            "status": "active",
+            "content": "complete",
+            "hierarchyMeaning": "is-a",
+            "concept": [
+                {
+                    "code": "deficiency",
+                    "concept": [
+                        {"code": "qi-deficiency", "concept": [{"code": "spleen-qi-deficiency"}]},
+                        {"code": "yin-deficiency"},
+                    ],
+                },
+                {"code": "excess"},
+            ],
+        }
+    )
+    vs_url = f"urn:tcm:vs:{t}"
+    world.post(
+        {
+            "resourceType": "ValueSet",
+            "url": vs_url,
+            "status": "active",
+            "compose": {
+                "include": [
+                    {"system": system, "filter": [{"property": "concept", "op": "is-a", "value": "qi-deficiency"}]}
+                ]
+            },
+        }
+    )
+    made = {}
+    for code in ("spleen-qi-deficiency", "yin-deficiency", "excess"):
+        made[code] = world.post(
+            {
+                "resourceType": "Condition",
+                "subject": {"reference": f"Patient/{world.zhang}"},
+                "code": {"coding": [{"system": system, "code": code}]},
+            }
+        )
+    mine = f"Condition?subject=Patient/{world.zhang}"
+    assert sorted(world.ids(f"{mine}&code:below={system}|deficiency")) == sorted(
+        [made["spleen-qi-deficiency"], made["yin-deficiency"]]
+    )
+    assert world.ids(f"{mine}&code:above={system}|spleen-qi-deficiency") == [made["spleen-qi-deficiency"]]
+    assert world.ids(f"{mine}&code:in={vs_url}") == [made["spleen-qi-deficiency"]]
+    assert sorted(world.ids(f"{mine}&code:not-in={vs_url}")) == sorted([made["yin-deficiency"], made["excess"]])
+    world.search(f"{mine}&code:in=urn:not-stored", status=400)
+    world.search(f"{mine}&code:below=deficiency", status=400)  # no system to look in
+
+
+def test_summary_and_elements_shape_matches_and_includes(world: World) -> None:
+    t = world.tag
+    query = f"Observation?code=8867-{t}&_include=Observation:subject"
+    bundle = world.search(f"{query}&_elements=status")
+    kinds = {e["search"]["mode"]: e["resource"] for e in bundle["entry"]}
+    assert set(kinds["match"]) == {"resourceType", "id", "meta", "status", "code"}  # code is mandatory
+    assert "SUBSETTED" in [tag["code"] for tag in kinds["match"]["meta"]["tag"]]
+    assert "name" not in kinds["include"] and "SUBSETTED" in [tag["code"] for tag in kinds["include"]["meta"]["tag"]]
+    text = world.search(f"{query}&_summary=text")["entry"][0]["resource"]
+    assert "subject" not in text and text["status"] == "final"
+    counted = world.search(f"Observation?code=8867-{t}&_summary=count")
+    assert counted["total"] == 1 and "entry" not in counted
+    world.search(f"{query}&_summary=true&_elements=status", status=400)
+    world.search(f"{query}&_summary=everything", status=400)
+
+
+def test_quantity_in_ucum_canonical_units(world: World) -> None:
+    t = world.tag
+    ucum = "http://unitsofmeasure.org"
+
+    def glucose(value: float, unit: str) -> str:
+        return world.post(
+            {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"coding": [{"system": LOINC, "code": f"2339-{t}"}]},
+                "valueQuantity": {"value": value, "system": ucum, "code": unit, "unit": unit},
+            }
+        )
+
+    in_mg = glucose(5.4, "mg")
+    in_mmol = glucose(5.5, "mmol/L")
+    q = f"Observation?code=2339-{t}&value-quantity="
+    assert world.ids(f"{q}0.0054|{ucum}|g") == [in_mg]  # the specification's example
+    assert world.ids(f"{q}5.4|{ucum}|mg") == [in_mg]
+    assert world.ids(f"{q}5400|{ucum}|ug") == [in_mg]
+    assert world.ids(f"{q}gt5000|{ucum}|umol/L") == [in_mmol]
+    assert world.ids(f"{q}lt5000|{ucum}|umol/L") == []
+    assert world.ids(f"{q}5.4||mg") == [in_mg]  # without a system: compared as written
+    assert world.ids(f"{q}0.0054||g") == []

@@ -251,7 +251,7 @@ def test_registry_lookup(reg: Registry) -> None:
     assert not reg.get("Patient", "_lastUpdated").indexed  # type: ignore[union-attr]
     assert reg.get("Bundle", "_text") is None and reg.get("Bundle", "_tag") is not None
     combo = reg.get("Observation", "code-value-quantity")
-    assert combo is not None and combo.type == "composite" and not combo.indexed and len(combo.components) == 2
+    assert combo is not None and combo.type == "composite" and combo.indexed and len(combo.components) == 2
     subject = reg.get("Observation", "subject")
     assert subject is not None and "Patient" in subject.targets
     assert reg.get("Observation", "patient").expression == "Observation.subject.where(resolve() is Patient)"  # type: ignore[union-attr]

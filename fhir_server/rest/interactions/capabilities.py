@@ -13,33 +13,48 @@ from fhir_server import __version__
 from fhir_server.context import RequestContext
 from fhir_server.model import FHIR_VERSION, get_model
 from fhir_server.rest.messages import FhirRequest, FhirResponse
+from fhir_server.search.query import supported_modifiers
 from fhir_server.util.clock import instant, now_us
 
 FORMATS = ["application/fhir+json", "application/fhir+xml", "json", "xml"]
+#: Canonical URLs of the server's own operations (no OperationDefinition is published for them).
+OPERATIONS = {"reindex": "urn:telefhir:OperationDefinition:reindex"}
 PATCH_FORMATS = ["application/json-patch+json", "application/fhir+json", "application/fhir+xml"]
 
 
 def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
-    return FhirResponse(200, resource=_statement(ctx.base_url, ctx.search.registry))
+    registry = ctx.search.registry
+    return FhirResponse(200, resource=_statement(ctx.base_url, registry, registry.version))
+
+
+def _operations(routes: Any, levels: tuple[str, ...]) -> list[dict[str, str]]:
+    names = sorted({r.interaction[1:] for r in routes if r.interaction.startswith("$") and r.level in levels})
+    return [{"name": name, "definition": OPERATIONS[name]} for name in names]
+
+
+def _param(p: Any) -> dict[str, Any]:
+    out = {"name": p.code, "definition": p.url, "type": p.type}
+    if p.custom and p.description:
+        out["documentation"] = p.description
+    return out
 
 
 @functools.lru_cache(maxsize=8)
-def _statement(base_url: str, registry: Any) -> dict[str, Any]:
-    """Built once per base URL; the adapter only serialises it."""
+def _statement(base_url: str, registry: Any, _version: int) -> dict[str, Any]:
+    """Built once per base URL and registry version (custom parameters change it)."""
     from fhir_server.rest.routes import ROUTES
 
-    type_interactions = sorted({r.interaction for r in ROUTES if r.level in ("type", "instance")})
-    system_codes = {r.interaction for r in ROUTES if r.level == "system"} - {"capabilities"}
+    interactions = [r for r in ROUTES if not r.interaction.startswith("$")]  # "$name": operations
+    type_interactions = sorted({r.interaction for r in interactions if r.level in ("type", "instance")})
+    system_codes = {r.interaction for r in interactions if r.level == "system"} - {"capabilities"}
     if "transaction" in system_codes:
         system_codes.add("batch")  # one route (POST [base]) serves both Bundle types
     system_interactions = [{"code": code} for code in sorted(system_codes)]
+    type_operations = _operations(ROUTES, ("type", "instance"))
+    includes, revincludes = _includes(registry)
     resources = []
     for res_type in sorted(get_model().resource_types):
-        params = [
-            {"name": p.code, "definition": p.url, "type": p.type}
-            for p in registry.params_for(res_type)
-            if p.type in ("string", "token", "reference", "date", "number", "quantity", "uri")
-        ]
+        params = [_param(p) for p in registry.params_for(res_type) if supported_modifiers(registry, p) is not None]
         resources.append(
             {
                 "type": res_type,
@@ -58,8 +73,26 @@ def _statement(base_url: str, registry: Any) -> dict[str, Any]:
                     {"name": "_lastUpdated", "type": "date"},
                     *params,
                 ],
+                "searchInclude": ["*", *includes.get(res_type, [])],
+                "searchRevInclude": revincludes.get(res_type, []),
+                "operation": type_operations,
             }
         )
+        resources[-1] = _without_empty(resources[-1])
+    rest = _without_empty(
+        {
+            "mode": "server",
+            "resource": resources,
+            "interaction": system_interactions,
+            "searchParam": [{"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date"}],
+            "operation": _operations(ROUTES, ("system",)),
+            "compartment": [
+                f"http://hl7.org/fhir/CompartmentDefinition/{c.lower()}"
+                for c in sorted(registry.compartments())
+                if any(r.level == "compartment" for r in ROUTES)
+            ],
+        }
+    )
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -71,12 +104,24 @@ def _statement(base_url: str, registry: Any) -> dict[str, Any]:
         "fhirVersion": FHIR_VERSION,
         "format": FORMATS,
         "patchFormat": PATCH_FORMATS,
-        "rest": [
-            {
-                "mode": "server",
-                "resource": resources,
-                "interaction": system_interactions,
-                "searchParam": [{"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date"}],
-            }
-        ],
+        "rest": [rest],
     }
+
+
+def _without_empty(element: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in element.items() if v != []}  # FHIR JSON has no empty arrays
+
+
+def _includes(registry: Any) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """``Type:param`` values for ``_include`` (by source type) and ``_revinclude`` (by target type)."""
+    includes: dict[str, list[str]] = {}
+    revincludes: dict[str, list[str]] = {}
+    types = registry.resource_types
+    for source in sorted(types):
+        for p in registry.params_for(source):
+            if p.type != "reference" or not p.indexed:
+                continue
+            includes.setdefault(source, []).append(f"{source}:{p.code}")
+            for target in p.targets or types:
+                revincludes.setdefault(target, []).append(f"{source}:{p.code}")
+    return includes, revincludes

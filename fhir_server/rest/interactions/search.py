@@ -15,6 +15,7 @@ import orjson
 
 from fhir_server.context import RequestContext
 from fhir_server.errors import FhirError, Issue, operation_outcome
+from fhir_server.rest import shaping
 from fhir_server.rest.bundles import bundle, page_link, raw_resource
 from fhir_server.rest.interactions.common import count_param, require_type
 from fhir_server.rest.messages import FhirRequest, FhirResponse
@@ -26,25 +27,34 @@ def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
     res_type = require_type(req.res_type) if req.res_type else None
     params = req.search_params()
     count = count_param(req, ctx, minimum=0)
-    summary = req.param("_summary")
+    summary, elements = shaping.parse_params(req.params, allow_count=True)
     total_mode = req.param("_total") or "none"
     if summary == "count":
         count, total_mode = 0, "accurate"
-    elif summary not in (None, "false"):
-        raise FhirError("invalid-param", f"_summary={summary} is not supported yet")
     if total_mode not in ("none", "estimate", "accurate"):
         raise FhirError("invalid-param", f"_total must be none, estimate or accurate, not {total_mode!r}")
     token = req.param("_cursor")
     cursor = decode_cursor(token) if token else None
     lenient = req.prefer.get("handling") == "lenient"
+    if req.compartment is not None:
+        require_type(req.compartment[0])
     with ctx.session() as session:
         page = ctx.search.search(
-            session, res_type, params, count, cursor, lenient=lenient, want_total=total_mode != "none"
+            session,
+            res_type,
+            params,
+            count,
+            cursor,
+            lenient=lenient,
+            want_total=total_mode != "none",
+            compartment=req.compartment,
         )
     total = page.total
     if total is None and cursor is None and not page.has_next:
         total = len(page.versions)
     path = res_type or ""
+    if req.compartment is not None:
+        path = f"{req.compartment[0]}/{req.compartment[1]}/{path}"
     query = [(k, v) for k, v in params if k != "_cursor"]
     links = [("self", page_link(ctx.base_url, path, req.params))]
     if page.has_next and page.versions:
@@ -53,16 +63,20 @@ def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
     if page.has_previous and page.versions:
         before = Cursor(page.keys[0], page.versions[0].rid, before=True)
         links.append(("previous", page_link(ctx.base_url, path, query + [("_cursor", encode_cursor(before))])))
-    entries = [_entry(ctx, v, "match") for v in page.versions]
-    entries += [_entry(ctx, v, "include") for v in page.included]
+    entries = [_entry(ctx, v, "match", summary, elements) for v in page.versions]
+    entries += [_entry(ctx, v, "include", summary, elements) for v in page.included]
     if page.warnings:
         outcome = operation_outcome(Issue("warning", "not-supported", w) for w in page.warnings)
         entries.append({"resource": outcome, "search": {"mode": "outcome"}})
     return FhirResponse(200, resource=bundle("searchset", entries, links, total))
 
 
-def _entry(ctx: RequestContext, v: StoredVersion, mode: str) -> dict[str, Any]:
-    return {"fullUrl": ctx.full_url(f"{v.res_type}/{v.res_id}"), "resource": raw_resource(v), "search": {"mode": mode}}
+def _entry(
+    ctx: RequestContext, v: StoredVersion, mode: str, summary: str | None, elements: list[str] | None
+) -> dict[str, Any]:
+    # Stored bytes are spliced in as they are unless _summary/_elements ask for less.
+    resource = shaping.shape_content(v.content, summary, elements) if summary or elements else raw_resource(v)
+    return {"fullUrl": ctx.full_url(f"{v.res_type}/{v.res_id}"), "resource": resource, "search": {"mode": mode}}
 
 
 def encode_cursor(cursor: Cursor) -> str:

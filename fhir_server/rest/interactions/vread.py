@@ -1,4 +1,8 @@
-"""vread: ``GET [base]/[type]/[id]/_history/[vid]`` (http://hl7.org/fhir/R4/http.html#vread)."""
+"""vread: ``GET [base]/[type]/[id]/_history/[vid]`` (http://hl7.org/fhir/R4/http.html#vread).
+
+``_summary``/``_elements`` shape the returned resource (``rest/shaping.py``); without them the
+stored bytes are returned unparsed.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,14 @@ from fhir_server.context import RequestContext
 from fhir_server.errors import FhirError
 from fhir_server.rest.interactions.common import gone, not_modified, require_id, require_type
 from fhir_server.rest.messages import FhirRequest, FhirResponse
+from fhir_server.rest.shaping import parse_params, shape_content
 
 
 def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
     res_type, res_id = require_type(req.res_type), require_id(req.res_id)
     if not req.vid or not req.vid.isdigit():
         raise FhirError("not-found", f"Version {req.vid!r} of {res_type}/{res_id} is not known")
+    summary, elements = parse_params(req.params) if req.params else (None, None)
     with ctx.session() as session:
         version = session.read_version(res_type, res_id, int(req.vid))
     if version is None:
@@ -20,4 +26,7 @@ def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
         raise gone(version, f"Version {req.vid} of {res_type}/{res_id} is its deletion")
     if not_modified(req, version):
         return FhirResponse.for_version(304, version, body=False)
-    return FhirResponse.for_version(200, version)
+    resp = FhirResponse.for_version(200, version)
+    if (summary or elements) and resp.body is not None:
+        resp.body, resp.resource = None, shape_content(resp.body, summary, elements)
+    return resp
