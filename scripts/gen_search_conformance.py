@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 from fhir_server.search.query import supported_modifiers  # noqa: E402
 from fhir_server.search.registry import get_registry  # noqa: E402
+from fhir_server.search.sorting import SORTABLE_TYPES  # noqa: E402
 
 OUT = ROOT / "docs" / "search-parameters.md"
 COMMON = ("_id", "_lastUpdated", "_list", "_has")
@@ -46,7 +47,7 @@ def render() -> str:
                 continue
             supported += 1
             shown = ", ".join(f"`:{m}`" for m in mods) or "—"
-            sortable = "yes" if param.type not in ("composite",) else ""
+            sortable = "yes" if param.type in SORTABLE_TYPES else ""
             lines.append(f"| `{param.code}` | {param.type} | {shown} | {sortable} |")
         lines.append("")
     lines[7:7] = [f"{supported} parameter definitions are supported, {unsupported} are not.", ""]

@@ -44,7 +44,10 @@ stored once, in the form its search type compares (http://hl7.org/fhir/R4/search
 - **composite** (:mod:`.composite`): the second component's row in its own type's table, under an
   ``sp`` that also hashes the first component's token.
 
-Special parameters are not indexed here. Rows are deduplicated per table.
+- **position** (``idx_position``): ``Location.position`` latitude/longitude for ``near``, the one
+  special parameter of R4.
+
+Rows are deduplicated per table.
 """
 
 from __future__ import annotations
@@ -61,8 +64,6 @@ from fhir_server.search import composite, ucum
 from fhir_server.search.hashing import hash64, modifier_sp, token_hashes
 from fhir_server.search.registry import Registry, SearchParam, get_registry
 from fhir_server.util.fhirdate import date_range
-
-TABLES = ("idx_string", "idx_token", "idx_date", "idx_number", "idx_quantity", "idx_reference", "idx_uri")
 
 #: Open bounds of date ranges: 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z.
 DATE_MIN = -62135596800000000
@@ -188,6 +189,13 @@ class UriRow(NamedTuple):
     uri: str
 
 
+class PositionRow(NamedTuple):
+    rid: int
+    sp: int
+    lat: float
+    lng: float
+
+
 ROW_TYPES: dict[str, type[tuple]] = {
     "idx_string": StringRow,
     "idx_token": TokenRow,
@@ -196,7 +204,9 @@ ROW_TYPES: dict[str, type[tuple]] = {
     "idx_quantity": QuantityRow,
     "idx_reference": ReferenceRow,
     "idx_uri": UriRow,
+    "idx_position": PositionRow,
 }
+TABLES = tuple(ROW_TYPES)
 Rows = dict[str, list[tuple]]
 
 
@@ -472,6 +482,18 @@ _HANDLERS: dict[str, Callable[[SearchParam, list, _Out], None]] = {
 }
 
 
+def _index_position(p: SearchParam, items: list, out: _Out) -> None:
+    """``Location.position`` for ``near``: latitude and longitude in degrees, when both are valid."""
+    for value, _vtype in items:
+        if type(value) is not dict:
+            continue
+        lat, lng = value.get("latitude"), value.get("longitude")
+        if isinstance(lat, (int, float, Decimal)) and isinstance(lng, (int, float, Decimal)):
+            lat, lng = float(lat), float(lng)
+            if -90 <= lat <= 90 and -180 <= lng <= 180:
+                out.add("idx_position", PositionRow(out.rid, p.sp, lat, lng))
+
+
 def _index_composite(p: SearchParam, items: list, out: _Out, registry: Registry) -> None:
     comp = composite.resolve(p, registry)
     if comp is None:
@@ -529,6 +551,8 @@ def index_rows(resource: dict, rid: int = 0, registry: Registry | None = None) -
             _index_reference(p, items, out, resource_types)
         elif p.type == "composite":
             _index_composite(p, items, out, registry)
+        elif p.type == "special":
+            _index_position(p, items, out)
         else:
             handler = _HANDLERS.get(p.type)
             if handler is not None:

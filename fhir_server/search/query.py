@@ -11,12 +11,13 @@ what is supported.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, false, not_, or_, select
+from sqlalchemy import ColumnElement, and_, exists, false, func, not_, or_, select
 
 from fhir_server.errors import FhirError
 from fhir_server.search import composite, hashing, ucum
@@ -24,6 +25,7 @@ from fhir_server.search.index import canonical_sp, normalize_string
 from fhir_server.storage.schema import (
     idx_date,
     idx_number,
+    idx_position,
     idx_quantity,
     idx_reference,
     idx_string,
@@ -183,6 +185,49 @@ def quantity_predicate(res: Any, sp: int, name: str, raw: str) -> ColumnElement[
     return _exists(res, idx_quantity, *conds)
 
 
+EARTH_RADIUS_M = 6_371_008.8
+#: ``near`` without a distance: the specification leaves "near" to the server
+NEAR_DEFAULT_M = 10_000.0
+
+
+def near_predicate(res: Any, sp: int, name: str, raw: str) -> ColumnElement[bool]:
+    """``near=lat|lng|distance|units`` (units UCUM, default km): great-circle distance on a sphere,
+    after an indexed bounding-box range on ``idx_position``."""
+    parts = raw.split("|")
+    try:
+        lat, lng = float(parts[0]), float(parts[1])
+        distance = float(parts[2]) if len(parts) > 2 and parts[2] else None
+    except (ValueError, IndexError):
+        raise FhirError("invalid-param", f"{name}={raw!r}: expected latitude|longitude|distance|units") from None
+    if not (-90 <= lat <= 90 and -180 <= lng <= 180) or len(parts) > 4 or (distance is not None and distance < 0):
+        raise FhirError("invalid-param", f"{name}={raw!r}: expected latitude|longitude|distance|units")
+    meters = NEAR_DEFAULT_M
+    if distance is not None:
+        converted = ucum.canonical(distance, parts[3] if len(parts) > 3 and parts[3] else "km")
+        if converted is None or converted[1] != "m":
+            raise FhirError("invalid-param", f"{name}={raw!r}: the distance unit must be a UCUM length (km, m, [mi_i])")
+        meters = converted[0]
+    pos = idx_position
+    dlat = math.degrees(meters / EARTH_RADIUS_M)
+    box = [pos.c.sp == sp, pos.c.lat.between(lat - dlat, lat + dlat)]
+    cos_lat = math.cos(math.radians(min(abs(lat) + dlat, 90.0)))
+    dlng = math.degrees(meters / EARTH_RADIUS_M) / cos_lat if cos_lat > 1e-9 else 360.0
+    if dlng < 180:
+        lo, hi = lng - dlng, lng + dlng
+        if lo < -180:
+            box.append(or_(pos.c.lng >= lo + 360, pos.c.lng <= hi))
+        elif hi > 180:
+            box.append(or_(pos.c.lng >= lo, pos.c.lng <= hi - 360))
+        else:
+            box.append(pos.c.lng.between(lo, hi))
+    # haversine: sin²(Δφ/2) + cos φ1 cos φ2 sin²(Δλ/2) <= sin²(d / 2R)
+    half_dlat = func.sin(func.radians(pos.c.lat - lat) / 2)
+    half_dlng = func.sin(func.radians(pos.c.lng - lng) / 2)
+    a = half_dlat * half_dlat + math.cos(math.radians(lat)) * func.cos(func.radians(pos.c.lat)) * half_dlng * half_dlng
+    limit = math.sin(min(meters / (2 * EARTH_RADIUS_M), math.pi / 2)) ** 2
+    return _exists(res, pos, *box, a <= limit)
+
+
 def string_predicate(res: Any, sp: int, modifier: str | None, value: str) -> ColumnElement[bool]:
     value = unescape(value)
     if modifier == "exact":
@@ -266,6 +311,7 @@ _MODIFIERS = {
     "quantity": {None, "missing"},
     "uri": {None, "below", "above", "missing"},
     "composite": {None},
+    "special": {None},  # near
 }
 _TABLE_OF = {
     "string": idx_string,
@@ -565,4 +611,6 @@ def _value(res: Any, ptype: str, sp: int, key: str, modifier: str | None, v: str
         return number_predicate(res, sp, key, v)
     if ptype == "quantity":
         return quantity_predicate(res, sp, key, v)
+    if ptype == "special":
+        return near_predicate(res, sp, key, v)
     return uri_predicate(res, sp, modifier, v)

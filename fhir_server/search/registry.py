@@ -56,6 +56,8 @@ DEFINITION_FIELDS = (
 NOT_DOMAIN_RESOURCES = frozenset({"Bundle", "Binary", "Parameters"})
 UNINDEXED_CODES = frozenset({"_id", "_lastUpdated", "_text", "_content", "_query", "_list", "_has", "_type"})
 UNINDEXED_TYPES = frozenset({"special"})
+#: special parameters the index does handle (search/index.py)
+INDEXED_SPECIAL = frozenset({"near"})
 PARAM_TYPES = frozenset({"number", "date", "string", "token", "reference", "composite", "quantity", "uri", "special"})
 
 
@@ -291,9 +293,11 @@ class Registry:
         code, ptype = d["code"], d["type"]
         expr = d.get("expression")
         expr = expression_for_type(expr, resource_type) if expr else None
-        indexed = bool(expr) and code not in UNINDEXED_CODES and ptype not in UNINDEXED_TYPES
+        indexed = (
+            bool(expr) and code not in UNINDEXED_CODES and (ptype not in UNINDEXED_TYPES or code in INDEXED_SPECIAL)
+        )
         compiled: CompiledExpression | None = None
-        if expr and ptype != "special":
+        if expr and (ptype != "special" or code in INDEXED_SPECIAL):
             compiled = _compile_cached(expr, resource_type)
         return SearchParam(
             resource_type=resource_type,

@@ -30,6 +30,7 @@ _SORT_COLUMNS: dict[str, tuple[Any, str, str]] = {
     "reference": (idx_reference, "target_id", "target_id"),
     "uri": (idx_uri, "uri", "uri"),
 }
+SORTABLE_TYPES = frozenset(_SORT_COLUMNS)
 
 
 @dataclass(frozen=True)

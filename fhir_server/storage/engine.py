@@ -7,6 +7,9 @@ upgrade), while PostgreSQL needs a pool sized for the worker's concurrency.
 
 from __future__ import annotations
 
+import math
+import sqlite3
+
 from sqlalchemy import Engine, create_engine, event
 
 WRITE_FLAG = "fhir_write"
@@ -46,6 +49,11 @@ def _sqlite_engine(url: str) -> Engine:
         cur.execute("PRAGMA busy_timeout=60000")
         cur.execute("PRAGMA foreign_keys=OFF")
         cur.execute("PRAGMA cache_size=-65536")
+        try:  # the near search needs them; SQLite builds without SQLITE_ENABLE_MATH_FUNCTIONS lack them
+            cur.execute("SELECT sin(0), cos(0), radians(0)")
+        except sqlite3.OperationalError:
+            for name, fn in (("sin", math.sin), ("cos", math.cos), ("radians", math.radians)):
+                dbapi_conn.create_function(name, 1, fn, deterministic=True)
         cur.close()
 
     @event.listens_for(engine, "begin")

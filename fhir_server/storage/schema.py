@@ -187,8 +187,19 @@ counters = Table(
     Column("value", BigInteger, nullable=False),
 )
 
+idx_position = Table(
+    "idx_position",
+    metadata,
+    Column("rid", BigInteger, nullable=False),
+    Column("sp", BigInteger, nullable=False),
+    Column("lat", Float, nullable=False),  # degrees, WGS84 (Location.position)
+    Column("lng", Float, nullable=False),
+    Index("ix_position_sp_lat_lng", "sp", "lat", "lng"),
+    Index("ix_position_rid", "rid"),
+)
+
 INDEX_TABLES: dict[str, Table] = {
-    t.name: t for t in (idx_string, idx_token, idx_date, idx_number, idx_quantity, idx_reference, idx_uri)
+    t.name: t for t in (idx_string, idx_token, idx_date, idx_number, idx_quantity, idx_reference, idx_uri, idx_position)
 }
 #: bit of each index table in ``resources.idx_mask``
 INDEX_BITS: dict[str, int] = {name: 1 << i for i, name in enumerate(INDEX_TABLES)}

@@ -367,3 +367,28 @@ def test_quantity_in_ucum_canonical_units(world: World) -> None:
     assert world.ids(f"{q}lt5000|{ucum}|umol/L") == []
     assert world.ids(f"{q}5.4||mg") == [in_mg]  # without a system: compared as written
     assert world.ids(f"{q}0.0054||g") == []
+
+
+def test_near_finds_locations_by_great_circle_distance(world: World) -> None:
+    t = world.tag
+
+    def location(name: str, lat: float, lng: float) -> str:
+        return world.post(
+            {"resourceType": "Location", "name": f"{name}{t}", "position": {"latitude": lat, "longitude": lng}}
+        )
+
+    harbin = location("Harbin", 45.7567, 126.6424)
+    hulan = location("Hulan", 45.9803, 126.6031)  # ~25 km north of Harbin
+    beijing = location("Beijing", 39.9042, 116.4074)  # ~1,060 km away
+    fiji_east = location("Taveuni", -16.85, 179.95)
+    fiji_west = location("Lau", -16.85, -179.95)  # ~10.7 km across the antimeridian
+    mine = "Location?_count=1000"  # other tests' Locations are filtered out below
+    ids = lambda q: sorted(i for i in world.ids(q) if i in {harbin, hulan, beijing, fiji_east, fiji_west})  # noqa: E731
+    assert ids(f"{mine}&near=45.7567|126.6424|5|km") == [harbin]
+    assert ids(f"{mine}&near=45.7567|126.6424|30|km") == sorted([harbin, hulan])
+    assert ids(f"{mine}&near=45.7567|126.6424|30000|m") == sorted([harbin, hulan])
+    assert ids(f"{mine}&near=45.7567|126.6424|700|[mi_i]") == sorted([harbin, hulan, beijing])
+    assert ids(f"{mine}&near=-16.85|179.95|12|km") == sorted([fiji_east, fiji_west])
+    assert ids(f"{mine}&near=45.7567|126.6424") == [harbin]  # default: within 10 km
+    world.search(f"{mine}&near=95|126|5|km", status=400)
+    world.search(f"{mine}&near=45|126|5|kg", status=400)
