@@ -47,7 +47,7 @@ def render() -> str:
                 continue
             supported += 1
             shown = ", ".join(f"`:{m}`" for m in mods) or "—"
-            sortable = "yes" if param.type in SORTABLE_TYPES else ""
+            sortable = "yes" if param.indexed and param.type in SORTABLE_TYPES else ""
             lines.append(f"| `{param.code}` | {param.type} | {shown} | {sortable} |")
         lines.append("")
     lines[7:7] = [f"{supported} parameter definitions are supported, {unsupported} are not.", ""]

@@ -62,7 +62,7 @@ def _spec(registry: Any, reverse: bool, iterate: bool, raw: str, key: str) -> In
         param = registry.get(source_type, code)
         if param is None or param.type != "reference":
             raise FhirError("invalid-param", f"{key}={raw}: {code!r} is not a reference parameter of {source_type}")
-        sps = (param.sp,)
+        sps = registry.stored_sps(param)
     return IncludeSpec(reverse, iterate, source_type, sps, target_type)
 
 

@@ -384,7 +384,7 @@ def _index_quantity(p: SearchParam, items: list, out: _Out) -> None:
             if parts:
                 (v, lo, hi), system, code, unit = parts
                 out.add("idx_quantity", QuantityRow(out.rid, p.sp, system, code, unit, v, lo, hi))
-                if system == ucum.UCUM_SYSTEM and code:
+                if system == ucum.UCUM_SYSTEM and code and type(p) is SearchParam:  # not a composite's part
                     _canonical_row(out, p.sp, v, lo, hi, code)
         elif vtype == "Range" and type(value) is dict:
             low, high = _quantity_parts(value.get("low")), _quantity_parts(value.get("high"))

@@ -162,14 +162,14 @@ def number_predicate(res: Any, sp: int, name: str, raw: str) -> ColumnElement[bo
     return _exists(res, idx_number, idx_number.c.sp == sp, _value_predicate(prefix, idx_number.c.value, number, lo, hi))
 
 
-def quantity_predicate(res: Any, sp: int, name: str, raw: str) -> ColumnElement[bool]:
+def quantity_predicate(res: Any, sp: int, name: str, raw: str, canonical: bool = True) -> ColumnElement[bool]:
     prefix, rest = _prefix(raw)
     parts = re.split(r"(?<!\\)\|", rest)
     if len(parts) not in (1, 3):
         raise FhirError("invalid-param", f"Search parameter {name}: {raw!r} is not [prefix]number|system|code")
     number, lo, hi = _number_range(name, parts[0])
     system, code = (unescape(parts[1]), unescape(parts[2])) if len(parts) == 3 else ("", "")
-    if system == ucum.UCUM_SYSTEM and code:
+    if canonical and system == ucum.UCUM_SYSTEM and code:
         value, bounds = ucum.canonical(number, code), ucum.canonical_range(lo, hi, code)
         if value is not None and bounds is not None:  # compare in canonical units: 5.4 mg = 0.0054 g
             q = idx_quantity
@@ -329,6 +329,11 @@ MAX_DEPTH = 4
 def supported_modifiers(registry: Any, param: Any) -> tuple[str, ...] | None:
     """Modifiers this server honours on ``param`` (``()`` for none), or None if it cannot search
     by it at all: the one truth for the CapabilityStatement and docs/search-parameters.md."""
+    if param.union_of:
+        parts = [supported_modifiers(registry, registry.get(param.resource_type, c)) for c in param.union_of]
+        if any(p is None for p in parts):
+            return None
+        return tuple(sorted(set.intersection(*(set(p) for p in parts))))  # type: ignore[arg-type]
     if not param.indexed or param.type not in _MODIFIERS:
         return None
     if param.type == "composite":
@@ -427,7 +432,12 @@ class _Compiler:
         return exists(
             select(1)
             .select_from(joined)
-            .where(ref.c.rid == res.c.rid, ref.c.sp == param.sp, target.c.deleted.is_(False), or_(*per_type))
+            .where(
+                ref.c.rid == res.c.rid,
+                ref.c.sp.in_(self.registry.stored_sps(param)),
+                target.c.deleted.is_(False),
+                or_(*per_type),
+            )
             .correlate(res)
         )
 
@@ -459,7 +469,7 @@ class _Compiler:
             .where(
                 ref.c.target_id == res.c.res_id,
                 ref.c.target_type == target_type,
-                ref.c.sp == param.sp,
+                ref.c.sp.in_(self.registry.stored_sps(param)),
                 source.c.deleted.is_(False),
                 pred,
             )
@@ -493,6 +503,12 @@ class _Compiler:
         return or_(*preds) if preds else None
 
     def _typed(self, res: Any, param: Any, modifier: str | None, raw: str, key: str) -> ColumnElement[bool]:
+        if param.union_of:  # e.g. combo-code: code OR component-code (registry._unions)
+            parts = [
+                self._typed(res, self.registry.get(param.resource_type, c), modifier, raw, key) for c in param.union_of
+            ]
+            negative = modifier in ("not", "not-in") or (modifier == "missing" and raw == "true")
+            return and_(*parts) if negative else or_(*parts)
         allowed = _MODIFIERS.get(param.type)
         if param.type not in _MODIFIERS:
             raise FhirError("invalid-param", f"Search parameter {key}: {param.type} parameters are not supported")
@@ -533,7 +549,7 @@ class _Compiler:
             first, second = composite.split_composite(key, value)
             system, code, has_bar = split_token(first)
             sp = composite.combined_sp(param.sp, composite.search_key(key, system, code, has_bar))
-            preds.append(_value(res, comp.second_type, sp, key, None, second))
+            preds.append(_value(res, comp.second_type, sp, key, None, second, canonical=False))
         return or_(*preds)
 
     def _terminology(self, res: Any, sp: int, key: str, modifier: str, value: str) -> ColumnElement[bool]:
@@ -591,14 +607,18 @@ def compartment_predicate(registry: Any, res_type: str, compartment: str, compar
     for code in codes:
         param = registry.get(res_type, code)
         if param is not None and param.type == "reference":
-            preds.append(reference_predicate(r, param.sp, code, None, f"{compartment}/{compartment_id}"))
+            for sp in registry.stored_sps(param):
+                preds.append(reference_predicate(r, sp, code, None, f"{compartment}/{compartment_id}"))
     if res_type == compartment:  # the owner belongs to its own compartment
         preds.append(r.c.res_id == compartment_id)
     return or_(*preds)
 
 
-def _value(res: Any, ptype: str, sp: int, key: str, modifier: str | None, v: str) -> ColumnElement[bool]:
-    """One (not comma-separated) value of a parameter of type ``ptype`` stored under ``sp``."""
+def _value(
+    res: Any, ptype: str, sp: int, key: str, modifier: str | None, v: str, canonical: bool = True
+) -> ColumnElement[bool]:
+    """One (not comma-separated) value of a parameter of type ``ptype`` stored under ``sp``
+    (``canonical``: whether UCUM canonical rows exist for it; not for composites)."""
     if ptype == "string":
         return string_predicate(res, sp, modifier, v)
     if ptype == "token":
@@ -610,7 +630,7 @@ def _value(res: Any, ptype: str, sp: int, key: str, modifier: str | None, v: str
     if ptype == "number":
         return number_predicate(res, sp, key, v)
     if ptype == "quantity":
-        return quantity_predicate(res, sp, key, v)
+        return quantity_predicate(res, sp, key, v, canonical)
     if ptype == "special":
         return near_predicate(res, sp, key, v)
     return uri_predicate(res, sp, modifier, v)

@@ -19,6 +19,7 @@ and ``special`` parameters (handled elsewhere), and parameters without an expres
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import json
@@ -29,7 +30,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_server.model import get_model
-from fhir_server.search.expression import CompiledExpression, Extractor, compile_expression, expression_for_type
+from fhir_server.search.expression import (
+    CompiledExpression,
+    Extractor,
+    compile_expression,
+    expression_for_type,
+    split_top_level_union,
+)
 from fhir_server.search.hashing import sp_hash, token_hashes
 
 __all__ = ["Registry", "SearchParam", "get_registry", "sp_hash", "token_hashes"]
@@ -91,6 +98,9 @@ class SearchParam:
     modifiers: tuple[str, ...] = ()
     chain: tuple[str, ...] = ()
     custom: bool = False  # defined by a SearchParameter resource added at run time
+    #: codes of the parameters whose union this one is (``combo-code`` = ``code`` | ``component-code``):
+    #: not indexed itself, searched as those (see :func:`_unions`)
+    union_of: tuple[str, ...] = ()
 
 
 class Registry:
@@ -154,6 +164,17 @@ class Registry:
             self._params(resource_type)
             got = self._indexed.get(resource_type, ())
         return got
+
+    def stored_sps(self, param: SearchParam) -> tuple[int, ...]:
+        """The ``sp`` values ``param``'s index rows are stored under (its parts', for a union)."""
+        if not param.union_of:
+            return (param.sp,)
+        out: list[int] = []
+        for code in param.union_of:
+            part = self.get(param.resource_type, code)
+            if part is not None:
+                out.extend(self.stored_sps(part))
+        return tuple(out)
 
     def common(self, code: str) -> list[tuple[str, SearchParam]]:
         """``(resource_type, param)`` for every type where ``code`` comes from ``Resource`` or
@@ -284,7 +305,7 @@ class Registry:
             if resource_type not in NOT_DOMAIN_RESOURCES:
                 defs.update(self._defs.get("DomainResource", {}))
             defs.update(self._defs.get(resource_type, {}))
-            params = {code: self._compile(resource_type, d) for code, d in defs.items()}
+            params = _unions({code: self._compile(resource_type, d) for code, d in defs.items()})
             self._indexed[resource_type] = tuple(p for p in params.values() if p.indexed)
             self._by_type[resource_type] = params
             return params
@@ -323,6 +344,36 @@ class Registry:
             chain=tuple(d.get("chain", ())),
             custom=d.get("url") in self._custom_urls,
         )
+
+
+def _unions(params: dict[str, SearchParam]) -> dict[str, SearchParam]:
+    """Mark the parameters that are the union of others of the same type and kind.
+
+    R4 defines e.g. Observation ``combo-code`` as ``Observation.code | Observation.component.code``
+    beside ``code`` and ``component-code``; indexing it too would store every code twice (a third of
+    Observation's index rows). Such a parameter is searched as the OR of its parts instead. Two
+    parameters with the same expression are one stored under the first code.
+    """
+
+    def kind(p: SearchParam) -> tuple:
+        return (p.type, tuple(e for _definition, e in p.components))
+
+    parts = {
+        code: frozenset(split_top_level_union(p.expression))
+        for code, p in params.items()
+        if p.indexed and p.expression and not p.custom
+    }
+    out = dict(params)
+    for code, mine in parts.items():
+        p = params[code]
+        covers = [
+            other
+            for other, theirs in parts.items()
+            if other != code and kind(params[other]) == kind(p) and theirs <= mine and (theirs != mine or other < code)
+        ]
+        if covers and frozenset().union(*(parts[c] for c in covers)) == mine:
+            out[code] = dataclasses.replace(p, indexed=False, union_of=tuple(covers))
+    return out
 
 
 @functools.lru_cache(maxsize=8192)

@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import select
 
 from fhir_server.errors import FhirError
-from fhir_server.search.hashing import sp_hash
+from fhir_server.search.registry import get_registry
 from fhir_server.storage.repository import Session, StoredVersion
 from fhir_server.storage.schema import idx_uri, resources
 from fhir_server.terminology.cache import TerminologyCaches
@@ -57,7 +57,8 @@ def probe(session: Session, keys: Iterable[ProbeKey]) -> Fingerprint:
     r = resources
     by_url = [k for k in wanted if k[0] == "url"]
     if by_url:
-        type_of_sp = {sp_hash(t, "url"): t for _, t, _ in by_url}
+        registry = get_registry()  # CodeSystem.url is stored as its twin parameter "system"
+        type_of_sp = {sp: t for _, t, _ in by_url for sp in registry.stored_sps(registry.get(t, "url"))}
         rows = session.conn.execute(
             select(idx_uri.c.sp, idx_uri.c.uri, r.c.rid, r.c.version, r.c.updated_us)
             .join(r, r.c.rid == idx_uri.c.rid)

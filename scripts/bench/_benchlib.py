@@ -101,6 +101,14 @@ def psycopg_url(sqlalchemy_url: str) -> str:
     return sqlalchemy_url.replace("postgresql+psycopg://", "postgresql://")
 
 
+def pg_named_url(name: str) -> str:
+    """SQLAlchemy URL of the database ``name`` on the ``BENCH_PG`` server (for a kept database)."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(PG_ADMIN)
+    return urllib.parse.urlunsplit(("postgresql+psycopg", parts.netloc, f"/{name}", parts.query, ""))
+
+
 # -- the server under test -----------------------------------------------------------------
 @dataclass
 class Server:

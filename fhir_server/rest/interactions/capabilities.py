@@ -119,7 +119,7 @@ def _includes(registry: Any) -> tuple[dict[str, list[str]], dict[str, list[str]]
     types = registry.resource_types
     for source in sorted(types):
         for p in registry.params_for(source):
-            if p.type != "reference" or not p.indexed:
+            if p.type != "reference" or not (p.indexed or p.union_of):
                 continue
             includes.setdefault(source, []).append(f"{source}:{p.code}")
             for target in p.targets or types:
