@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from fhir_server.search import includes, sorting
 from fhir_server.search.query import compartment_predicate, compile_query
-from fhir_server.storage.repository import Session, StoredVersion
+from fhir_server.storage.repository import CURRENT_COLUMNS, Session, StoredVersion, row_to_version
 from fhir_server.storage.schema import resources
 
 r = resources
@@ -89,22 +89,31 @@ class SearchEngine:
         if count == 0:
             return SearchPage([], [], False, False, total, warnings=warnings)
         exprs = [k.expression(r) for k in keys]
-        query = select(r.c.rid, *exprs).where(*conds)
         before = cursor is not None and cursor.before
+        ids = select(r.c.rid.label("rid"), *[e.label(f"k{i}") for i, e in enumerate(exprs)]).where(*conds)
         if cursor is not None:
-            query = query.where(sorting.beyond(exprs, keys, r.c.rid, cursor.values, cursor.rid, before))
-        query = query.order_by(*sorting.order_by(exprs, keys, r.c.rid, reverse=before)).limit(count + 1)
+            ids = ids.where(sorting.beyond(exprs, keys, r.c.rid, cursor.values, cursor.rid, before))
+        ids = ids.order_by(*sorting.order_by(exprs, keys, r.c.rid, reverse=before)).limit(count + 1)
+        # One statement: the page's rids and keys first (a LIMIT sub-query is planned on its own),
+        # then the content of just those rows.
+        page_ids = ids.subquery("page")
+        page_keys = [page_ids.c[f"k{i}"] for i in range(len(exprs))]
+        current = resources.alias("current")
+        query = (
+            select(*[current.c[c.name] for c in CURRENT_COLUMNS], *page_keys)
+            .select_from(page_ids.join(current, current.c.rid == page_ids.c.rid))
+            .order_by(*sorting.order_by(page_keys, keys, page_ids.c.rid, reverse=before))
+        )
         rows = session.conn.execute(query).all()
         more = len(rows) > count
         rows = rows[:count]
         if before:
             rows.reverse()
-        found = {v.rid: v for v in session.read_many([row[0] for row in rows])}
-        rows = [row for row in rows if row[0] in found]  # deleted since the page query ran
-        versions = [found[row[0]] for row in rows]
+        width = len(CURRENT_COLUMNS)
+        versions = [row_to_version(row[:width]) for row in rows]
         page = SearchPage(
             versions,
-            [list(row[1:]) for row in rows],
+            [list(row[width:]) for row in rows],
             has_next=more if not before else True,
             has_previous=cursor is not None and (more if before else True),
             total=total,

@@ -230,9 +230,9 @@ def near_predicate(res: Any, sp: int, name: str, raw: str) -> ColumnElement[bool
 
 def string_predicate(res: Any, sp: int, modifier: str | None, value: str) -> ColumnElement[bool]:
     value = unescape(value)
-    if modifier == "exact":
-        return _exists(res, idx_string, idx_string.c.sp == sp, idx_string.c.exact == value)
     norm = normalize_string(value)
+    if modifier == "exact":  # the normalised value narrows it down on the index first
+        return _exists(res, idx_string, idx_string.c.sp == sp, idx_string.c.value == norm, idx_string.c.exact == value)
     pattern = norm.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     if modifier == "contains":
         return _exists(res, idx_string, idx_string.c.sp == sp, idx_string.c.value.like(f"%{pattern}%", escape="\\"))
@@ -418,26 +418,24 @@ class _Compiler:
         if modifier is not None and modifier not in types:
             raise FhirError("invalid-param", f"{key}: :{modifier} is not a resource type")
         candidates = [modifier] if modifier else sorted(t for t in (param.targets or types) if t in types)
-        ref, target = idx_reference.alias(), resources.alias()
+        ref = idx_reference.alias()
         per_type = []
         for target_type in candidates:
             if not modifier and not self._defines(target_type, rest):
                 continue  # subject.name: only the target types that have a "name"
+            target = resources.alias()
             pred = self.key(target, target_type, rest, raw, depth + 1)
             if pred is not None:
-                per_type.append(and_(target.c.res_type == target_type, pred))
+                # the matching targets' ids, uncorrelated: the planner can find the few targets
+                # first and go to their referrers by the reference index
+                ids = select(target.c.res_id).where(target.c.res_type == target_type, target.c.deleted.is_(False), pred)
+                per_type.append(and_(ref.c.target_type == target_type, ref.c.target_id.in_(ids)))
         if not per_type:
             raise FhirError("invalid-param", f"{key}: no target type of {res_type}.{name} has a parameter {rest!r}")
-        joined = ref.join(target, and_(target.c.res_type == ref.c.target_type, target.c.res_id == ref.c.target_id))
         return exists(
             select(1)
-            .select_from(joined)
-            .where(
-                ref.c.rid == res.c.rid,
-                ref.c.sp.in_(self.registry.stored_sps(param)),
-                target.c.deleted.is_(False),
-                or_(*per_type),
-            )
+            .select_from(ref)
+            .where(ref.c.rid == res.c.rid, ref.c.sp.in_(self.registry.stored_sps(param)), or_(*per_type))
             .correlate(res)
         )
 

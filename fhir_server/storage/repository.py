@@ -73,7 +73,7 @@ class StoredVersion:
         return fjson.loads(self.content)
 
 
-_CURRENT_COLS = (
+CURRENT_COLUMNS = (
     resources.c.rid,
     resources.c.res_type,
     resources.c.res_id,
@@ -88,7 +88,7 @@ _CURRENT_COLS = (
 
 # Hot statements as constant SQL (``?`` placeholders, turned into ``%s`` for psycopg): building
 # and cache-keying a SQLAlchemy ``select()`` per call cost more than running it (read benchmark).
-_READ_CURRENT = f"SELECT {', '.join(c.name for c in _CURRENT_COLS)} FROM resources WHERE res_type = ? AND res_id = ?"
+_READ_CURRENT = f"SELECT {', '.join(c.name for c in CURRENT_COLUMNS)} FROM resources WHERE res_type = ? AND res_id = ?"
 # ``idx_mask = ?``: the old index rows are deleted by the mask the writer read; if a reindex
 # (search/reindex.py) changed the mask meanwhile, rows in a table the writer does not know of
 # would be left behind, so that is a conflict like a concurrent update.
@@ -107,7 +107,7 @@ def _execute(conn: Connection, sql: str, params: tuple[Any, ...]) -> Any:
     return conn.exec_driver_sql(sql, params)
 
 
-def _row_to_version(row: Any) -> StoredVersion:
+def row_to_version(row: Any) -> StoredVersion:
     return StoredVersion(*row)
 
 
@@ -155,7 +155,7 @@ class Session:
         # On the driver's cursor: SQLAlchemy's result set-up cost more than the query (read benchmark).
         sql = _READ_CURRENT.replace("?", "%s") if self.repo.postgres else _READ_CURRENT
         row = self.conn.connection.driver_connection.execute(sql, (res_type, res_id)).fetchone()
-        return _row_to_version(row) if row else None
+        return row_to_version(row) if row else None
 
     def read_version(self, res_type: str, res_id: str, version: int) -> StoredVersion | None:
         current = self.read_current(res_type, res_id)
@@ -169,15 +169,15 @@ class Session:
                 h.c.rid, h.c.res_type, h.c.res_id, h.c.version, h.c.updated_us, h.c.deleted, h.c.method, h.c.content
             ).where(h.c.rid == current.rid, h.c.version == version)
         ).first()
-        return _row_to_version(row) if row else None
+        return row_to_version(row) if row else None
 
     def read_many(self, rids: Sequence[int]) -> list[StoredVersion]:
         """Current versions for ``rids``, in the given order (one query)."""
         if not rids:
             return []
         self.flush()
-        rows = self.conn.execute(select(*_CURRENT_COLS).where(resources.c.rid.in_(list(rids)))).all()
-        by_rid = {r.rid: _row_to_version(r) for r in rows}
+        rows = self.conn.execute(select(*CURRENT_COLUMNS).where(resources.c.rid.in_(list(rids)))).all()
+        by_rid = {r.rid: row_to_version(r) for r in rows}
         return [by_rid[r] for r in rids if r in by_rid]
 
     # -- writes --------------------------------------------------------------------------
@@ -323,7 +323,7 @@ class Session:
         from fhir_server.storage.history import history_query
 
         query = history_query(res_type, res_id, since_us, at_range, before, count)
-        return [_row_to_version(r) for r in self.conn.execute(query).all()]
+        return [row_to_version(r) for r in self.conn.execute(query).all()]
 
 
 def _mask(index: IndexRows) -> int:

@@ -72,7 +72,8 @@ idx_string = Table(
     Column("sp", BigInteger, nullable=False),
     Column("value", String(255), nullable=False),  # normalised: case- and accent-folded
     Column("exact", Text, nullable=False),
-    Index("ix_string_sp_value", "sp", "value"),
+    # pattern ops: prefix LIKE uses the index whatever the database's collation (PostgreSQL)
+    Index("ix_string_sp_value", "sp", "value", postgresql_ops={"value": "varchar_pattern_ops"}),
     Index("ix_string_rid", "rid"),
 )
 

@@ -12,7 +12,7 @@ from fhir_server.storage.schema import counters, metadata
 
 def test_migrated_database_matches_the_schema(services) -> None:  # type: ignore[no-untyped-def]
     engine = services.repo.engine
-    assert current_revision(engine) == head_revision(engine) == "0003"
+    assert current_revision(engine) == head_revision(engine) == "0004"
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
         names = set(conn.execute(select(counters.c.name)).scalars())
