@@ -478,6 +478,8 @@ class _Compiler:
     def _param(
         self, res: Any, res_type: str | None, name: str, modifier: str | None, raw: str, key: str
     ) -> ColumnElement[bool] | None:
+        if name in ("_id", "_lastUpdated", "_list") and modifier not in ((None, "not") if name == "_id" else (None,)):
+            raise FhirError("invalid-param", f"Modifier :{modifier} is not supported on {name}")
         if name == "_id":
             ids = [unescape(v) for v in split_values(raw)]
             pred = res.c.res_id.in_(ids)

@@ -120,6 +120,11 @@ def test_list_of_type_and_reference_identifier(world: World) -> None:
         "Patient?_sort=nothing",
         "Patient?_sort=-",
         "Patient?_cursor=notacursor",
+        "Patient?_id:missing=true",
+        "Patient?_lastUpdated:exact=2020",
+        "Observation?date=2020-02-30",
+        "Observation?value-quantity=5|a|b|c",
+        "Location?near=45|126|5|kg",
     ],
 )
 def test_bad_parameters_are_400_naming_them(world: World, query: str) -> None:
