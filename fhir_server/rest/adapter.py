@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import Flask, Response, request
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from fhir_server.context import RequestContext
@@ -147,6 +148,11 @@ def register(app: Flask, make_context: Any, bundle_slots: int) -> None:
             resp = FhirResponse(err.status, resource=err.outcome(), headers=dict(err.headers))
         except DBAPIError as exc:
             resp = _lost_connection(exc) if exc.connection_invalidated else _internal_error()
+        except PoolTimeout:
+            # every pooled connection stayed busy for pool_timeout seconds: overloaded, not broken
+            log.warning("no database connection free for %s %s", http.method, http.full_path)
+            err = FhirError("unavailable", "The server is busy (no database connection free); retry later")
+            resp = FhirResponse(503, resource=err.outcome(), headers={"Retry-After": "5"})
         except Exception:  # noqa: BLE001 - the client gets an OperationOutcome, the log the trace
             resp = _internal_error()
         return _to_http(resp, fmt, pretty)

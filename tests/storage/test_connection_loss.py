@@ -29,3 +29,18 @@ def test_dropped_connection_is_503_then_recovers(postgres_url, tmp_path) -> None
         assert client.get(f"/fhir/{location}").status_code == 200
     finally:
         services.repo.engine.dispose()
+
+
+def test_no_free_connection_is_503_not_500(postgres_url, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(database_url=postgres_url, data_dir=tmp_path, base_url="http://t/fhir", pool_size=1)
+    services = build_services(settings)
+    client = create_app(services.settings, services).test_client()
+    services.repo.engine.pool._timeout = 0.2  # type: ignore[attr-defined]  # fail fast in the test
+    try:
+        with services.repo.engine.connect():  # holds the only connection
+            busy = client.get("/fhir/Patient?_count=1")
+        assert busy.status_code == 503 and busy.headers["Retry-After"] == "5"
+        assert busy.get_json()["issue"][0]["code"] == "transient"
+        assert client.get("/fhir/Patient?_count=1").status_code == 200
+    finally:
+        services.repo.engine.dispose()
