@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from fhir_server.search import includes, sorting
 from fhir_server.search.query import compartment_predicate, compile_query
+from fhir_server.storage.engine import BINARY_RESULTS
 from fhir_server.storage.repository import CURRENT_COLUMNS, Session, StoredVersion, row_to_version
 from fhir_server.storage.schema import resources
 
@@ -104,7 +105,7 @@ class SearchEngine:
             .select_from(page_ids.join(current, current.c.rid == page_ids.c.rid))
             .order_by(*sorting.order_by(page_keys, keys, page_ids.c.rid, reverse=before))
         )
-        rows = session.conn.execute(query).all()
+        rows = session.conn.execute(query.execution_options(**{BINARY_RESULTS: True})).all()
         more = len(rows) > count
         rows = rows[:count]
         if before:

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, Engine, select, text
 from fhir_server.errors import FhirError
 from fhir_server.formats import json as fjson
 from fhir_server.storage.bulk import insert_many
-from fhir_server.storage.engine import WRITE_FLAG, is_postgres
+from fhir_server.storage.engine import BINARY_RESULTS, WRITE_FLAG, is_postgres
 from fhir_server.storage.schema import INDEX_BITS, INDEX_TABLES, resource_history, resources
 from fhir_server.util.clock import http_date, instant, now_us
 
@@ -153,8 +153,11 @@ class Session:
         """The latest version (possibly a deletion marker), or None if it never existed."""
         self.flush()
         # On the driver's cursor: SQLAlchemy's result set-up cost more than the query (read benchmark).
-        sql = _READ_CURRENT.replace("?", "%s") if self.repo.postgres else _READ_CURRENT
-        row = self.conn.connection.driver_connection.execute(sql, (res_type, res_id)).fetchone()
+        driver = self.conn.connection.driver_connection
+        if self.repo.postgres:  # binary results: content without hex decoding (storage/engine.py)
+            row = driver.execute(_READ_CURRENT.replace("?", "%s"), (res_type, res_id), binary=True).fetchone()
+        else:
+            row = driver.execute(_READ_CURRENT, (res_type, res_id)).fetchone()
         return row_to_version(row) if row else None
 
     def read_version(self, res_type: str, res_id: str, version: int) -> StoredVersion | None:
@@ -176,7 +179,8 @@ class Session:
         if not rids:
             return []
         self.flush()
-        rows = self.conn.execute(select(*CURRENT_COLUMNS).where(resources.c.rid.in_(list(rids)))).all()
+        query = select(*CURRENT_COLUMNS).where(resources.c.rid.in_(list(rids)))
+        rows = self.conn.execute(query.execution_options(**{BINARY_RESULTS: True})).all()
         by_rid = {r.rid: row_to_version(r) for r in rows}
         return [by_rid[r] for r in rids if r in by_rid]
 
