@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from fhir_server.search import includes, sorting
-from fhir_server.search.query import compartment_predicate, compile_query
+from fhir_server.search.query import compartment_predicate, compile_query, index_lookup
 from fhir_server.storage.engine import BINARY_RESULTS
 from fhir_server.storage.repository import CURRENT_COLUMNS, Session, StoredVersion, row_to_version
 from fhir_server.storage.schema import resources
@@ -57,14 +57,14 @@ class SearchEngine:
         if compartment is not None:
             assert res_type is not None
             conds.append(compartment_predicate(self.registry, res_type, *compartment))
-        return conds, compiled.warnings
+        return conds, compiled
 
     def match(
         self, session: Session, res_type: str, params: list[tuple[str, str]], limit: int = 2
     ) -> list[StoredVersion]:
         """Current resources matching ``params`` (for conditional create/update/delete)."""
         session.flush()
-        conds, _ = self._base(session, res_type, params, lenient=False)
+        conds, _compiled = self._base(session, res_type, params, lenient=False)
         rids = session.conn.execute(select(r.c.rid).where(*conds).order_by(r.c.rid).limit(limit)).scalars().all()
         return session.read_many(rids)
 
@@ -81,12 +81,19 @@ class SearchEngine:
     ) -> SearchPage:
         """One page of matches; ``compartment`` is (type, id) for ``Patient/123/Observation``."""
         session.flush()
-        conds, warnings = self._base(session, res_type, params, lenient, compartment)
+        conds, compiled = self._base(session, res_type, params, lenient, compartment)
+        warnings = compiled.warnings
         keys = sorting.parse_sort(self.registry, res_type, _param(params, "_sort"))
         specs = includes.parse_includes(self.registry, params)
         total = None
         if want_total:
-            total = int(session.conn.execute(select(func.count()).select_from(r).where(*conds)).scalar_one())
+            lookup = index_lookup(compiled.filters[0]) if len(compiled.filters) == 1 and res_type else None
+            if lookup is not None and compartment is None:  # one index lookup: count its rids alone
+                table, lookup_conds = lookup
+                counting = select(func.count(func.distinct(table.c.rid))).where(*lookup_conds)
+            else:
+                counting = select(func.count()).select_from(r).where(*conds)
+            total = int(session.conn.execute(counting).scalar_one())
         if count == 0:
             return SearchPage([], [], False, False, total, warnings=warnings)
         exprs = [k.expression(r) for k in keys]

@@ -397,3 +397,14 @@ def test_near_finds_locations_by_great_circle_distance(world: World) -> None:
     assert ids(f"{mine}&near=45.7567|126.6424") == [harbin]  # default: within 10 km
     world.search(f"{mine}&near=95|126|5|km", status=400)
     world.search(f"{mine}&near=45|126|5|kg", status=400)
+
+
+def test_counts_ignore_deleted_resources_and_repeated_values(world: World) -> None:
+    t = world.tag
+    code = {"coding": [{"system": LOINC, "code": f"cnt-{t}"}, {"system": LOINC, "code": f"cnt-{t}"}]}
+    made = [world.post({"resourceType": "Observation", "status": "final", "code": code}) for _ in range(3)]
+    world.client.delete(f"/fhir/Observation/{made[0]}")
+    for query in (f"Observation?code=cnt-{t}", f"Observation?code={LOINC}|cnt-{t}"):
+        assert world.search(f"{query}&_summary=count")["total"] == 2  # counted on the index alone
+        assert world.search(f"{query}&status=final&_summary=count")["total"] == 2  # counted on resources
+        assert world.search(f"{query}&_total=accurate")["total"] == 2
