@@ -48,6 +48,10 @@ resources = Table(
     Index("ux_resources_type_id", "res_type", "res_id", unique=True),
     Index("ix_resources_type_updated", "res_type", "updated_us"),
     Index("ix_resources_updated", "updated_us"),
+    # PostgreSQL: checking type and liveness of a rid found in an index table without visiting the
+    # heap, whose pages hold the content (a chain probes one per referring resource). SQLite's
+    # rowid table already is that index.
+    Index("ix_resources_live", "rid", postgresql_include=["res_type", "deleted"]).ddl_if(dialect="postgresql"),
 )
 
 resource_history = Table(
@@ -88,8 +92,9 @@ idx_token = Table(
     Column("h_code", BigInteger, nullable=False),  # hash(sp, code)
     Column("h_sys_code", BigInteger, nullable=False),  # hash(sp, system, code)
     Column("h_sys", BigInteger, nullable=False),  # hash(sp, system)
-    Index("ix_token_h_code", "h_code"),
-    Index("ix_token_h_sys_code", "h_sys_code"),
+    # with rid: a token's resources come from the index alone (chains, counts, intersections)
+    Index("ix_token_h_code", "h_code", "rid"),
+    Index("ix_token_h_sys_code", "h_sys_code", "rid"),
     Index("ix_token_h_sys", "h_sys"),
     Index("ix_token_rid", "rid"),
 )
