@@ -408,3 +408,22 @@ def test_counts_ignore_deleted_resources_and_repeated_values(world: World) -> No
         assert world.search(f"{query}&_summary=count")["total"] == 2  # counted on the index alone
         assert world.search(f"{query}&status=final&_summary=count")["total"] == 2  # counted on resources
         assert world.search(f"{query}&_total=accurate")["total"] == 2
+
+
+def test_previous_links_walk_back_to_the_first_page(world: World) -> None:
+    t = world.tag
+    for i in range(7):
+        world.post({"resourceType": "Patient", "name": [{"family": f"B{t}"}], "birthDate": f"19{60 + i % 3}"})
+    query = f"Patient?name=b{t}&_sort=-birthdate&_count=2"
+    forward, last = _walk(world, query)
+    backward: list[str] = []
+    bundle = last
+    while True:
+        backward = [e["resource"]["id"] for e in bundle.get("entry", [])] + backward
+        previous = [link["url"] for link in bundle["link"] if link["relation"] == "previous"]
+        if not previous:
+            break
+        bundle = world.search(previous[0].split("/fhir/", 1)[1])
+    assert backward == forward and len(forward) == 7
+    first = world.search(query)
+    assert not [link for link in first["link"] if link["relation"] == "previous"]
