@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 
+from fhir_server.errors import FhirError
 from fhir_server.search import includes, sorting
-from fhir_server.search.query import compartment_predicate, compile_query, index_lookup
+from fhir_server.search.contained import contained_mode
+from fhir_server.search.query import compartment_predicate, compile_query, contained_marker, index_lookup
 from fhir_server.storage.engine import BINARY_RESULTS
 from fhir_server.storage.repository import CURRENT_COLUMNS, Session, StoredVersion, row_to_version
 from fhir_server.storage.schema import resources
@@ -50,10 +52,23 @@ class SearchEngine:
     def _base(  # type: ignore[no-untyped-def]
         self, session: Session, res_type: str | None, params: list[tuple[str, str]], lenient: bool, compartment=None
     ):
+        mode = contained_mode(params)
         compiled = compile_query(self.registry, res_type, params, lenient, session, self)
-        conds = [r.c.deleted.is_(False), *compiled.filters]
-        if res_type is not None:
-            conds.insert(0, r.c.res_type == res_type)
+        conds = [r.c.deleted.is_(False)]
+        if mode == "false":
+            conds += compiled.filters
+            if res_type is not None:
+                conds.insert(0, r.c.res_type == res_type)
+        else:  # the containers of matching contained resources (search/contained.py)
+            if res_type is None or compartment is not None:
+                raise FhirError("invalid-param", "_contained needs a type-level search")
+            inner = compile_query(self.registry, res_type, params, lenient, session, self, contained=True)
+            containers = and_(contained_marker(r, res_type), *inner.filters)
+            if mode == "true":
+                conds.append(containers)
+            else:
+                conds.append(or_(and_(r.c.res_type == res_type, *compiled.filters), containers))
+            compiled.filters = [*conds[1:]]  # not a single index lookup any more (see search())
         if compartment is not None:
             assert res_type is not None
             conds.append(compartment_predicate(self.registry, res_type, *compartment))
@@ -84,6 +99,8 @@ class SearchEngine:
         conds, compiled = self._base(session, res_type, params, lenient, compartment)
         warnings = compiled.warnings
         keys = sorting.parse_sort(self.registry, res_type, _param(params, "_sort"))
+        if contained_mode(params) != "false" and any(k.table is not None for k in keys):
+            raise FhirError("invalid-param", "_sort with _contained can only use _id and _lastUpdated")
         specs = includes.parse_includes(self.registry, params)
         total = None
         if want_total:

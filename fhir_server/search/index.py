@@ -52,16 +52,17 @@ Rows are deduplicated per table.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 from fhir_server.search import composite, ucum
-from fhir_server.search.hashing import hash64, modifier_sp, token_hashes
+from fhir_server.search.hashing import hash64, modifier_sp, sp_hash, token_hashes
 from fhir_server.search.registry import Registry, SearchParam, get_registry
 from fhir_server.util.fhirdate import date_range
 
@@ -535,15 +536,30 @@ def _token_keys(p: SearchParam, value: Any, vtype: str) -> list[str]:
 def index_rows(resource: dict, rid: int = 0, registry: Registry | None = None) -> Rows:
     """Index rows for ``resource`` stored under ``rid``: table name → rows.
 
-    Every table name of :data:`TABLES` is present (possibly with an empty list).
+    Every table name of :data:`TABLES` is present (possibly with an empty list). Contained
+    resources are indexed too, under their container's ``rid`` and their own type's parameters
+    with :func:`contained_sp` (``_contained=true`` searches those).
     """
     registry = registry or get_registry()
     out = _Out(rid)
     rtype = resource.get("resourceType")
     if type(rtype) is not str:
         return out.rows
+    _index_params(resource, registry.indexed_params(rtype), out, registry)
+    contained = resource.get("contained")
+    if type(contained) is list:
+        for inner in contained:
+            itype = inner.get("resourceType") if type(inner) is dict else None
+            if type(itype) is str and itype in registry.resource_types:
+                marker = contained_sp(sp_hash(itype, "_type"))
+                _token_row(out, marker, None, itype)
+                _index_params(inner, [contained_param(p) for p in registry.indexed_params(itype)], out, registry)
+    return out.rows
+
+
+def _index_params(resource: dict, params: Iterable[SearchParam], out: _Out, registry: Registry) -> None:
     resource_types = registry.resource_types
-    for p in registry.indexed_params(rtype):
+    for p in params:
         items = p.extract(resource)
         if not items:
             continue
@@ -557,4 +573,15 @@ def index_rows(resource: dict, rid: int = 0, registry: Registry | None = None) -
             handler = _HANDLERS.get(p.type)
             if handler is not None:
                 handler(p, items, out)
-    return out.rows
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def contained_sp(sp: int) -> int:
+    """Where the rows of a contained resource's parameter are kept (apart from standalone ones)."""
+    return hash64(f"{sp}:contained")
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def contained_param(p: SearchParam) -> SearchParam:
+    """``p`` as it indexes and searches contained resources."""
+    return dataclasses.replace(p, sp=contained_sp(p.sp))

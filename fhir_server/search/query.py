@@ -21,7 +21,8 @@ from sqlalchemy import ColumnElement, and_, exists, false, func, not_, or_, sele
 
 from fhir_server.errors import FhirError
 from fhir_server.search import composite, hashing, ucum
-from fhir_server.search.index import canonical_sp, normalize_string
+from fhir_server.search.contained import ContainedView
+from fhir_server.search.index import canonical_sp, contained_sp, normalize_string
 from fhir_server.storage.schema import (
     idx_date,
     idx_number,
@@ -38,10 +39,23 @@ from fhir_server.util.fhirdate import parse_range as date_range
 
 #: Parameters that shape the result rather than select resources.
 RESULT_PARAMS = frozenset(
-    {"_count", "_sort", "_total", "_summary", "_elements", "_cursor", "_format", "_pretty", "_include", "_revinclude"}
+    {
+        "_count",
+        "_sort",
+        "_total",
+        "_summary",
+        "_elements",
+        "_cursor",
+        "_format",
+        "_pretty",
+        "_include",
+        "_revinclude",
+        "_contained",
+        "_containedType",
+    }
 )
 #: Parameters recognised but not yet implemented: refused rather than silently ignored.
-UNSUPPORTED_PARAMS = frozenset({"_contained", "_containedType", "_text", "_content", "_query", "_filter"})
+UNSUPPORTED_PARAMS = frozenset({"_text", "_content", "_query", "_filter"})
 _PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _NUMBER_RE = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
 _ESCAPED_SPLIT = re.compile(r"(?<!\\),")
@@ -365,14 +379,16 @@ def compile_query(
     lenient: bool = False,
     session: Any = None,
     search: Any = None,
+    contained: bool = False,
 ) -> CompiledQuery:
     """Filters for ``params`` (AND of repetitions, OR of comma values).
 
     Unknown parameters are a 400, or a warning when ``lenient`` (``Prefer: handling=lenient``).
-    ``session`` and ``search`` let ``:in``/``:below`` read stored terminology.
+    ``session`` and ``search`` let ``:in``/``:below`` read stored terminology; ``contained``
+    compiles them for the resources contained in others (``_contained``).
     """
     query = CompiledQuery(res_type)
-    compiler = _Compiler(registry, session, search)
+    compiler = _Compiler(registry, session, search, contained)
     for key, raw in params:
         name = key.partition(":")[0]
         if name in RESULT_PARAMS:
@@ -400,15 +416,26 @@ class _Compiler:
     """Compiles one parameter against a scope: ``res`` is the ``resources`` row (or an alias of
     it, inside a chain or ``_has``) whose ``rid`` the predicate is about."""
 
-    def __init__(self, registry: Any, session: Any = None, search: Any = None) -> None:
-        self.registry = registry
+    def __init__(self, registry: Any, session: Any = None, search: Any = None, contained: bool = False) -> None:
+        #: with ``contained``: the parameters of contained resources (search/contained.py)
+        self.contained = contained
+        self.registry = ContainedView(registry) if contained else registry
+        self.plain_registry = registry
         #: the open session and search engine, for terminology modifiers (stored ValueSets)
         self.session = session
         self.search = search
 
+    def standalone(self) -> _Compiler:
+        """The compiler for what a reference points at (never a contained resource)."""
+        if not self.contained:
+            return self
+        return _Compiler(self.plain_registry, self.session, self.search)
+
     def key(self, res: Any, res_type: str | None, key: str, raw: str, depth: int) -> ColumnElement[bool] | None:
         if depth > MAX_DEPTH:
             raise FhirError("invalid-param", f"{key}: chains and _has nest at most {MAX_DEPTH} deep")
+        if self.contained and (key.startswith("_has:") or key.partition(":")[0] in ("_id", "_lastUpdated", "_list")):
+            raise FhirError("invalid-param", f"{key} cannot be used with _contained (it is about the container)")
         if key.startswith("_has:"):
             return self._has(res, res_type, key, raw, depth)
         head, dot, rest = key.partition(".")
@@ -436,7 +463,7 @@ class _Compiler:
             if not modifier and not self._defines(target_type, rest):
                 continue  # subject.name: only the target types that have a "name"
             target = resources.alias()
-            pred = self.key(target, target_type, rest, raw, depth + 1)
+            pred = self.standalone().key(target, target_type, rest, raw, depth + 1)
             if pred is not None:
                 # the matching targets' ids, uncorrelated: the planner can find the few targets
                 # first and go to their referrers by the reference index
@@ -453,7 +480,8 @@ class _Compiler:
 
     def _defines(self, res_type: str, key: str) -> bool:
         name = key.split(".", 1)[0].partition(":")[0]
-        return name in ("_has", "_id", "_lastUpdated", "_list") or self.registry.get(res_type, name) is not None
+        known = name in ("_has", "_id", "_lastUpdated", "_list")
+        return known or self.plain_registry.get(res_type, name) is not None
 
     # -- reverse chains: _has:Observation:subject:code=x (search.html#has) ----------------------
     def _has(self, res: Any, res_type: str | None, key: str, raw: str, depth: int) -> ColumnElement[bool]:
@@ -605,6 +633,12 @@ class _Compiler:
             )
             .correlate(res)
         )
+
+
+def contained_marker(res: Any, res_type: str) -> ColumnElement[bool]:
+    """``res`` contains a resource of ``res_type`` (the marker row search/index.py writes)."""
+    marker = contained_sp(hashing.sp_hash(res_type, "_type"))
+    return _exists(res, idx_token, idx_token.c.h_code == hashing.h_code(marker, res_type))
 
 
 def compartment_predicate(registry: Any, res_type: str, compartment: str, compartment_id: str) -> ColumnElement[bool]:

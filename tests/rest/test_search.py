@@ -427,3 +427,39 @@ def test_previous_links_walk_back_to_the_first_page(world: World) -> None:
     assert backward == forward and len(forward) == 7
     first = world.search(query)
     assert not [link for link in first["link"] if link["relation"] == "previous"]
+
+
+def test_contained_resources_are_searched_with_contained(world: World) -> None:
+    t = world.tag
+    rxnorm = "http://www.nlm.nih.gov/research/umls/rxnorm"
+
+    def prescription(code: str, contained: bool) -> str:
+        medication = {"resourceType": "Medication", "code": {"coding": [{"system": rxnorm, "code": code}]}}
+        body: dict[str, Any] = {
+            "resourceType": "MedicationRequest",
+            "status": "active",
+            "intent": "order",
+            "subject": {"reference": f"Patient/{world.zhang}"},
+        }
+        if contained:
+            body["contained"] = [{**medication, "id": "m1"}]
+            body["medicationReference"] = {"reference": "#m1"}
+        else:
+            body["medicationCodeableConcept"] = medication["code"]
+        return world.post(body)
+
+    inside = prescription(f"gancao-{t}", contained=True)  # 甘草 (licorice) compounded, described inline
+    outside = prescription(f"gancao-{t}", contained=False)
+    standalone = world.post(
+        {"resourceType": "Medication", "code": {"coding": [{"system": rxnorm, "code": f"gancao-{t}"}]}}
+    )
+    med = f"Medication?code={rxnorm}|gancao-{t}"
+    assert world.ids(med) == [standalone]  # default _contained=false
+    assert world.ids(f"{med}&_contained=true") == [inside]  # the container is returned
+    assert sorted(world.ids(f"{med}&_contained=both")) == sorted([standalone, inside])
+    assert world.search(f"Medication?code=gancao-{t}&_contained=true&_summary=count")["total"] == 1
+    assert world.ids(f"MedicationRequest?code=gancao-{t}") == [outside]  # code of the request itself
+    world.search(f"{med}&_contained=maybe", status=400)
+    world.search(f"{med}&_contained=true&_containedType=contained", status=400)
+    world.search("Medication?_id=m1&_contained=true", status=400)
+    world.search(f"{med}&_contained=true&_sort=code", status=400)
