@@ -13,7 +13,7 @@ from typing import Any
 
 from fhir_server.errors import FhirError
 from fhir_server.search.index import contained_param
-from fhir_server.search.registry import SearchParam
+from fhir_server.search.registry import Registry, SearchParam
 
 MODES = ("false", "true", "both")
 
@@ -43,14 +43,8 @@ class ContainedView:
         return contained_param(param) if param is not None else None
 
     def stored_sps(self, param: SearchParam) -> tuple[int, ...]:
-        if not param.union_of:
-            return (param.sp,)
-        out: list[int] = []
-        for code in param.union_of:
-            part = self.get(param.resource_type, code)
-            if part is not None:
-                out.extend(self.stored_sps(part))
-        return tuple(out)
+        # the registry's own walk over a union's parts, reading the parts through this view
+        return Registry.stored_sps(self, param)  # type: ignore[arg-type]
 
     def common(self, code: str) -> list[tuple[str, SearchParam]]:
         return [(t, contained_param(p)) for t, p in self.registry.common(code)]
