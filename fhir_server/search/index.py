@@ -44,6 +44,8 @@ stored once, in the form its search type compares (http://hl7.org/fhir/R4/search
 - **composite** (:mod:`.composite`): the second component's row in its own type's table, under an
   ``sp`` that also hashes the first component's token.
 
+- **narrative** (``idx_string`` under :func:`text_sp`): the words of ``text.div`` for ``_text``,
+  truncated in ``value`` as usual but whole in ``exact``.
 - **position** (``idx_position``): ``Location.position`` latitude/longitude for ``near``, the one
   special parameter of R4.
 
@@ -54,6 +56,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import html
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -84,14 +87,28 @@ _ADDRESS_PARTS = ("line", "city", "district", "state", "postalCode", "country", 
 # --------------------------------------------------------------------------- normalisation
 
 
-def normalize_string(text: str) -> str:
+def normalize_string(text: str, limit: int | None = STRING_MAX) -> str:
     """Case- and accent-insensitive form used for string search (``idx_string.value``)."""
     if text.isascii():
         s = " ".join(text.lower().split())
     else:
         decomposed = unicodedata.normalize("NFKD", text)
         s = " ".join("".join(c for c in decomposed if not unicodedata.combining(c)).casefold().split())
-    return s[:STRING_MAX]
+    return s[:limit]
+
+
+_TAG = re.compile(r"<[^>]*>")
+
+
+def narrative_text(div: str) -> str:
+    """The words of an XHTML narrative, normalised like strings but whole (for ``_text``)."""
+    return normalize_string(html.unescape(_TAG.sub(" ", div)), limit=None)
+
+
+@functools.cache
+def text_sp(resource_type: str) -> int:
+    """``sp`` of a type's ``_text`` row: the narrative, whole, in ``idx_string.exact``."""
+    return sp_hash(resource_type, "_text")
 
 
 _NUM_RE = re.compile(r"[-+]?(\d*)(?:\.(\d*))?(?:[eE]([-+]?\d+))?")
@@ -546,6 +563,12 @@ def index_rows(resource: dict, rid: int = 0, registry: Registry | None = None) -
     if type(rtype) is not str:
         return out.rows
     _index_params(resource, registry.indexed_params(rtype), out, registry)
+    text = resource.get("text")
+    div = text.get("div") if type(text) is dict else None
+    if type(div) is str and div:
+        words = narrative_text(div)
+        if words:
+            out.add("idx_string", StringRow(out.rid, text_sp(rtype), words[:STRING_MAX], words))
     contained = resource.get("contained")
     if type(contained) is list:
         for inner in contained:

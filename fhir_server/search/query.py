@@ -22,7 +22,7 @@ from sqlalchemy import ColumnElement, and_, exists, false, func, not_, or_, sele
 from fhir_server.errors import FhirError
 from fhir_server.search import composite, hashing, ucum
 from fhir_server.search.contained import ContainedView
-from fhir_server.search.index import canonical_sp, contained_sp, normalize_string
+from fhir_server.search.index import canonical_sp, contained_sp, normalize_string, text_sp
 from fhir_server.storage.schema import (
     idx_date,
     idx_number,
@@ -55,7 +55,7 @@ RESULT_PARAMS = frozenset(
     }
 )
 #: Parameters recognised but not yet implemented: refused rather than silently ignored.
-UNSUPPORTED_PARAMS = frozenset({"_text", "_content", "_query", "_filter"})
+UNSUPPORTED_PARAMS = frozenset({"_content", "_query", "_filter"})
 _PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _NUMBER_RE = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
 _ESCAPED_SPLIT = re.compile(r"(?<!\\),")
@@ -348,6 +348,8 @@ _TABLE_OF = {
     "quantity": idx_quantity,
     "uri": idx_uri,
 }
+#: Parameters about the resource row itself, which a ``_contained`` search cannot apply to.
+_ABOUT_THE_CONTAINER = ("_id", "_lastUpdated", "_list", "_text")
 #: Deepest chain or ``_has`` nesting accepted (each level is one more join).
 MAX_DEPTH = 4
 
@@ -355,6 +357,8 @@ MAX_DEPTH = 4
 def supported_modifiers(registry: Any, param: Any) -> tuple[str, ...] | None:
     """Modifiers this server honours on ``param`` (``()`` for none), or None if it cannot search
     by it at all: the one truth for the CapabilityStatement and docs/search-parameters.md."""
+    if param.code == "_text":  # special-cased by the compiler (the narrative row)
+        return ()
     if param.union_of:
         parts = [supported_modifiers(registry, registry.get(param.resource_type, c)) for c in param.union_of]
         if any(p is None for p in parts):
@@ -434,7 +438,7 @@ class _Compiler:
     def key(self, res: Any, res_type: str | None, key: str, raw: str, depth: int) -> ColumnElement[bool] | None:
         if depth > MAX_DEPTH:
             raise FhirError("invalid-param", f"{key}: chains and _has nest at most {MAX_DEPTH} deep")
-        if self.contained and (key.startswith("_has:") or key.partition(":")[0] in ("_id", "_lastUpdated", "_list")):
+        if self.contained and (key.startswith("_has:") or key.partition(":")[0] in _ABOUT_THE_CONTAINER):
             raise FhirError("invalid-param", f"{key} cannot be used with _contained (it is about the container)")
         if key.startswith("_has:"):
             return self._has(res, res_type, key, raw, depth)
@@ -480,7 +484,7 @@ class _Compiler:
 
     def _defines(self, res_type: str, key: str) -> bool:
         name = key.split(".", 1)[0].partition(":")[0]
-        known = name in ("_has", "_id", "_lastUpdated", "_list")
+        known = name in ("_has", "_id", "_lastUpdated", "_list", "_text")
         return known or self.plain_registry.get(res_type, name) is not None
 
     # -- reverse chains: _has:Observation:subject:code=x (search.html#has) ----------------------
@@ -528,6 +532,10 @@ class _Compiler:
             return or_(*[_date_search(key, v, res.c.updated_us, res.c.updated_us) for v in split_values(raw)])
         if name == "_list":
             return self._list(res, res_type, raw)
+        if name == "_text":
+            if modifier is not None:
+                raise FhirError("invalid-param", f"Modifier :{modifier} is not supported on _text")
+            return or_(*[self._narrative(res, res_type, v) for v in split_values(raw)])
         if res_type is None:
             return self._all_types(res, name, modifier, raw, key)
         param = self.registry.get(res_type, name)
@@ -614,6 +622,15 @@ class _Compiler:
         return _exists(
             res, idx_token, idx_token.c.h_sys_code.in_([hashing.h_sys_code(sp, bare_system, c) for c in codes])
         )
+
+    def _narrative(self, res: Any, res_type: str | None, value: str) -> ColumnElement[bool]:
+        """``_text``: the narrative contains the words (case- and accent-insensitive)."""
+        words = normalize_string(unescape(value), limit=None)
+        pattern = "%" + words.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        types = [res_type] if res_type is not None else sorted(self.plain_registry.resource_types)
+        sps = [text_sp(t) for t in types]
+        where_sp = idx_string.c.sp.in_(sps) if len(sps) > 1 else idx_string.c.sp == sps[0]
+        return _exists(res, idx_string, where_sp, idx_string.c.exact.like(pattern, escape="\\"))
 
     def _list(self, res: Any, res_type: str | None, raw: str) -> ColumnElement[bool]:
         """``_list=id``: resources that List/id has as an entry item (search.html#list)."""

@@ -463,3 +463,26 @@ def test_contained_resources_are_searched_with_contained(world: World) -> None:
     world.search(f"{med}&_contained=true&_containedType=contained", status=400)
     world.search("Medication?_id=m1&_contained=true", status=400)
     world.search(f"{med}&_contained=true&_sort=code", status=400)
+
+
+def test_text_searches_the_narrative(world: World) -> None:
+    t = world.tag
+
+    def patient(div: str) -> str:
+        return world.post(
+            {
+                "resourceType": "Patient",
+                "name": [{"family": f"T{t}"}],
+                "text": {"status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{div}</div>'},
+            }
+        )
+
+    cough = patient(f"<p>主诉：咳嗽三天 <b>Café</b> &amp; fever {t}</p>")
+    other = patient(f"<p>头痛 headache {t}</p>")
+    mine = f"Patient?name=t{t}"
+    assert world.ids(f"{mine}&_text=咳嗽") == [cough]
+    assert world.ids(f"{mine}&_text=cafe %26 FEVER") == [cough]  # case, accents, entities, tags
+    assert sorted(world.ids(f"{mine}&_text=咳嗽,headache")) == sorted([cough, other])
+    assert world.ids(f"{mine}&_text=head_ache") == []  # _ is not a wildcard
+    assert world.ids(f"?_text=咳嗽三天 café&_count=1000") == [cough]  # system level
+    world.search(f"{mine}&_text:exact=x", status=400)
