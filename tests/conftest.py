@@ -6,6 +6,7 @@ PostgreSQL those runs are skipped, unless ``REQUIRE_POSTGRES=1`` (CI), which mak
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import socket
@@ -57,13 +58,28 @@ def _pg_drop(url: str) -> None:
     engine.dispose()
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+@contextlib.contextmanager
+def fresh_database(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a new empty database, ``sqlite`` (a file) or ``postgres`` (dropped afterwards).
+
+    Without PostgreSQL the test is skipped, unless REQUIRE_POSTGRES=1 makes it a failure.
+    """
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'fhir.db'}"
+        return
     url = _pg_create()
     if url is None:
         pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432 (set REQUIRE_POSTGRES=1 to make this a failure)")
-    yield url
-    _pg_drop(url)
+    try:
+        yield url
+    finally:
+        _pg_drop(url)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with fresh_database("postgres", tmp_path_factory) as url:
+        yield url
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])

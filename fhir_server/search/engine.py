@@ -52,34 +52,34 @@ class SearchEngine:
     def _base(  # type: ignore[no-untyped-def]
         self, session: Session, res_type: str | None, params: list[tuple[str, str]], lenient: bool, compartment=None
     ):
+        """The WHERE conditions of a search, the compiled query, and its ``_contained`` mode."""
         mode = contained_mode(params)
-        compiled = compile_query(self.registry, res_type, params, lenient, session, self)
         conds = [r.c.deleted.is_(False)]
         if mode == "false":
+            compiled = compile_query(self.registry, res_type, params, lenient, session, self)
             conds += compiled.filters
             if res_type is not None:
                 conds.insert(0, r.c.res_type == res_type)
         else:  # the containers of matching contained resources (search/contained.py)
             if res_type is None or compartment is not None:
                 raise FhirError("invalid-param", "_contained needs a type-level search")
-            inner = compile_query(self.registry, res_type, params, lenient, session, self, contained=True)
-            containers = and_(contained_marker(r, res_type), *inner.filters)
-            if mode == "true":
-                conds.append(containers)
-            else:
-                conds.append(or_(and_(r.c.res_type == res_type, *compiled.filters), containers))
-            compiled.filters = [*conds[1:]]  # not a single index lookup any more (see search())
+            compiled = compile_query(self.registry, res_type, params, lenient, session, self, contained=True)
+            containers = and_(contained_marker(r, res_type), *compiled.filters)
+            if mode == "both":
+                standalone = compile_query(self.registry, res_type, params, lenient, session, self)
+                containers = or_(and_(r.c.res_type == res_type, *standalone.filters), containers)
+            conds.append(containers)
         if compartment is not None:
             assert res_type is not None
             conds.append(compartment_predicate(self.registry, res_type, *compartment))
-        return conds, compiled
+        return conds, compiled, mode
 
     def match(
         self, session: Session, res_type: str, params: list[tuple[str, str]], limit: int = 2
     ) -> list[StoredVersion]:
         """Current resources matching ``params`` (for conditional create/update/delete)."""
         session.flush()
-        conds, _compiled = self._base(session, res_type, params, lenient=False)
+        conds, _compiled, _mode = self._base(session, res_type, params, lenient=False)
         rids = session.conn.execute(select(r.c.rid).where(*conds).order_by(r.c.rid).limit(limit)).scalars().all()
         return session.read_many(rids)
 
@@ -96,16 +96,17 @@ class SearchEngine:
     ) -> SearchPage:
         """One page of matches; ``compartment`` is (type, id) for ``Patient/123/Observation``."""
         session.flush()
-        conds, compiled = self._base(session, res_type, params, lenient, compartment)
+        conds, compiled, mode = self._base(session, res_type, params, lenient, compartment)
         warnings = compiled.warnings
         keys = sorting.parse_sort(self.registry, res_type, _param(params, "_sort"))
-        if contained_mode(params) != "false" and any(k.table is not None for k in keys):
+        if mode != "false" and any(k.table is not None for k in keys):
             raise FhirError("invalid-param", "_sort with _contained can only use _id and _lastUpdated")
         specs = includes.parse_includes(self.registry, params)
         total = None
         if want_total:
-            lookup = index_lookup(compiled.filters[0]) if len(compiled.filters) == 1 and res_type else None
-            if lookup is not None and compartment is None:  # one index lookup: count its rids alone
+            one = len(compiled.filters) == 1 and res_type and mode == "false" and compartment is None
+            lookup = index_lookup(compiled.filters[0]) if one else None
+            if lookup is not None:  # one index lookup: count its rids alone
                 table, lookup_conds = lookup
                 counting = select(func.count(func.distinct(table.c.rid))).where(*lookup_conds)
             else:

@@ -13,6 +13,7 @@ Why it looks like this:
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -100,10 +101,16 @@ _HISTORY_COLS = "rid, version, res_type, res_id, updated_us, deleted, method, co
 _INSERT_HISTORY = f"INSERT INTO resource_history ({_HISTORY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 
 
+@functools.lru_cache(maxsize=256)
+def _pyformat(sql: str) -> str:
+    """``?`` placeholders as psycopg's ``%s`` (the statements are few and constant: cached)."""
+    return sql.replace("?", "%s")
+
+
 def _execute(conn: Connection, sql: str, params: tuple[Any, ...]) -> Any:
     """Run constant SQL written with ``?`` placeholders on either database."""
     if conn.dialect.name == "postgresql":
-        sql = sql.replace("?", "%s")
+        sql = _pyformat(sql)
     return conn.exec_driver_sql(sql, params)
 
 
@@ -155,7 +162,7 @@ class Session:
         # On the driver's cursor: SQLAlchemy's result set-up cost more than the query (read benchmark).
         driver = self.conn.connection.driver_connection
         if self.repo.postgres:  # binary results: content without hex decoding (storage/engine.py)
-            row = driver.execute(_READ_CURRENT.replace("?", "%s"), (res_type, res_id), binary=True).fetchone()
+            row = driver.execute(_pyformat(_READ_CURRENT), (res_type, res_id), binary=True).fetchone()
         else:
             row = driver.execute(_READ_CURRENT, (res_type, res_id)).fetchone()
         return row_to_version(row) if row else None
@@ -196,9 +203,7 @@ class Session:
         res_id = res_id or new_id()
         if (res_type, res_id) in self.created_ids:
             raise FhirError("conflict", f"{res_type}/{res_id} is created twice in one transaction")
-        hook = self.repo.write_hooks.get(res_type)
-        if hook is not None:
-            hook(self, res_id, resource, None)
+        self._before_write(res_type, res_id, resource, None)
         updated = now_us()
         stamped = stamp(resource, res_id, 1, updated)
         rid = self._allocate_rid()
@@ -211,12 +216,17 @@ class Session:
             self.flush()
         return version
 
+    def _before_write(
+        self, res_type: str, res_id: str, resource: dict[str, Any] | None, current: StoredVersion | None
+    ) -> None:
+        hook = self.repo.write_hooks.get(res_type)
+        if hook is not None:
+            hook(self, res_id, resource, current)
+
     def update(self, current: StoredVersion, resource: dict[str, Any], method: str = "PUT") -> StoredVersion:
         """Replace ``current`` (the version the caller read) with a new version."""
         self._require_writable()
-        hook = self.repo.write_hooks.get(current.res_type)
-        if hook is not None:
-            hook(self, current.res_id, resource, current)
+        self._before_write(current.res_type, current.res_id, resource, current)
         self.flush()
         new_version = current.version + 1
         updated = max(now_us(), current.updated_us + 1)
@@ -233,9 +243,7 @@ class Session:
     def delete(self, current: StoredVersion) -> StoredVersion:
         """Mark ``current`` deleted: a new version without content; history is kept."""
         self._require_writable()
-        hook = self.repo.write_hooks.get(current.res_type)
-        if hook is not None:
-            hook(self, current.res_id, None, current)
+        self._before_write(current.res_type, current.res_id, None, current)
         self.flush()
         new_version = current.version + 1
         updated = max(now_us(), current.updated_us + 1)

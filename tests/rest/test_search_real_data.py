@@ -27,7 +27,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.conftest import _pg_create, _pg_drop, shared_data
+from tests.conftest import fresh_database, shared_data
 
 BASE = "http://testserver/fhir"
 LOINC = "http://loinc.org"
@@ -387,31 +387,23 @@ def real(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
     shared_data("fhir", "synthea")
     shared_data("fhir", "r4-examples")
-    url: str | None
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('realdata') / 'fhir.db'}"
-    else:
-        url = _pg_create()
-        if url is None:
-            pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432 (set REQUIRE_POSTGRES=1 to make this a failure)")
-    settings = Settings(database_url=url, data_dir=tmp_path_factory.mktemp("realdata-dir"), base_url=BASE)
-    services = build_services(settings)
-    try:
-        data = RealData(create_app(settings, services).test_client(), request.param)
-        started = time.perf_counter()
-        _load(data)
-        loaded = time.perf_counter() - started
-        # the oracle's reference rewriting agrees with what was stored (reads, not searches)
-        for key, resource in data.res.items():
-            if resource["resourceType"] in ("Encounter", "Condition", "Patient"):
-                stored = data.client.get(f"/fhir/{key}").get_json()
-                assert _references(stored) == _references(resource), key
-        print(f"\n[{request.param}] loaded {len(data.res)} resources in {loaded:.1f} s")
-        yield data
-    finally:
-        services.repo.engine.dispose()
-        if request.param == "postgres" and url:
-            _pg_drop(url)
+    with fresh_database(request.param, tmp_path_factory) as url:
+        settings = Settings(database_url=url, data_dir=tmp_path_factory.mktemp("realdata-dir"), base_url=BASE)
+        services = build_services(settings)
+        try:
+            data = RealData(create_app(settings, services).test_client(), request.param)
+            started = time.perf_counter()
+            _load(data)
+            loaded = time.perf_counter() - started
+            # the oracle's reference rewriting agrees with what was stored (reads, not searches)
+            for key, resource in data.res.items():
+                if resource["resourceType"] in ("Encounter", "Condition", "Patient"):
+                    stored = data.client.get(f"/fhir/{key}").get_json()
+                    assert _references(stored) == _references(resource), key
+            print(f"\n[{request.param}] loaded {len(data.res)} resources in {loaded:.1f} s")
+            yield data
+        finally:
+            services.repo.engine.dispose()
 
 
 # -- 1. tokens --------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from fhir_server.context import RequestContext
 from fhir_server.errors import FhirError, Issue, info_outcome
 from fhir_server.model import get_model
 from fhir_server.rest.messages import FhirRequest, FhirResponse
+from fhir_server.rest.shaping import shape_content
 from fhir_server.storage.repository import Session, StoredVersion
 from fhir_server.util.clock import from_http_date
 from fhir_server.validation import check_resource
@@ -75,6 +76,19 @@ def not_modified(req: FhirRequest, version: StoredVersion) -> bool:
         since = from_http_date(ims)
         return since is not None and version.updated_us // 1_000_000 * 1_000_000 <= since
     return False
+
+
+def version_response(
+    req: FhirRequest, version: StoredVersion, summary: str | None, elements: list[str] | None
+) -> FhirResponse:
+    """A read or vread answer: 304 for a current copy, else the stored bytes, or the resource
+    shaped by ``_summary``/``_elements`` when they ask for less (``rest/shaping.py``)."""
+    if not_modified(req, version):
+        return FhirResponse.for_version(304, version, body=False)
+    resp = FhirResponse.for_version(200, version)
+    if (summary or elements) and resp.body is not None:
+        resp.body, resp.resource = None, shape_content(resp.body, summary, elements)
+    return resp
 
 
 def count_param(req: FhirRequest, ctx: RequestContext, minimum: int = 0) -> int:

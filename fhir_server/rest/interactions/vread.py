@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from fhir_server.context import RequestContext
 from fhir_server.errors import FhirError
-from fhir_server.rest.interactions.common import gone, not_modified, require_id, require_type
+from fhir_server.rest.interactions.common import gone, require_id, require_type, version_response
 from fhir_server.rest.messages import FhirRequest, FhirResponse
-from fhir_server.rest.shaping import parse_params, shape_content
+from fhir_server.rest.shaping import parse_params
 
 
 def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
@@ -24,9 +24,4 @@ def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
         raise FhirError("not-found", f"Version {req.vid} of {res_type}/{res_id} is not known")
     if version.deleted:
         raise gone(version, f"Version {req.vid} of {res_type}/{res_id} is its deletion")
-    if not_modified(req, version):
-        return FhirResponse.for_version(304, version, body=False)
-    resp = FhirResponse.for_version(200, version)
-    if (summary or elements) and resp.body is not None:
-        resp.body, resp.resource = None, shape_content(resp.body, summary, elements)
-    return resp
+    return version_response(req, version, summary, elements)
