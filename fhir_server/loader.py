@@ -32,6 +32,7 @@ from fhir_server.errors import FhirError
 from fhir_server.formats import json as fjson
 from fhir_server.rest.interactions import batch
 from fhir_server.rest.messages import FhirRequest
+from fhir_server.storage.engine import refresh_statistics
 from fhir_server.validation import check_resource
 
 log = logging.getLogger("fhir_server.loader")
@@ -101,6 +102,8 @@ class Loader:
             except (OSError, ijson.JSONError, EOFError) as err:
                 report.reject(str(path), "", f"cannot read: {err}")
         bar.close()
+        if report.loaded:
+            refresh_statistics(self.services.repo.engine)  # the planner's figures for the new rows
         return report
 
     def _load_file(self, path: pathlib.Path, report: Report, bar: tqdm) -> None:

@@ -24,6 +24,7 @@ import signal
 import socket
 import sys
 import time
+from typing import Any
 
 import gevent
 from gevent.pywsgi import WSGIHandler, WSGIServer, _NoopLog
@@ -32,6 +33,8 @@ from fhir_server.config import Settings
 
 log = logging.getLogger("fhir_server.server")
 GRACE = 10.0
+#: seconds between refreshes of SQLite's planner statistics in each worker
+STATISTICS_INTERVAL = 3600.0
 
 
 class NoDelayHandler(WSGIHandler):
@@ -69,6 +72,7 @@ def run_worker(settings: Settings, sock: socket.socket) -> None:
     app = create_app(settings)
     jobs = app.config["SERVICES"].jobs
     jobs.start_polling()  # run $reindex jobs that were given back or whose worker died
+    gevent.spawn(_refresh_statistics_hourly, app.config["SERVICES"].repo.engine)
     gc.freeze()
     access = logging.getLogger("fhir_server.access") if settings.access_log else None
     server = WSGIServer(
@@ -87,13 +91,28 @@ def run_worker(settings: Settings, sock: socket.socket) -> None:
     jobs.stop(timeout=GRACE)
 
 
+def _refresh_statistics_hourly(engine: Any) -> None:
+    """SQLite's planner statistics follow the data as it grows through the API (storage/engine.py)."""
+    from fhir_server.storage.engine import refresh_statistics
+
+    if engine.dialect.name != "sqlite":
+        return
+    while True:
+        gevent.sleep(STATISTICS_INTERVAL)
+        try:
+            refresh_statistics(engine)
+        except Exception:  # noqa: BLE001 - a busy database is tried again next hour
+            log.exception("refreshing SQLite statistics failed")
+
+
 def serve(settings: Settings) -> None:
     """Migrate an empty database, bind, then serve in this process or in N forked workers."""
-    from fhir_server.storage.engine import make_engine
+    from fhir_server.storage.engine import make_engine, refresh_statistics
     from fhir_server.storage.migrate import ensure_schema
 
     engine = make_engine(settings.resolved_database_url)
     ensure_schema(engine)
+    refresh_statistics(engine)
     engine.dispose()
     _preload()
     sock = listen(settings.host, settings.port)

@@ -21,6 +21,10 @@ from fhir_server.storage.repository import CURRENT_COLUMNS, Session, StoredVersi
 from fhir_server.storage.schema import resources
 
 r = resources
+#: the page's rows joined back to their content; built once (a new alias per search costs ~0.5 ms
+#: of column-collection building)
+_current = resources.alias("current")
+_CURRENT = tuple(_current.c[c.name] for c in CURRENT_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -124,10 +128,9 @@ class SearchEngine:
         # then the content of just those rows.
         page_ids = ids.subquery("page")
         page_keys = [page_ids.c[f"k{i}"] for i in range(len(exprs))]
-        current = resources.alias("current")
         query = (
-            select(*[current.c[c.name] for c in CURRENT_COLUMNS], *page_keys)
-            .select_from(page_ids.join(current, current.c.rid == page_ids.c.rid))
+            select(*_CURRENT, *page_keys)
+            .select_from(page_ids.join(_current, _current.c.rid == page_ids.c.rid))
             .order_by(*sorting.order_by(page_keys, keys, page_ids.c.rid, reverse=before))
         )
         rows = session.conn.execute(query.execution_options(**{BINARY_RESULTS: True})).all()

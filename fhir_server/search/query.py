@@ -23,6 +23,7 @@ from fhir_server.errors import FhirError
 from fhir_server.search import composite, hashing, ucum
 from fhir_server.search.contained import ContainedView
 from fhir_server.search.index import canonical_sp, contained_sp, normalize_string, text_sp
+from fhir_server.search.index_match import IndexMatch
 from fhir_server.storage.schema import (
     idx_date,
     idx_number,
@@ -96,7 +97,7 @@ def _prefix(value: str) -> tuple[str, str]:
 
 def _exists(res: Any, table: Any, *conds: ColumnElement[bool]) -> ColumnElement[bool]:
     """Some row of ``table`` for the resource ``res`` meets ``conds``."""
-    pred = exists(select(1).select_from(table).where(table.c.rid == res.c.rid, *conds).correlate(res))
+    pred = IndexMatch(res, table, conds)
     pred.index_lookup = (table, conds)  # type: ignore[attr-defined]  # see index_lookup()
     return pred
 

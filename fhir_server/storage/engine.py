@@ -86,5 +86,24 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
+#: rows SQLite's ANALYZE samples per index: seconds on a million resources, and enough for the
+#: planner to see that an index-table lookup is selective (search/index_match.py)
+SQLITE_ANALYSIS_LIMIT = 1000
+
+
+def refresh_statistics(engine: Engine) -> None:
+    """Give SQLite's query planner table statistics (PostgreSQL's autovacuum keeps its own).
+
+    Why: without ``sqlite_stat1`` SQLite guesses that every index is as selective as any other
+    and starts a search from all resources of the type instead of from the few index rows that
+    match (0.01 ms with statistics, 13 ms without, on 26,000 Observations).
+    """
+    if engine.dialect.name != "sqlite":
+        return
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"PRAGMA analysis_limit={SQLITE_ANALYSIS_LIMIT}")
+        conn.exec_driver_sql("ANALYZE")
+
+
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
