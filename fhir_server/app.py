@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
+from fhir_server import packaged
 from fhir_server.config import Settings
 from fhir_server.context import RequestContext
 from fhir_server.search.custom import CustomSearchParameters
@@ -45,6 +46,8 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
     search_params = CustomSearchParameters(engine, registry, settings.search_param_refresh)
     search_params.refresh(force=True)  # the stored active SearchParameters, before any write is indexed
     repo.write_hooks["SearchParameter"] = search_params.on_write
+    if migrate:
+        packaged.install(repo)  # our profiles and terminology, stored (packaged.py)
     jobs = JobRunner(
         repo,
         search_params.maybe_refresh,

@@ -106,12 +106,12 @@ def _refresh_statistics_hourly(engine: Any) -> None:
 
 
 def serve(settings: Settings) -> None:
-    """Migrate an empty database, bind, then serve in this process or in N forked workers."""
-    from fhir_server.storage.engine import make_engine, refresh_statistics
-    from fhir_server.storage.migrate import ensure_schema
+    """Migrate the database and install packaged content, bind, then serve in this process or in N forked workers."""
+    from fhir_server.app import build_services
+    from fhir_server.storage.engine import refresh_statistics
 
-    engine = make_engine(settings.resolved_database_url)
-    ensure_schema(engine)
+    # the schema and the packaged conformance resources, once, before workers start
+    engine = build_services(settings).repo.engine
     refresh_statistics(engine)
     engine.dispose()
     _preload()
