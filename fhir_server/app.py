@@ -24,6 +24,7 @@ from fhir_server.search.reindex import JobRunner
 from fhir_server.storage.engine import make_engine
 from fhir_server.storage.migrate import ensure_schema
 from fhir_server.storage.repository import Repository
+from fhir_server.validation.conformance import complete_snapshot, enforce_declared_profiles
 
 
 @dataclass
@@ -46,6 +47,9 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
     search_params = CustomSearchParameters(engine, registry, settings.search_param_refresh)
     search_params.refresh(force=True)  # the stored active SearchParameters, before any write is indexed
     repo.write_hooks["SearchParameter"] = search_params.on_write
+    search = SearchEngine(registry)
+    repo.write_hooks["StructureDefinition"] = complete_snapshot(search)
+    repo.write_checks.append(enforce_declared_profiles(search))
     if migrate:
         packaged.install(repo)  # our profiles and terminology, stored (packaged.py)
     jobs = JobRunner(
@@ -56,7 +60,7 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
         settle=settings.search_param_refresh,
         poll_interval=settings.job_poll_interval,
     )
-    return Services(settings, repo, SearchEngine(registry), search_params, jobs)
+    return Services(settings, repo, search, search_params, jobs)
 
 
 def base_url(settings: Settings) -> str:

@@ -26,6 +26,7 @@ from fhir_server.rest.interactions import (
     vread,
 )
 from fhir_server.rest.messages import FhirRequest, FhirResponse
+from fhir_server.rest.operations import validate
 
 Handler = Callable[[FhirRequest, RequestContext], FhirResponse]
 
@@ -67,6 +68,9 @@ ROUTES: tuple[Route, ...] = (
     Route("$reindex", "type", "POST", ("{type}", "$reindex"), reindex.start),
     Route("$reindex", "system", "GET", ("$reindex", "{id}"), reindex.status),  # async status URL
     Route("$reindex", "system", "DELETE", ("$reindex", "{id}"), reindex.cancel),
+    Route("$validate", "type", "POST", ("{type}", "$validate"), validate.handle),
+    Route("$validate", "instance", "POST", ("{type}", "{id}", "$validate"), validate.handle),
+    Route("$validate", "instance", "GET", ("{type}", "{id}", "$validate"), validate.handle),
 )
 
 

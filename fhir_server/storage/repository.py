@@ -222,6 +222,8 @@ class Session:
         hook = self.repo.write_hooks.get(res_type)
         if hook is not None:
             hook(self, res_id, resource, current)
+        for check in self.repo.write_checks:
+            check(self, res_id, resource, current)
 
     def update(self, current: StoredVersion, resource: dict[str, Any], method: str = "PUT") -> StoredVersion:
         """Replace ``current`` (the version the caller read) with a new version."""
@@ -358,6 +360,8 @@ class Repository:
         self._rid_block: list[int] = []
         #: resource type -> hook run by every create, update and delete of that type
         self.write_hooks: dict[str, WriteHook] = {}
+        #: run before every write of any type, after its type's hook (e.g. declared profiles)
+        self.write_checks: list[WriteHook] = []
 
     @contextmanager
     def session(self, write: bool = False) -> Iterator[Session]:

@@ -18,7 +18,10 @@ from fhir_server.util.clock import instant, now_us
 
 FORMATS = ["application/fhir+json", "application/fhir+xml", "json", "xml"]
 #: Canonical URLs of the server's own operations (no OperationDefinition is published for them).
-OPERATIONS = {"reindex": "urn:telefhir:OperationDefinition:reindex"}
+OPERATIONS = {
+    "reindex": "urn:telefhir:OperationDefinition:reindex",
+    "validate": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+}
 PATCH_FORMATS = ["application/json-patch+json", "application/fhir+json", "application/fhir+xml"]
 
 
@@ -27,8 +30,17 @@ def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
     return FhirResponse(200, resource=_statement(ctx.base_url, registry, registry.version))
 
 
-def _operations(routes: Any, levels: tuple[str, ...]) -> list[dict[str, str]]:
-    names = sorted({r.interaction[1:] for r in routes if r.interaction.startswith("$") and r.level in levels})
+def _operations(routes: Any, levels: tuple[str, ...], res_type: str | None = None) -> list[dict[str, str]]:
+    """The operations routed at ``levels``; for a type, those of every type and its own."""
+    names = sorted(
+        {
+            r.interaction[1:]
+            for r in routes
+            if r.interaction.startswith("$")
+            and r.level in levels
+            and (res_type is None or r.pattern[0] in ("{type}", res_type))
+        }
+    )
     return [{"name": name, "definition": OPERATIONS[name]} for name in names]
 
 
@@ -50,7 +62,6 @@ def _statement(base_url: str, registry: Any, _version: int) -> dict[str, Any]:
     if "transaction" in system_codes:
         system_codes.add("batch")  # one route (POST [base]) serves both Bundle types
     system_interactions = [{"code": code} for code in sorted(system_codes)]
-    type_operations = _operations(ROUTES, ("type", "instance"))
     includes, revincludes = _includes(registry)
     resources = []
     for res_type in sorted(get_model().resource_types):
@@ -75,7 +86,7 @@ def _statement(base_url: str, registry: Any, _version: int) -> dict[str, Any]:
                 ],
                 "searchInclude": ["*", *includes.get(res_type, [])],
                 "searchRevInclude": revincludes.get(res_type, []),
-                "operation": type_operations,
+                "operation": _operations(ROUTES, ("type", "instance"), res_type),
             }
         )
         resources[-1] = _without_empty(resources[-1])
