@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_server.errors import Issue
@@ -34,32 +33,30 @@ MAX_DEPTH = 24
 _FHIRPATH_STRING = "http://hl7.org/fhirpath/System.String"
 
 
-@dataclass
 class Node:
-    """One element of the snapshot with its children and, if sliced, its slices."""
+    """One element of the snapshot with its children and, if sliced, its slices; what validation
+    asks of the ElementDefinition is read once here (a tree serves many requests)."""
 
-    element: dict[str, Any]
-    name: str
-    children: list[Node] = field(default_factory=list)
-    slices: list[Node] = field(default_factory=list)
+    __slots__ = ("element", "name", "children", "slices", "types", "min", "max", "repeats", "fixed", "binding", "rules")
 
-    @property
-    def types(self) -> list[dict[str, Any]]:
-        return self.element.get("type") or []
-
-    @property
-    def min(self) -> int:
-        return int(self.element.get("min", 0))
-
-    @property
-    def max(self) -> float:
-        value = self.element.get("max", "*")
-        return float("inf") if value == "*" else float(value)
-
-    @property
-    def repeats(self) -> bool:
-        base_max = (self.element.get("base") or {}).get("max", self.element.get("max", "*"))
-        return base_max != "1" and base_max != "0"
+    def __init__(self, element: dict[str, Any], name: str) -> None:
+        self.element = element
+        self.name = name
+        self.children: list[Node] = []
+        self.slices: list[Node] = []
+        self.types: list[dict[str, Any]] = element.get("type") or []
+        self.min = int(element.get("min", 0))
+        self.max = float("inf") if element.get("max", "*") == "*" else float(element["max"])
+        base_max = (element.get("base") or {}).get("max", element.get("max", "*"))
+        self.repeats = base_max not in ("1", "0")
+        self.fixed = _fixed_or_pattern(element)
+        binding = element.get("binding") or {}
+        strong = binding.get("valueSet") and binding.get("strength") in ("required", "extensible")
+        self.binding: dict[str, Any] | None = binding if strong else None
+        #: the invariants to evaluate here (structural.py covers the skipped ones)
+        self.rules = [
+            c for c in element.get("constraint", []) if c.get("expression") and c.get("key") not in _SKIPPED_CONSTRAINTS
+        ]
 
     def child(self, name: str) -> Node | None:
         return next((c for c in self.children if c.name == name), None)
@@ -220,15 +217,14 @@ class _Run:
 
     def item(self, node: Node, value: Any, type_code: str, at: str, depth: int) -> None:
         element = node.element
-        fixed = _fixed_or_pattern(element)
+        fixed = node.fixed
         if fixed is not None and value is not None:
             kind, expected = fixed
             ok = value == expected if kind == "fixed" else _matches_pattern(value, expected)
             if not ok:
                 self.error(at, f"Value does not match the {kind} value {expected!r} of {element['path']}", "value")
-        binding = element.get("binding") or {}
-        if binding.get("valueSet") and binding.get("strength") in ("required", "extensible") and value is not None:
-            self.binding(binding, value, type_code, at)
+        if node.binding is not None and value is not None:
+            self.binding(node.binding, value, type_code, at)
         if value is None or _is_primitive(type_code):
             if node.children and isinstance(value, dict):
                 self.node(node, value, at, depth + 1)
@@ -266,9 +262,7 @@ class _Run:
 
     # -- checks -------------------------------------------------------------------------------
     def constraints(self, node: Node, obj: Any, where: str) -> None:
-        for c in node.element.get("constraint", []):
-            if c.get("key") in _SKIPPED_CONSTRAINTS or not c.get("expression"):
-                continue
+        for c in node.rules:
             try:
                 ok = fhirpath.holds(c["expression"], obj, node.element["path"], self.resource, self.root)
             except fhirpath.FhirPathError as exc:
