@@ -24,7 +24,8 @@ from fhir_server.search.reindex import JobRunner
 from fhir_server.storage.engine import make_engine
 from fhir_server.storage.migrate import ensure_schema
 from fhir_server.storage.repository import Repository
-from fhir_server.validation.conformance import complete_snapshot, enforce_declared_profiles
+from fhir_server.validation.conformance import complete_snapshot, enforce_profiles
+from fhir_server.validation.rules import ProfileRules, guide_write_hook
 
 
 @dataclass
@@ -49,7 +50,9 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
     repo.write_hooks["SearchParameter"] = search_params.on_write
     search = SearchEngine(registry)
     repo.write_hooks["StructureDefinition"] = complete_snapshot(search)
-    repo.write_checks.append(enforce_declared_profiles(search))
+    rules = ProfileRules(search, ttl=settings.search_param_refresh)
+    repo.write_hooks["ImplementationGuide"] = guide_write_hook(rules)
+    repo.write_checks.append(enforce_profiles(search, rules))
     if migrate:
         packaged.install(repo)  # our profiles and terminology, stored (packaged.py)
     jobs = JobRunner(

@@ -14,8 +14,10 @@ from typing import Any
 from fhir_server.errors import FhirError, Issue
 from fhir_server.storage.repository import Session
 from fhir_server.terminology import codes_in_valueset
+from fhir_server.validation import fhirpath
 from fhir_server.validation.definitions import base_definition, is_core_url
 from fhir_server.validation.profiles import Node, Validator
+from fhir_server.validation.rules import ProfileRules
 from fhir_server.validation.snapshot import SnapshotError, generate, with_snapshot
 
 CORE_VALUESETS = "http://hl7.org/fhir/ValueSet/"
@@ -109,17 +111,19 @@ def _unique(issues: list[Issue]) -> list[Issue]:
     return out
 
 
-def enforce_declared_profiles(search: Any) -> Any:
-    """A repository write check: a resource that claims profiles in ``meta.profile`` must meet
-    them (422 with every issue, nothing stored). Resources that claim none cost a dict lookup."""
+def enforce_profiles(search: Any, rules: ProfileRules) -> Any:
+    """A repository write check: a resource must meet the profiles it claims in ``meta.profile``
+    and those rules require of it (validation/rules.py); 422 with every issue, nothing stored.
+    A resource that claims none and that no rule covers costs a dict lookup."""
 
     def check(session: Session, _res_id: str, resource: dict[str, Any] | None, _current: Any) -> None:
         if resource is None:
             return
         claimed = declared_profiles(resource)[1:]
-        if not claimed:
+        required = [p for p in rules.required(session, resource) if p not in claimed]
+        if not claimed and not required:
             return
-        raise_for_errors(ProfileValidation(session, search).validate(resource, claimed))
+        raise_for_errors(ProfileValidation(session, search).validate(resource, claimed + required))
 
     return check
 
@@ -134,10 +138,14 @@ def raise_for_errors(issues: list[Issue]) -> None:
 def complete_snapshot(search: Any) -> Any:
     """A StructureDefinition write hook: a profile stored with a differential and no snapshot
     gets its snapshot generated (so it is usable at once, and readers see what is enforced);
-    one whose differential cannot be applied to its base is a 422."""
+    one whose differential cannot be applied to its base, or whose invariants do not parse, is
+    a 422."""
 
     def hook(session: Session, _res_id: str, resource: dict[str, Any] | None, _current: Any) -> None:
-        if resource is None or "snapshot" in resource or not (resource.get("differential") or {}).get("element"):
+        if resource is None:
+            return
+        _check_invariants(resource)
+        if "snapshot" in resource or not (resource.get("differential") or {}).get("element"):
             return
         if resource.get("derivation", "constraint") != "constraint":
             return
@@ -147,3 +155,17 @@ def complete_snapshot(search: Any) -> Any:
             raise FhirError("invalid", f"StructureDefinition {resource.get('url')}: {exc}") from None
 
     return hook
+
+
+def _check_invariants(sd: dict[str, Any]) -> None:
+    for part in ("differential", "snapshot"):
+        for i, element in enumerate((sd.get(part) or {}).get("element", [])):
+            for c in element.get("constraint", []):
+                try:
+                    if c.get("expression"):
+                        fhirpath.compiled(c["expression"])
+                except fhirpath.FhirPathError as exc:
+                    where = f"StructureDefinition.{part}.element[{i}]"
+                    raise FhirError(
+                        "invalid", f"{element.get('id', element.get('path'))}: invariant {c.get('key')}: {exc}", where
+                    ) from None

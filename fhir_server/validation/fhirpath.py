@@ -16,8 +16,12 @@ from collections.abc import Callable
 from typing import Any
 
 import fhirpathpy
+from antlr4 import CommonTokenStream, InputStream, Token
+from antlr4.error.ErrorListener import ErrorListener
 from fhirpathpy.engine.nodes import ResourceNode
 from fhirpathpy.models import models
+from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
+from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
 
 class FhirPathError(ValueError):
@@ -31,8 +35,30 @@ def _quiet(*_args: Any) -> None:
     """``trace()`` in an invariant (bdl-7 has one) prints by default."""
 
 
+class _Strict(ErrorListener):  # type: ignore[misc]
+    """fhirpathpy's parser recovers from syntax errors silently; an invariant must not."""
+
+    def syntaxError(self, _recognizer: Any, _symbol: Any, _line: int, column: int, msg: str, _e: Any) -> None:  # noqa: N802
+        raise FhirPathError(f"syntax error at character {column + 1}: {msg}")
+
+
+def check_syntax(expression: str) -> None:
+    lexer = FHIRPathLexer(InputStream(expression))
+    lexer.removeErrorListeners()
+    lexer.addErrorListener(_Strict())
+    tokens = CommonTokenStream(lexer)
+    parser = FHIRPathParser(tokens)
+    parser.removeErrorListeners()
+    parser.addErrorListener(_Strict())
+    parser.expression()
+    if tokens.LA(1) != Token.EOF:
+        raise FhirPathError(f"syntax error: unexpected {tokens.LT(1).text!r} after the expression")
+
+
 @functools.lru_cache(maxsize=4096)
-def _compiled(expression: str) -> Callable[..., Any]:
+def compiled(expression: str) -> Callable[..., Any]:
+    """The parsed expression (kept: parsing costs more than evaluating)."""
+    check_syntax(expression)
     try:
         return fhirpathpy.compile(expression, _MODEL, {"traceFn": _quiet})  # type: ignore[no-any-return]
     except Exception as exc:  # noqa: BLE001 - the parser raises several unrelated types
@@ -44,7 +70,7 @@ def evaluate(
 ) -> list[Any]:
     """The collection ``expression`` gives on ``focus`` (an element at ``base_path``) inside
     ``resource`` (``root``: its container, for a contained resource)."""
-    fn = _compiled(expression)
+    fn = compiled(expression)
     node = ResourceNode.create_node(focus, base_path) if isinstance(focus, dict) and "." in base_path else focus
     try:
         result = fn(node, {"resource": resource, "rootResource": root if root is not None else resource})

@@ -121,7 +121,69 @@ def test_a_differential_only_profile_gets_a_snapshot_and_is_enforced(client) -> 
     obs["subject"] = {"reference": "Patient/x"}
     assert _post(client, obs).status_code == 201
 
+    broken = json.loads(json.dumps(sd))
+    broken["url"] += "-broken"
+    broken["differential"]["element"][1]["constraint"] = [
+        {"key": "x-1", "severity": "error", "human": "never parses", "expression": "subject.exists( and"}
+    ]
+    resp = _post(client, broken)
+    assert resp.status_code == 422 and "x-1" in resp.get_json()["issue"][0]["diagnostics"]
+
     sd["url"] += "-loose"
     sd["differential"]["element"][1] = {"id": "Observation.status", "path": "Observation.status", "min": 0}
     resp = _post(client, sd)
     assert resp.status_code == 422 and "below the base" in resp.get_json()["issue"][0]["diagnostics"]
+
+
+def test_implementation_guide_globals_require_profiles_of_matching_resources(client) -> None:  # type: ignore[no-untyped-def]
+    tag = uuid.uuid4().hex[:8]
+    profile = {
+        "resourceType": "StructureDefinition",
+        "url": f"http://example.org/StructureDefinition/rule-{tag}",
+        "name": "RuleObs",
+        "status": "active",
+        "kind": "resource",
+        "abstract": False,
+        "type": "Observation",
+        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Observation",
+        "derivation": "constraint",
+        "differential": {"element": [{"id": "Observation.subject", "path": "Observation.subject", "min": 1}]},
+    }
+    assert _post(client, profile).status_code == 201
+    criteria = {"url": "http://fhir.telefhir.cn/StructureDefinition/global-criteria"}
+    guide = {
+        "resourceType": "ImplementationGuide",
+        "url": f"http://example.org/ImplementationGuide/{tag}",
+        "name": "RuleGuide",
+        "status": "active",
+        "packageId": f"example.rules.{tag}",
+        "fhirVersion": ["4.0.1"],
+        "global": [
+            {
+                "extension": [{**criteria, "valueString": f"code.text = 'rule {tag}'"}],
+                "type": "Observation",
+                "profile": profile["url"],
+            }
+        ],
+    }
+    broken = json.loads(json.dumps(guide))
+    broken["global"][0]["extension"][0]["valueString"] = "code.text = ("
+    assert _post(client, broken).status_code == 422
+    created = _post(client, guide)
+    assert created.status_code == 201, created.get_json()
+
+    covered = {"resourceType": "Observation", "status": "final", "code": {"text": f"rule {tag}"}}
+    resp = _post(client, covered)
+    assert resp.status_code == 422 and "Observation.subject" in json.dumps(resp.get_json())
+    assert _post(client, {**covered, "subject": {"reference": "Patient/x"}}).status_code == 201
+    assert _post(client, {**covered, "code": {"text": "another code"}}).status_code == 201
+
+    guide["status"] = "retired"
+    location = created.headers["Location"].split("/_history")[0]
+    assert (
+        client.put(
+            location, data=json.dumps({**guide, "id": location.rsplit("/", 1)[1]}), content_type=JSON
+        ).status_code
+        == 200
+    )
+    assert _post(client, covered).status_code == 201  # the rule is gone with its guide
