@@ -87,8 +87,15 @@ class ProfileValidation:
     def validate(self, resource: dict[str, Any], profiles: list[str] | None = None) -> list[Issue]:
         """Issues against ``profiles`` (default: the base definition and every ``meta.profile``)."""
         urls = list(profiles) if profiles else declared_profiles(resource)
+        claimed = set(declared_profiles(resource)[1:])
         issues: list[Issue] = []
         for url in urls:
+            if url in claimed and self.resolve(url) is None:
+                # Profiles are claims a server may not know (Synthea's US Core ones): not checked,
+                # and no reason to refuse the resource (http://hl7.org/fhir/R4/profiling.html#profile-uses).
+                where = f"{resource.get('resourceType')}.meta.profile"
+                issues.append(Issue("warning", "not-found", f"Profile {url} is not known here; not checked", [where]))
+                continue
             issues += self.validator.validate(resource, url)
         return _unique(issues)
 
