@@ -24,7 +24,7 @@ from fhir_server.search.reindex import JobRunner
 from fhir_server.storage.engine import make_engine
 from fhir_server.storage.migrate import ensure_schema
 from fhir_server.storage.repository import Repository
-from fhir_server.validation.conformance import complete_snapshot, enforce_profiles
+from fhir_server.validation.conformance import ProfileStore, complete_snapshot, enforce_profiles
 from fhir_server.validation.rules import ProfileRules, guide_write_hook
 
 
@@ -37,6 +37,8 @@ class Services:
     search_params: CustomSearchParameters
     #: background jobs: ``$reindex`` (search/reindex.py)
     jobs: JobRunner
+    #: StructureDefinitions by url and compiled profiles, shared by this worker's requests
+    profiles: ProfileStore
 
 
 def build_services(settings: Settings, migrate: bool = True) -> Services:
@@ -49,10 +51,11 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
     search_params.refresh(force=True)  # the stored active SearchParameters, before any write is indexed
     repo.write_hooks["SearchParameter"] = search_params.on_write
     search = SearchEngine(registry)
-    repo.write_hooks["StructureDefinition"] = complete_snapshot(search)
+    profiles = ProfileStore(search, ttl=settings.search_param_refresh)
+    repo.write_hooks["StructureDefinition"] = complete_snapshot(profiles)
     rules = ProfileRules(search, ttl=settings.search_param_refresh)
     repo.write_hooks["ImplementationGuide"] = guide_write_hook(rules)
-    repo.write_checks.append(enforce_profiles(search, rules))
+    repo.write_checks.append(enforce_profiles(profiles, rules))
     if migrate:
         packaged.install(repo)  # our profiles and terminology, stored (packaged.py)
     jobs = JobRunner(
@@ -63,7 +66,7 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
         settle=settings.search_param_refresh,
         poll_interval=settings.job_poll_interval,
     )
-    return Services(settings, repo, search, search_params, jobs)
+    return Services(settings, repo, search, search_params, jobs, profiles)
 
 
 def base_url(settings: Settings) -> str:
@@ -83,7 +86,9 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
 
     def make_context() -> RequestContext:
         services.search_params.maybe_refresh()  # a time check; a query at most once per interval
-        return RequestContext(services.repo, settings, services.search, base_url(settings), jobs=services.jobs)
+        return RequestContext(
+            services.repo, settings, services.search, base_url(settings), jobs=services.jobs, profiles=services.profiles
+        )
 
     adapter.register(app, make_context, settings.bundle_slots)
 

@@ -19,6 +19,7 @@ from fhir_server.storage.repository import Repository, Session
 if TYPE_CHECKING:
     from fhir_server.search.engine import SearchEngine
     from fhir_server.search.reindex import JobRunner
+    from fhir_server.validation.conformance import ProfileStore
 
 
 @dataclass
@@ -31,6 +32,8 @@ class RequestContext:
     active_session: Session | None = None
     #: background jobs (``$reindex``) of this process; None where jobs cannot be started
     jobs: JobRunner | None = None
+    #: the worker's StructureDefinitions and compiled profiles (validation/conformance.py)
+    profiles: ProfileStore | None = None
 
     @contextmanager
     def session(self, write: bool = False) -> Iterator[Session]:
@@ -45,4 +48,4 @@ class RequestContext:
         return f"{self.base_url}/{relative}"
 
     def child(self, session: Session) -> RequestContext:
-        return RequestContext(self.repo, self.settings, self.search, self.base_url, session, self.jobs)
+        return RequestContext(self.repo, self.settings, self.search, self.base_url, session, self.jobs, self.profiles)

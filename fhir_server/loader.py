@@ -89,7 +89,8 @@ class Loader:
         self.base = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
 
     def _ctx(self) -> RequestContext:
-        return RequestContext(self.services.repo, self.settings, self.services.search, self.base)
+        services = self.services
+        return RequestContext(services.repo, self.settings, services.search, self.base, profiles=services.profiles)
 
     def load_files(self, paths: list[pathlib.Path]) -> Report:
         report = Report()

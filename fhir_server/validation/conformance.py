@@ -9,6 +9,7 @@ the base's required bindings on every write; any other unknown value set is a wa
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fhir_server.errors import FhirError, Issue
@@ -23,51 +24,100 @@ from fhir_server.validation.snapshot import SnapshotError, generate, with_snapsh
 CORE_VALUESETS = "http://hl7.org/fhir/ValueSet/"
 
 
-class _Trees(dict[str, Node]):
-    """Compiled trees: the core definitions' kept for the process (they never change), stored
-    profiles' for one request (a new version must be seen at once)."""
+class ProfileStore:
+    """StructureDefinitions by url and their compiled trees, shared by a worker's requests.
 
-    core: dict[str, Node] = {}
+    Why: every write that claims a profile looks its profiles up, and Synthea claims US Core
+    profiles on every resource: one query per resource and claim was a third of ingest. A
+    lookup (found or not) is reused for ``ttl`` seconds and dropped at once when this worker
+    stores a StructureDefinition (``invalidate``), so another worker's new profile is seen
+    within ``ttl``. Core definitions never change; their trees are kept for the process.
+    """
+
+    def __init__(self, search: Any, ttl: float = 1.0, max_entries: int = 2000) -> None:
+        self.search = search
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._found: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        #: url -> (the definition it was compiled from, tree)
+        self._trees: dict[str, tuple[dict[str, Any], Node]] = {}
+
+    def invalidate(self) -> None:
+        self._found = {}
+        self._trees = {}
+
+    def fresh(self, url: str) -> tuple[bool, dict[str, Any] | None]:
+        hit = self._found.get(url)
+        if hit is None or time.monotonic() - hit[0] >= self.ttl:
+            return False, None
+        return True, hit[1]
+
+    def definition(self, session: Session, url: str, resolve: Any) -> dict[str, Any] | None:
+        known, sd = self.fresh(url)
+        if known:
+            return sd
+        sd = self._lookup(session, url, resolve)
+        if len(self._found) >= self.max_entries:
+            self.invalidate()
+        self._found[url] = (time.monotonic(), sd)
+        return sd
+
+    def _lookup(self, session: Session, url: str, resolve: Any) -> dict[str, Any] | None:
+        canonical, _, version = url.partition("|")
+        if is_core_url(canonical) and not version:
+            core = base_definition(canonical)
+            if core is not None:
+                return core
+        params = [("url", canonical)] + ([("version", version)] if version else [])
+        found = self.search.match(session, "StructureDefinition", params, limit=50)
+        if not found:
+            return base_definition(canonical) if is_core_url(canonical) else None
+        newest = max(found, key=lambda v: v.updated_us).resource()
+        if "snapshot" not in newest and "differential" in newest:
+            try:
+                newest = with_snapshot(newest, resolve)
+            except SnapshotError:
+                return None
+        return newest
+
+    def trees(self) -> _Trees:
+        return _Trees(self)
+
+
+class _Trees(dict[str, Node]):
+    """The Validator's tree cache backed by the store: a tree is reused while the definition it
+    was compiled from is still the one the store holds."""
+
+    def __init__(self, store: ProfileStore) -> None:
+        super().__init__()
+        self.store = store
 
     def get(self, url: str, default: Any = None) -> Any:
-        return self.core.get(url) or super().get(url, default)
+        entry = self.store._trees.get(url)
+        if entry is None:
+            return default
+        known, sd = self.store.fresh(url)
+        return entry[1] if known and sd is entry[0] else default
 
     def __setitem__(self, url: str, tree: Node) -> None:
-        if is_core_url(url):
-            self.core[url] = tree
-        else:
-            super().__setitem__(url, tree)
+        known, sd = self.store.fresh(url)
+        if known and sd is not None:
+            self.store._trees[url] = (sd, tree)
 
 
 class ProfileValidation:
-    """One request's view: profiles and value sets read once each."""
+    """One request's view: profiles (through the worker's ProfileStore) and value sets."""
 
-    def __init__(self, session: Session, search: Any) -> None:
+    def __init__(self, session: Session, store: ProfileStore) -> None:
         self.session = session
-        self.search = search
-        self._sds: dict[str, dict[str, Any] | None] = {}
+        self.store = store
+        self.search = store.search
         self._valuesets: dict[str, frozenset[tuple[str | None, str]] | None] = {}
-        self.validator = Validator(self.resolve, self.check_code, _Trees())
+        self.validator = Validator(self.resolve, self.check_code, store.trees())
 
     # -- StructureDefinitions -----------------------------------------------------------------
     def resolve(self, url: str) -> dict[str, Any] | None:
-        if url not in self._sds:
-            self._sds[url] = self._find(url)
-        return self._sds[url]
-
-    def _find(self, url: str) -> dict[str, Any] | None:
-        canonical, _, version = url.partition("|")
-        params = [("url", canonical)] + ([("version", version)] if version else [])
-        found = self.search.match(self.session, "StructureDefinition", params, limit=50)
-        if found:
-            newest = max(found, key=lambda v: v.updated_us).resource()
-            if "snapshot" not in newest and "differential" in newest:
-                try:
-                    newest = with_snapshot(newest, self.resolve)
-                except SnapshotError:
-                    return None
-            return newest
-        return base_definition(canonical) if is_core_url(canonical) else None
+        return self.store.definition(self.session, url, self.resolve)
 
     # -- value sets ---------------------------------------------------------------------------
     def check_code(self, url: str, system: str | None, code: str) -> bool | None:
@@ -118,7 +168,7 @@ def _unique(issues: list[Issue]) -> list[Issue]:
     return out
 
 
-def enforce_profiles(search: Any, rules: ProfileRules) -> Any:
+def enforce_profiles(store: ProfileStore, rules: ProfileRules) -> Any:
     """A repository write check: a resource must meet the profiles it claims in ``meta.profile``
     and those rules require of it (validation/rules.py); 422 with every issue, nothing stored.
     A resource that claims none and that no rule covers costs a dict lookup."""
@@ -130,7 +180,7 @@ def enforce_profiles(search: Any, rules: ProfileRules) -> Any:
         required = [p for p in rules.required(session, resource) if p not in claimed]
         if not claimed and not required:
             return
-        raise_for_errors(ProfileValidation(session, search).validate(resource, claimed + required))
+        raise_for_errors(ProfileValidation(session, store).validate(resource, claimed + required))
 
     return check
 
@@ -142,13 +192,15 @@ def raise_for_errors(issues: list[Issue]) -> None:
         raise FhirError("invalid", f"{errors[0].diagnostics}{more}", issues=issues)
 
 
-def complete_snapshot(search: Any) -> Any:
+def complete_snapshot(store: ProfileStore) -> Any:
     """A StructureDefinition write hook: a profile stored with a differential and no snapshot
     gets its snapshot generated (so it is usable at once, and readers see what is enforced);
     one whose differential cannot be applied to its base, or whose invariants do not parse, is
     a 422."""
 
     def hook(session: Session, _res_id: str, resource: dict[str, Any] | None, _current: Any) -> None:
+        store.invalidate()  # later writes of this transaction look again (and see this one)
+        session.after_commit.append(store.invalidate)  # this worker sees the change at once
         if resource is None:
             return
         _check_invariants(resource)
@@ -157,7 +209,7 @@ def complete_snapshot(search: Any) -> Any:
         if resource.get("derivation", "constraint") != "constraint":
             return
         try:
-            resource["snapshot"] = {"element": generate(resource, ProfileValidation(session, search).resolve)}
+            resource["snapshot"] = {"element": generate(resource, ProfileValidation(session, store).resolve)}
         except SnapshotError as exc:
             raise FhirError("invalid", f"StructureDefinition {resource.get('url')}: {exc}") from None
 

@@ -18,7 +18,7 @@ from fhir_server.context import RequestContext
 from fhir_server.errors import FhirError, Issue, operation_outcome
 from fhir_server.rest.interactions.common import require_type
 from fhir_server.rest.messages import FhirRequest, FhirResponse
-from fhir_server.validation.conformance import ProfileValidation
+from fhir_server.validation.conformance import ProfileStore, ProfileValidation
 from fhir_server.validation.structural import validate as structural
 
 MODES = ("create", "update", "delete", "profile")
@@ -41,7 +41,7 @@ def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
             raise FhirError("bad-request", f"The resource is a {resource.get('resourceType')}, not a {res_type}")
         if mode == "update" and req.res_id and resource.get("id") != req.res_id:
             raise FhirError("bad-request", f"mode=update: the resource's id must be {req.res_id!r}")
-        checks = ProfileValidation(session, ctx.search)
+        checks = ProfileValidation(session, ctx.profiles or ProfileStore(ctx.search))
         if profile and checks.resolve(profile) is None:
             raise FhirError("not-found", f"Profile {profile} is not known to this server")
         issues = structural(resource, res_type)
