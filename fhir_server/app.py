@@ -24,6 +24,7 @@ from fhir_server.search.reindex import JobRunner
 from fhir_server.storage.engine import make_engine
 from fhir_server.storage.migrate import ensure_schema
 from fhir_server.storage.repository import Repository
+from fhir_server.terminology import table as terminology_rows
 from fhir_server.validation.conformance import ProfileStore, complete_snapshot, enforce_profiles
 from fhir_server.validation.rules import ProfileRules, guide_write_hook
 
@@ -51,9 +52,10 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
     search_params.refresh(force=True)  # the stored active SearchParameters, before any write is indexed
     repo.write_hooks["SearchParameter"] = search_params.on_write
     search = SearchEngine(registry)
-    profiles = ProfileStore(search, ttl=settings.search_param_refresh)
+    profiles = ProfileStore(search, repo, ttl=settings.search_param_refresh)
     repo.write_hooks["StructureDefinition"] = complete_snapshot(profiles)
-    rules = ProfileRules(search, ttl=settings.search_param_refresh)
+    terminology_rows.install(repo)  # CodeSystem concept rows, in each write's transaction (terminology/table.py)
+    rules = ProfileRules(search, repo, ttl=settings.search_param_refresh)
     repo.write_hooks["ImplementationGuide"] = guide_write_hook(rules)
     repo.write_checks.append(enforce_profiles(profiles, rules))
     if migrate:

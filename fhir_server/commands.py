@@ -193,3 +193,56 @@ def load(database_url: str, data_dir: str, batch_size: int, progress: bool, file
     click.echo(report.summary())
     if report.rejected and not report.loaded:
         sys.exit(1)
+
+
+@cli.group()
+def terminology() -> None:
+    """Terminology: external code systems."""
+
+
+@terminology.command("import")
+@_database_option
+@_data_dir_option
+@click.option(
+    "--format",
+    "fmt",
+    required=True,
+    type=click.Choice(["loinc", "icd10-claml", "csv"]),
+    help="loinc: Loinc.csv; icd10-claml: WHO ICD-10 ClaML XML; csv: code,display,parent[,definition]",
+)
+@click.option("--url", default=None, help="Canonical url of the code system (required for csv)")
+@click.option("--version", "cs_version", default=None, help="Version of the code system (e.g. the LOINC release)")
+@click.option("--id", "res_id", default=None, help="Resource id (default: loinc, icd-10, or the url's last segment)")
+@click.option("--name", default=None, help="CodeSystem.name")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+def terminology_import(
+    database_url: str,
+    data_dir: str,
+    fmt: str,
+    url: str | None,
+    cs_version: str | None,
+    res_id: str | None,
+    name: str | None,
+    file: str,
+) -> None:
+    """Store FILE as a CodeSystem (one transaction; importing again makes a new version)."""
+    import time
+
+    from fhir_server.app import build_services
+    from fhir_server.errors import FhirError
+    from fhir_server.terminology.importers import ImportOptions, build, store
+
+    services = build_services(_settings(database_url, data_dir))
+    started = time.perf_counter()
+    try:
+        resource = build(fmt, pathlib.Path(file), ImportOptions(url, cs_version, res_id, name))
+        stored = store(services.repo, resource)
+    except FhirError as err:
+        raise click.ClickException(err.diagnostics) from None
+    finally:
+        services.repo.engine.dispose()
+    label = f"{resource['url']}|{resource['version']}" if resource.get("version") else resource["url"]
+    click.echo(
+        f"CodeSystem/{stored.res_id} (version {stored.version}): {resource['count']} concepts of {label} "
+        f"stored in {time.perf_counter() - started:.1f} s"
+    )

@@ -22,7 +22,7 @@ from fhir_server.context import RequestContext
 from fhir_server.errors import FhirError
 from fhir_server.formats import json as fjson
 from fhir_server.rest.messages import FhirRequest, FhirResponse
-from fhir_server.rest.routes import dispatch
+from fhir_server.rest.routes import bind, resolve
 
 log = logging.getLogger("fhir_server.rest")
 
@@ -140,10 +140,12 @@ def register(app: Flask, make_context: Any, bundle_slots: int) -> None:
                 content_type=content_type,
             )
             with bundle_gate if http.method == "POST" and not path.strip("/") else nullcontext():
-                if http.method in ("POST", "PUT") and body:
+                route, variables = resolve(req.method, path)
+                # a raw_body route (e.g. $import-aecg) reads a non-FHIR document from req.body
+                if http.method in ("POST", "PUT") and body and not route.raw_body:
                     req.resource = parse_body(body, content_type)
                 ctx: RequestContext = make_context()
-                resp = dispatch(req, path, ctx)
+                resp = route.handler(bind(req, variables), ctx)
         except FhirError as err:
             resp = FhirResponse(err.status, resource=err.outcome(), headers=dict(err.headers))
         except DBAPIError as exc:

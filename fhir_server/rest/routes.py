@@ -26,7 +26,17 @@ from fhir_server.rest.interactions import (
     vread,
 )
 from fhir_server.rest.messages import FhirRequest, FhirResponse
-from fhir_server.rest.operations import validate
+from fhir_server.rest.operations import (
+    aecg_import,
+    assess_constitution,
+    expand,
+    lookup,
+    meridian_interpretation,
+    subsumes,
+    translate,
+    validate,
+    validate_code,
+)
 
 Handler = Callable[[FhirRequest, RequestContext], FhirResponse]
 
@@ -40,6 +50,9 @@ class Route:
     method: str
     pattern: tuple[str, ...]
     handler: Handler
+    #: the handler reads ``req.body`` itself (a non-FHIR document such as an aECG): the adapter
+    #: must not parse the body as a FHIR resource
+    raw_body: bool = False
 
 
 ROUTES: tuple[Route, ...] = (
@@ -71,6 +84,42 @@ ROUTES: tuple[Route, ...] = (
     Route("$validate", "type", "POST", ("{type}", "$validate"), validate.handle),
     Route("$validate", "instance", "POST", ("{type}", "{id}", "$validate"), validate.handle),
     Route("$validate", "instance", "GET", ("{type}", "{id}", "$validate"), validate.handle),
+    Route(
+        "$assess-constitution",
+        "type",
+        "POST",
+        ("QuestionnaireResponse", "$assess-constitution"),
+        assess_constitution.handle,
+    ),
+    Route(
+        "$assess-constitution",
+        "instance",
+        "POST",
+        ("QuestionnaireResponse", "{id}", "$assess-constitution"),
+        assess_constitution.handle,
+    ),
+    Route(
+        "$interpret-meridian", "type", "POST", ("Observation", "$interpret-meridian"), meridian_interpretation.handle
+    ),
+    Route("$import-aecg", "type", "POST", ("Observation", "$import-aecg"), aecg_import.handle, raw_body=True),
+    # terminology (IHE SVCM ITI-97..101): rest/operations/{lookup,expand,validate_code,subsumes,translate}.py
+    *(
+        Route(f"${name}", level, method, pattern, handler)
+        for name, level, pattern, handler in (
+            ("lookup", "type", ("CodeSystem", "$lookup"), lookup.handle),
+            ("validate-code", "type", ("CodeSystem", "$validate-code"), validate_code.codesystem),
+            ("validate-code", "instance", ("CodeSystem", "{id}", "$validate-code"), validate_code.codesystem),
+            ("subsumes", "type", ("CodeSystem", "$subsumes"), subsumes.handle),
+            ("subsumes", "instance", ("CodeSystem", "{id}", "$subsumes"), subsumes.handle),
+            ("expand", "type", ("ValueSet", "$expand"), expand.handle),
+            ("expand", "instance", ("ValueSet", "{id}", "$expand"), expand.handle),
+            ("validate-code", "type", ("ValueSet", "$validate-code"), validate_code.valueset),
+            ("validate-code", "instance", ("ValueSet", "{id}", "$validate-code"), validate_code.valueset),
+            ("translate", "type", ("ConceptMap", "$translate"), translate.handle),
+            ("translate", "instance", ("ConceptMap", "{id}", "$translate"), translate.handle),
+        )
+        for method in ("GET", "POST")
+    ),
 )
 
 

@@ -154,6 +154,9 @@ class Session:
     next_rid: int | None = None
     #: run once the transaction has committed (not on rollback), e.g. to reload search parameters
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    #: conformance resources written in this transaction by canonical url, for its later writes
+    #: (a profile a later entry of the same Bundle claims); lookups elsewhere see committed ones
+    conformance: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # -- reads ---------------------------------------------------------------------------
     def read_current(self, res_type: str, res_id: str) -> StoredVersion | None:

@@ -209,3 +209,46 @@ INDEX_TABLES: dict[str, Table] = {
 }
 #: bit of each index table in ``resources.idx_mask``
 INDEX_BITS: dict[str, int] = {name: 1 << i for i, name in enumerate(INDEX_TABLES)}
+
+# -- terminology: the concepts of stored CodeSystems, one set of rows per stored version ---------
+# Filled in the same transaction as the CodeSystem itself (terminology/table.py), so that
+# $lookup, $validate-code, $subsumes and $expand with a filter on a large CodeSystem (LOINC,
+# ICD-10) read a few indexed rows instead of parsing the whole resource in every worker.
+
+#: one row per stored CodeSystem version: what the operations need without reading its content
+terminology_systems = Table(
+    "terminology_systems",
+    metadata,
+    Column("cs_id", String(64), primary_key=True),  # the CodeSystem's resource id
+    Column("cs_version", Integer, primary_key=True, autoincrement=False),  # its meta.versionId
+    Column("url", Text, nullable=False),
+    Column("business_version", Text, nullable=True),  # CodeSystem.version
+    Column("header", Text, nullable=False),  # JSON: the resource without concept and text
+    Column("concepts", Integer, nullable=False),
+    Index("ix_terminology_systems_url", "url"),
+)
+
+terminology_concepts = Table(
+    "terminology_concepts",
+    metadata,
+    Column("cs_id", String(64), primary_key=True),
+    Column("cs_version", Integer, primary_key=True, autoincrement=False),
+    Column("code", Text, primary_key=True),
+    Column("seq", Integer, nullable=False),  # document order: expansions page in a stable order
+    Column("display", Text, nullable=True),
+    Column("norm", Text, nullable=False),  # code, display and designations, case- and accent-folded
+    Column("inactive", Boolean, nullable=False),
+    Column("detail", Text, nullable=False),  # JSON: the concept without its nested concepts
+    Index("ix_terminology_concepts_seq", "cs_id", "cs_version", "seq"),
+)
+
+#: the hierarchy (nested concepts and parent/child properties), one row per parent-child link
+terminology_edges = Table(
+    "terminology_edges",
+    metadata,
+    Column("cs_id", String(64), primary_key=True),
+    Column("cs_version", Integer, primary_key=True, autoincrement=False),
+    Column("parent", Text, primary_key=True),
+    Column("child", Text, primary_key=True),
+    Index("ix_terminology_edges_child", "cs_id", "cs_version", "child"),
+)

@@ -67,8 +67,8 @@ class TerminologyCaches:
 
     #: ValueSet reference → ``Expansion`` (codes and the stored versions they were computed from)
     expansions: LRU[Any] = field(default_factory=lambda: LRU(EXPANSIONS_KEPT))
-    #: (res_type, rid, version, updated_us) → (business version, parsed form): a ValueSet's JSON,
-    #: a CodeSystem's ``CodeSystemView``
+    #: (res_type, kind, rid, version, updated_us) → (business version, parsed form): a ValueSet's
+    #: JSON, a CodeSystem's ``CodeSystemView`` (kind "") or ``MemoryContent`` (kind "content")
     parsed: LRU[Any] = field(default_factory=lambda: LRU(PARSED_KEPT))
 
 

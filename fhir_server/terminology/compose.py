@@ -37,11 +37,21 @@ class ComposeSource(Protocol):
         ...
 
 
-def too_many(label: str, limit: int) -> FhirError:
-    return FhirError(
-        "invalid-param",
-        f"{label} has more than {limit} codes; this server does not search with value sets that large",
-    )
+class TooMany(FhirError):
+    """A value set or closure larger than the caller's limit (400 for a search; ``$expand``
+    answers it as too-costly)."""
+
+    def __init__(self, label: str, limit: int) -> None:
+        super().__init__(
+            "invalid-param",
+            f"{label} has more than {limit} codes; this server does not search with value sets that large",
+        )
+        self.label = label
+        self.limit = limit
+
+
+def too_many(label: str, limit: int) -> TooMany:
+    return TooMany(label, limit)
 
 
 def evaluate_compose(label: str, compose: dict[str, Any], source: ComposeSource, limit: int) -> frozenset[Pair]:

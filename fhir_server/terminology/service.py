@@ -18,15 +18,22 @@ from fhir_server.errors import FhirError
 from fhir_server.storage.repository import Session
 from fhir_server.terminology import canonical
 from fhir_server.terminology.cache import caches_for
-from fhir_server.terminology.codesystem import CodeSystemView, Direction
-from fhir_server.terminology.compose import Pair, evaluate_compose, too_many
+from fhir_server.terminology.codesystem import _SUBSUMPTION_MEANINGS, CodeSystemView, Direction
+from fhir_server.terminology.compose import Pair, TooMany, evaluate_compose, too_many
+from fhir_server.terminology.concepts import NO_CODES
 from fhir_server.terminology.expansion import expansion_codes, is_complete
+from fhir_server.terminology.locate import table_content
 from fhir_server.terminology.store import Fingerprint, Matcher, ProbeKey, RowId, Store, probe
+from fhir_server.terminology.table import TableContent
 
 #: the most codes a value set (or a subsumption closure) may have to be used in a search
 MAX_CODES = 10_000
 #: how deep ValueSet imports may nest (a guard besides the cycle check)
 MAX_IMPORT_DEPTH = 32
+#: the largest CodeSystem whose content is parsed into memory to evaluate a compose (a whole
+#: system, filters); larger ones (LOINC) are answered only from their rows: ``$lookup``,
+#: ``$validate-code``, ``$subsumes``, ``$expand`` of the whole system, ``:below``/``:above``
+MAX_PARSED_CONCEPTS = 25_000
 
 _default_matcher: Matcher | None = None
 
@@ -68,6 +75,10 @@ class _Evaluation:
     # -- ComposeSource --------------------------------------------------------------------
     def codesystem(self, system: str, version: str | None) -> CodeSystemView:
         ref = canonical.parse("CodeSystem", system, version)
+        table = table_content(self.session, ref)
+        if table is not None and table.info.count > MAX_PARSED_CONCEPTS:
+            # parsing LOINC-sized content costs a worker ~140 MB and over a second (table.py)
+            raise TooMany(f"CodeSystem {ref} ({table.info.count} concepts)", MAX_PARSED_CONCEPTS)
         _, view = self.store.find(ref, self.fingerprints[-1], CodeSystemView.from_resource)
         return view
 
@@ -89,6 +100,8 @@ class _Evaluation:
         self.fingerprints.append(fingerprint)
         try:
             codes = self._codes_of(name, resource)
+        except TooMany:
+            raise
         except FhirError as exc:
             raise FhirError(exc.kind, f"ValueSet {name}: {exc.diagnostics}") from None
         finally:
@@ -164,9 +177,30 @@ def code_closure(
     """
     if direction not in ("below", "above"):
         raise FhirError("invalid-param", f"direction must be 'below' or 'above', not {direction!r}")
-    evaluation = _Evaluation(session, search, max_codes)
-    view = evaluation.codesystem(system, None)
-    codes = view.closure(code, direction)
+    table = table_content(session, canonical.parse("CodeSystem", system))
+    if table is not None:  # walked in SQL on the concept rows, never parsed
+        codes = _table_closure(table, code, direction, max_codes)
+    else:
+        codes = _Evaluation(session, search, max_codes).codesystem(system, None).closure(code, direction)
     if len(codes) > max_codes:
         raise too_many(f"The {direction} closure of {system}|{code}", max_codes)
     return codes
+
+
+def _table_closure(table: TableContent, code: str, direction: Direction, max_codes: int) -> frozenset[str]:
+    """``CodeSystemView.closure`` on the concept rows, with the same refusals (400 for a search)."""
+    info = table.info
+    if info.content in NO_CODES:
+        raise FhirError(
+            "invalid-param", f"{info.label} is stored with content={info.content!r}, so its codes are not known"
+        )
+    if info.hierarchy_meaning not in _SUBSUMPTION_MEANINGS:
+        raise FhirError(
+            "invalid-param",
+            f"{info.label} has hierarchyMeaning={info.hierarchy_meaning!r}: its hierarchy is not "
+            "subsumption (is-a), so is-a, descendent-of, is-not-a, generalizes, :above and :below "
+            "are not defined on it",
+        )
+    if table.get(code) is None:
+        raise FhirError("invalid-param", f"{info.label} has no code {code!r}")
+    return frozenset(table.closure(code, direction, max_codes + 1))

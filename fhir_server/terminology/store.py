@@ -46,6 +46,15 @@ class Matcher(Protocol):
     ) -> list[StoredVersion]: ...
 
 
+class NotStored(FhirError):
+    """Nothing current is stored under a reference (a search parameter error, 400, unless the
+    caller knows better: the terminology operations answer 404 for the resource they address)."""
+
+    def __init__(self, ref: Ref) -> None:
+        super().__init__("invalid-param", f"{ref.res_type} {ref} is not stored on this server")
+        self.ref = ref
+
+
 def probe(session: Session, keys: Iterable[ProbeKey]) -> Fingerprint:
     """The current rows for each key, in at most two queries whatever the number of keys."""
     wanted = set(keys)
@@ -101,25 +110,29 @@ class Store:
         self.matcher = matcher
         self.caches = caches
 
-    def find(self, ref: Ref, fingerprint: Fingerprint, build: Callable[[dict[str, Any]], T]) -> tuple[RowId, T]:
+    def find(
+        self, ref: Ref, fingerprint: Fingerprint, build: Callable[[dict[str, Any]], T], kind: str = ""
+    ) -> tuple[RowId, T]:
         """The one stored resource ``ref`` names, parsed by ``build`` (or from the cache).
 
-        Records what it probed in ``fingerprint``. Raises ``invalid-param`` if nothing is stored
-        under the reference, or if several versions are and the reference names none.
+        ``kind`` names what ``build`` makes, when one resource type is parsed in more than one
+        way (the cache keeps each apart). Records what it probed in ``fingerprint``. Raises
+        ``NotStored`` if nothing is stored under the reference, ``invalid-param`` if several
+        versions are and the reference names none.
         """
         rows = probe(self.session, [ref.key])[ref.key]
         fingerprint[ref.key] = rows
         if not rows:
-            raise FhirError("invalid-param", f"{ref.res_type} {ref} is not stored on this server")
-        cached = {row: self.caches.parsed.get((ref.res_type, *row)) for row in rows}
+            raise NotStored(ref)
+        cached = {row: self.caches.parsed.get((ref.res_type, kind, *row)) for row in rows}
         if all(entry is not None for entry in cached.values()):
             candidates = [(row, entry[0], entry[1]) for row, entry in cached.items()]
         else:
-            candidates = [(row_id(v), *self._parse(ref, v, build)) for v in self._read(ref)]
+            candidates = [(row_id(v), *self._parse(ref, v, build, kind)) for v in self._read(ref)]
         if ref.version is not None:
             candidates = [c for c in candidates if c[1] == ref.version]
         if not candidates:
-            raise FhirError("invalid-param", f"{ref.res_type} {ref} is not stored on this server")
+            raise NotStored(ref)
         if len(candidates) > 1:
             versions = ", ".join(sorted(str(c[1]) for c in candidates))
             raise FhirError(
@@ -141,8 +154,10 @@ class Store:
         found = self.matcher.match(self.session, ref.res_type, params, limit=CANDIDATES)
         return [v for v in found if v.res_type == ref.res_type]
 
-    def _parse(self, ref: Ref, version: StoredVersion, build: Callable[[dict[str, Any]], T]) -> tuple[str | None, T]:
-        key = (ref.res_type, *row_id(version))
+    def _parse(
+        self, ref: Ref, version: StoredVersion, build: Callable[[dict[str, Any]], T], kind: str
+    ) -> tuple[str | None, T]:
+        key = (ref.res_type, kind, *row_id(version))
         entry = self.caches.parsed.get(key)
         if entry is None:
             resource = version.resource()

@@ -9,11 +9,11 @@ the base's required bindings on every write; any other unknown value set is a wa
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from fhir_server.errors import FhirError, Issue
-from fhir_server.storage.repository import Session
+from fhir_server.storage.repository import Repository, Session
+from fhir_server.storage.stamp import TypeStamp
 from fhir_server.terminology import codes_in_valueset
 from fhir_server.validation import fhirpath
 from fhir_server.validation.definitions import base_definition, is_core_url
@@ -28,38 +28,42 @@ class ProfileStore:
     """StructureDefinitions by url and their compiled trees, shared by a worker's requests.
 
     Why: every write that claims a profile looks its profiles up, and Synthea claims US Core
-    profiles on every resource: one query per resource and claim was a third of ingest. A
-    lookup (found or not) is reused for ``ttl`` seconds and dropped at once when this worker
-    stores a StructureDefinition (``invalidate``), so another worker's new profile is seen
-    within ``ttl``. Core definitions never change; their trees are kept for the process.
+    profiles on every resource: a query per resource and claim cost a third of ingest. Lookups
+    (found or not) and trees are kept until a StructureDefinition changes: this worker drops
+    them when it stores one (``invalidate``), and sees another worker's within ``ttl`` seconds
+    (one indexed query per ``ttl``, storage/stamp.py). Core definitions never change.
     """
 
-    def __init__(self, search: Any, ttl: float = 1.0, max_entries: int = 2000) -> None:
+    def __init__(self, search: Any, repo: Repository, ttl: float = 1.0, max_entries: int = 2000) -> None:
         self.search = search
-        self.ttl = ttl
+        self.repo = repo
         self.max_entries = max_entries
-        self._found: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self.stamp = TypeStamp(repo, "StructureDefinition", ttl)
+        self._found: dict[str, dict[str, Any] | None] = {}
         #: url -> (the definition it was compiled from, tree)
         self._trees: dict[str, tuple[dict[str, Any], Node]] = {}
 
     def invalidate(self) -> None:
-        self._found = {}
-        self._trees = {}
+        self.stamp.expire()
 
     def fresh(self, url: str) -> tuple[bool, dict[str, Any] | None]:
-        hit = self._found.get(url)
-        if hit is None or time.monotonic() - hit[0] >= self.ttl:
-            return False, None
-        return True, hit[1]
+        if self.stamp.changed():
+            self._found, self._trees = {}, {}
+        if url in self._found:
+            return True, self._found[url]
+        return False, None
 
-    def definition(self, session: Session, url: str, resolve: Any) -> dict[str, Any] | None:
+    def definition(self, url: str, resolve: Any) -> dict[str, Any] | None:
         known, sd = self.fresh(url)
         if known:
             return sd
-        sd = self._lookup(session, url, resolve)
+        # On a connection of its own: a lookup inside a Bundle must not flush the Bundle's
+        # pending rows (that undid its batched COPY and tripled ingest time).
+        with self.repo.session() as session:
+            sd = self._lookup(session, url, resolve)
         if len(self._found) >= self.max_entries:
-            self.invalidate()
-        self._found[url] = (time.monotonic(), sd)
+            self._found, self._trees = {}, {}
+        self._found[url] = sd
         return sd
 
     def _lookup(self, session: Session, url: str, resolve: Any) -> dict[str, Any] | None:
@@ -117,7 +121,10 @@ class ProfileValidation:
 
     # -- StructureDefinitions -----------------------------------------------------------------
     def resolve(self, url: str) -> dict[str, Any] | None:
-        return self.store.definition(self.session, url, self.resolve)
+        pending = self.session.conformance.get(url.partition("|")[0])
+        if pending is not None and pending.get("resourceType") == "StructureDefinition":
+            return pending
+        return self.store.definition(url, self.resolve)
 
     # -- value sets ---------------------------------------------------------------------------
     def check_code(self, url: str, system: str | None, code: str) -> bool | None:
@@ -171,13 +178,17 @@ def _unique(issues: list[Issue]) -> list[Issue]:
 def enforce_profiles(store: ProfileStore, rules: ProfileRules) -> Any:
     """A repository write check: a resource must meet the profiles it claims in ``meta.profile``
     and those rules require of it (validation/rules.py); 422 with every issue, nothing stored.
-    A resource that claims none and that no rule covers costs a dict lookup."""
+    Claimed profiles the server does not hold are not checked (a claim, not a demand: Synthea
+    claims US Core on every resource). A resource with nothing to check costs dict lookups."""
+
+    def known(url: str) -> dict[str, Any] | None:
+        return store.definition(url, known)
 
     def check(session: Session, _res_id: str, resource: dict[str, Any] | None, _current: Any) -> None:
         if resource is None:
             return
-        claimed = declared_profiles(resource)[1:]
-        required = [p for p in rules.required(session, resource) if p not in claimed]
+        claimed = [p for p in declared_profiles(resource)[1:] if p.partition("|")[0] in session.conformance or known(p)]
+        required = [p for p in rules.required(resource) if p not in claimed]
         if not claimed and not required:
             return
         raise_for_errors(ProfileValidation(session, store).validate(resource, claimed + required))
@@ -204,6 +215,8 @@ def complete_snapshot(store: ProfileStore) -> Any:
         if resource is None:
             return
         _check_invariants(resource)
+        if resource.get("url"):
+            session.conformance[resource["url"]] = resource  # later entries of this transaction see it
         if "snapshot" in resource or not (resource.get("differential") or {}).get("element"):
             return
         if resource.get("derivation", "constraint") != "constraint":

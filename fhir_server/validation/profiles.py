@@ -228,6 +228,8 @@ class _Run:
         if value is None or _is_primitive(type_code):
             if node.children and isinstance(value, dict):
                 self.node(node, value, at, depth + 1)
+            elif value is not None:
+                self.constraints(node, value, at)  # a profile's invariant on a primitive element
             return
         if not isinstance(value, dict):
             return
@@ -236,6 +238,8 @@ class _Run:
         if node.children:
             self.node(node, value, at, depth + 1)
             return
+        # an element the snapshot does not unroll still has its own invariants (its type's come below)
+        self.constraints(node, value, at)
         # a resource inside this one is its own %resource; a contained one keeps %rootResource
         run = self
         if "resourceType" in value:

@@ -5,19 +5,18 @@ meet them, or the workflow downstream breaks on a missing consultation number. F
 implementation guide requires a profile of every resource of a type (``global``); we narrow a
 rule to some resources of the type with the extension ``global-criteria`` (a FHIRPath boolean
 evaluated on the resource, e.g. "its category is a teleconsultation"). Rules come from every
-stored ``active`` ImplementationGuide, re-read at most once per ``ttl`` seconds (a new guide is
-enforced within that time on every worker); a type without rules costs a dict lookup per write.
+stored ``active`` ImplementationGuide, re-read when one changes (checked at most once per ``ttl``
+seconds, storage/stamp.py); a type without rules costs a dict lookup per write.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from fhir_server.errors import FhirError
-from fhir_server.storage.repository import Session
+from fhir_server.storage.repository import Repository, Session
+from fhir_server.storage.stamp import TypeStamp
 from fhir_server.validation import fhirpath
 
 CRITERIA_URL = "http://fhir.telefhir.cn/StructureDefinition/global-criteria"
@@ -32,29 +31,24 @@ class Rule:
 
 
 class ProfileRules:
-    def __init__(self, search: Any, ttl: float = 1.0) -> None:
+    def __init__(self, search: Any, repo: Repository, ttl: float = 1.0) -> None:
         self.search = search
-        self.ttl = ttl
+        self.repo = repo
+        self.stamp = TypeStamp(repo, "ImplementationGuide", ttl)
         self._rules: dict[str, list[Rule]] = {}
-        self._read_at = float("-inf")
-        self._lock = threading.Lock()
 
     def invalidate(self) -> None:
-        self._read_at = float("-inf")
+        self.stamp.expire()
 
-    def required(self, session: Session, resource: dict[str, Any]) -> list[str]:
+    def required(self, resource: dict[str, Any]) -> list[str]:
         """The profiles rules require of ``resource``."""
-        rules = self._current(session).get(resource.get("resourceType", ""), [])
+        rules = self._current().get(resource.get("resourceType", ""), [])
         return [r.profile for r in rules if r.criteria is None or _holds(r.criteria, resource)]
 
-    def _current(self, session: Session) -> dict[str, list[Rule]]:
-        now = time.monotonic()
-        if now - self._read_at < self.ttl:
-            return self._rules
-        with self._lock:
-            if now - self._read_at >= self.ttl:
+    def _current(self) -> dict[str, list[Rule]]:
+        if self.stamp.changed():
+            with self.repo.session() as session:  # not the writer's: it must not flush a Bundle
                 self._rules = self._read(session)
-                self._read_at = now
         return self._rules
 
     def _read(self, session: Session) -> dict[str, list[Rule]]:

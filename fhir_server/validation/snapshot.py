@@ -133,7 +133,13 @@ class _Snapshot:
         new["sliceName"] = slice_name
         new["min"] = (new.get("base") or {}).get("min", 0)  # the sliced element's own min counts all slices
         end = self.end_of(base_i)
-        self.elements.insert(end, new)
+        # a slice starts with the sliced element's children as constrained so far: a backbone
+        # element (Observation.component) has no type definition to unroll them from
+        own = sliced_id + "."
+        children = [copy.deepcopy(e) for e in self.elements[base_i + 1 : end] if e["id"].startswith(own)]
+        for child in children:
+            child["id"] = f"{new['id']}.{child['id'][len(own) :]}"
+        self.elements[end:end] = [new, *children]
         return end
 
     def _unroll(self, i: int) -> None:

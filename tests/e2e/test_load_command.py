@@ -80,4 +80,4 @@ def test_db_upgrade_command(tmp_path: pathlib.Path) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "database at revision 0005" in result.stdout
+    assert "database at revision 0006" in result.stdout

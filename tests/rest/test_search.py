@@ -153,7 +153,8 @@ def test_include_is_a_fixed_number_of_queries(client, app) -> None:  # type: ign
     engine = app.config["SERVICES"].repo.engine
 
     def count(*args: Any) -> None:
-        statements.append(args[2])
+        if "counters" not in args[2]:  # the once-a-second check for new SearchParameters may fall in
+            statements.append(args[2])
 
     def run(n: int) -> int:
         w = World(client)

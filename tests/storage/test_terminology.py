@@ -528,6 +528,18 @@ def test_cache_is_reused_and_sees_new_versions(services) -> None:  # type: ignor
 
 def test_code_closure_reuses_the_parsed_codesystem(services, cs) -> None:  # type: ignore[no-untyped-def]
     matcher = CountingMatcher(services.search)
+    with services.repo.session() as s:  # answered from the concept rows: the resource is not read
+        assert code_closure(s, cs, "a1", "below", matcher) == {"a1", "c"}
+        assert code_closure(s, cs, "a1", "above", matcher) == {"a1", "a", "root", "top"}
+    assert matcher.calls == []
+    from sqlalchemy import delete
+
+    from fhir_server.storage.schema import terminology_concepts, terminology_edges, terminology_systems
+
+    with services.repo.session(write=True) as s:  # as if stored before the rows existed (migration 0006)
+        cs_id = s.conn.execute(terminology_systems.select().where(terminology_systems.c.url == cs)).first().cs_id
+        for table in (terminology_edges, terminology_concepts, terminology_systems):
+            s.conn.execute(delete(table).where(table.c.cs_id == cs_id))
     with services.repo.session() as s:
         assert code_closure(s, cs, "a1", "below", matcher) == {"a1", "c"}
         assert code_closure(s, cs, "a1", "above", matcher) == {"a1", "a", "root", "top"}

@@ -137,3 +137,51 @@ def test_type_specific_paths_narrow_a_choice() -> None:
     )
     value = next(e for e in generate(sd, base_definition) if e["id"] == "Observation.value[x]")
     assert value["min"] == 1 and [t["code"] for t in value["type"]] == ["Quantity"]
+
+
+def test_a_slice_of_a_backbone_element_starts_with_the_sliced_elements_children() -> None:
+    """Observation.component has no type definition to unroll children from: a slice copies them
+    (with the constraints the sliced element's children already carry)."""
+    sd = _profile(
+        {
+            "id": "Observation.component",
+            "path": "Observation.component",
+            "slicing": {"discriminator": [{"type": "value", "path": "code"}], "rules": "open"},
+        },
+        {"id": "Observation.component.value[x]", "path": "Observation.component.value[x]", "min": 1},
+        {"id": "Observation.component:a", "path": "Observation.component", "sliceName": "a", "max": "1"},
+        {
+            "id": "Observation.component:a.code",
+            "path": "Observation.component.code",
+            "patternCodeableConcept": {"coding": [{"system": "http://example.org", "code": "a"}]},
+        },
+        base="Observation",
+    )
+    elements = {e["id"]: e for e in generate(sd, base_definition)}
+    assert elements["Observation.component:a.code"]["patternCodeableConcept"]["coding"][0]["code"] == "a"
+    assert elements["Observation.component:a.value[x]"]["min"] == 1  # inherited from the sliced element
+    assert "patternCodeableConcept" not in elements["Observation.component.code"]
+
+
+def test_invariants_on_elements_the_snapshot_does_not_unroll_are_checked() -> None:
+    """A profile's constraint on a complex element without constrained children (a CodeableConcept)
+    or on a primitive is evaluated on each value, not only constraints on unrolled elements."""
+    sd = _profile(
+        {
+            "id": "Patient.maritalStatus",
+            "path": "Patient.maritalStatus",
+            "constraint": [{"key": "t-1", "severity": "error", "human": "coded", "expression": "coding.exists()"}],
+        },
+        {
+            "id": "Patient.birthDate",
+            "path": "Patient.birthDate",
+            "constraint": [{"key": "t-2", "severity": "error", "human": "1900+", "expression": "$this >= @1900-01-01"}],
+        },
+    )
+    sd["snapshot"] = {"element": generate(sd, base_definition)}
+    validator = Validator(lambda url: sd if url == sd["url"] else base_definition(url), lambda *_: True)
+    good = {"resourceType": "Patient", "maritalStatus": {"coding": [{"code": "M"}]}, "birthDate": "1950-01-01"}
+    assert _errors(validator, good, sd["url"]) == []
+    bad = {"resourceType": "Patient", "maritalStatus": {"text": "married"}, "birthDate": "1850-01-01"}
+    found = {(e.diagnostics.split(" failed")[0], e.expression[0]) for e in _errors(validator, bad, sd["url"])}
+    assert found == {("Invariant t-1", "Patient.maritalStatus"), ("Invariant t-2", "Patient.birthDate")}

@@ -21,7 +21,24 @@ FORMATS = ["application/fhir+json", "application/fhir+xml", "json", "xml"]
 OPERATIONS = {
     "reindex": "urn:telefhir:OperationDefinition:reindex",
     "validate": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+    "assess-constitution": "http://fhir.telefhir.cn/OperationDefinition/assess-constitution",
+    "interpret-meridian": "http://fhir.telefhir.cn/OperationDefinition/interpret-meridian",
+    "import-aecg": "http://fhir.telefhir.cn/OperationDefinition/import-aecg",
+    # "Type/name": an operation whose definition differs by resource type (profiles/operationdefinition-*.json)
+    "CodeSystem/lookup": "http://fhir.telefhir.cn/OperationDefinition/codesystem-lookup",
+    "CodeSystem/validate-code": "http://fhir.telefhir.cn/OperationDefinition/codesystem-validate-code",
+    "CodeSystem/subsumes": "http://fhir.telefhir.cn/OperationDefinition/codesystem-subsumes",
+    "ValueSet/expand": "http://fhir.telefhir.cn/OperationDefinition/valueset-expand",
+    "ValueSet/validate-code": "http://fhir.telefhir.cn/OperationDefinition/valueset-validate-code",
+    "ConceptMap/translate": "http://fhir.telefhir.cn/OperationDefinition/conceptmap-translate",
 }
+
+
+def operation_definition(name: str, res_type: str | None) -> str:
+    """The canonical of operation ``name`` (without ``$``) as routed for ``res_type``."""
+    return OPERATIONS.get(f"{res_type}/{name}") or OPERATIONS[name]
+
+
 PATCH_FORMATS = ["application/json-patch+json", "application/fhir+json", "application/fhir+xml"]
 
 
@@ -41,7 +58,7 @@ def _operations(routes: Any, levels: tuple[str, ...], res_type: str | None = Non
             and (res_type is None or r.pattern[0] in ("{type}", res_type))
         }
     )
-    return [{"name": name, "definition": OPERATIONS[name]} for name in names]
+    return [{"name": name, "definition": operation_definition(name, res_type)} for name in names]
 
 
 def _param(p: Any) -> dict[str, Any]:

@@ -41,7 +41,7 @@ def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
             raise FhirError("bad-request", f"The resource is a {resource.get('resourceType')}, not a {res_type}")
         if mode == "update" and req.res_id and resource.get("id") != req.res_id:
             raise FhirError("bad-request", f"mode=update: the resource's id must be {req.res_id!r}")
-        checks = ProfileValidation(session, ctx.profiles or ProfileStore(ctx.search))
+        checks = ProfileValidation(session, ctx.profiles or ProfileStore(ctx.search, ctx.repo))
         if profile and checks.resolve(profile) is None:
             raise FhirError("not-found", f"Profile {profile} is not known to this server")
         issues = structural(resource, res_type)
