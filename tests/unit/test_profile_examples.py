@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from fhir_server.errors import FhirError, Issue
+from fhir_server.errors import Issue
 from fhir_server.terminology.codesystem import CodeSystemView
-from fhir_server.terminology.compose import Pair, evaluate_compose
+from fhir_server.terminology.files import FileTerminology
 from fhir_server.validation import check_resource, fhirpath
 from fhir_server.validation.profiles import Validator
 
@@ -32,7 +32,6 @@ EXAMPLES = PROFILES / "examples"
 TERMINOLOGY = ROOT / "terminology"
 CN = "http://fhir.telefhir.cn"
 SD = f"{CN}/StructureDefinition/"
-CORE_VALUESETS = "http://hl7.org/fhir/ValueSet/"
 
 
 def _gen() -> Any:
@@ -41,50 +40,6 @@ def _gen() -> Any:
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     return gen
-
-
-def _load(folder: pathlib.Path) -> dict[str, dict[str, Any]]:
-    out = {}
-    for path in sorted(folder.glob("*.json")):
-        resource = json.loads(path.read_text())
-        out[resource["url"]] = resource
-    return out
-
-
-class FileTerminology:
-    """Value-set membership from the ``terminology/`` folder: compose evaluated by the server's
-    own set algebra (terminology.compose) over the CodeSystem files."""
-
-    def __init__(self, folder: pathlib.Path) -> None:
-        self.codesystems = _load(folder / "codesystem")
-        self.valuesets = _load(folder / "valueset")
-        self._codes: dict[str, frozenset[Pair] | None] = {}
-
-    def codesystem(self, system: str, version: str | None) -> CodeSystemView:
-        if system not in self.codesystems:
-            raise FhirError("not-found", f"CodeSystem {system} is not in terminology/")
-        return CodeSystemView.from_resource(self.codesystems[system])
-
-    def valueset(self, reference: str) -> frozenset[Pair]:
-        codes = self.codes(reference)
-        if codes is None:
-            raise FhirError("not-found", f"ValueSet {reference} is not in terminology/")
-        return codes
-
-    def codes(self, url: str) -> frozenset[Pair] | None:
-        url = url.partition("|")[0]
-        if url not in self._codes:
-            vs = self.valuesets.get(url)
-            self._codes[url] = None if vs is None else evaluate_compose(url, vs["compose"], self, 100_000)
-        return self._codes[url]
-
-    def check(self, url: str, system: str | None, code: str) -> bool | None:
-        codes = self.codes(url)
-        if codes is None:
-            return True if url.startswith(CORE_VALUESETS) else None
-        if system is None:
-            return any(c == code for _s, c in codes)
-        return (system, code) in codes
 
 
 @pytest.fixture(scope="module")
