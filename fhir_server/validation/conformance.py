@@ -40,6 +40,9 @@ class ProfileStore:
         self.max_entries = max_entries
         self.stamp = TypeStamp(repo, "StructureDefinition", ttl)
         self._found: dict[str, dict[str, Any] | None] = {}
+        #: value sets' codes by url (None: not usable), kept until a ValueSet or CodeSystem changes
+        self.terminology_stamps = (TypeStamp(repo, "ValueSet", ttl), TypeStamp(repo, "CodeSystem", ttl))
+        self._codes: dict[str, frozenset[tuple[str | None, str]] | None] = {}
         #: url -> (the definition it was compiled from, tree)
         self._trees: dict[str, tuple[dict[str, Any], Node]] = {}
 
@@ -52,6 +55,22 @@ class ProfileStore:
         if url in self._found:
             return True, self._found[url]
         return False, None
+
+    def codes(self, url: str) -> frozenset[tuple[str | None, str]] | None:
+        """The codes of the stored value set ``url``, or None when it cannot be used. Read on a
+        connection of its own and kept: a binding check inside a Bundle must neither flush the
+        Bundle's rows nor query per resource (a value set written earlier in the same
+        transaction is therefore not seen: its bindings are warnings, never wrongly errors)."""
+        changed = [stamp.changed() for stamp in self.terminology_stamps]  # each stamp checked
+        if any(changed):
+            self._codes = {}
+        if url not in self._codes:
+            with self.repo.session() as session:
+                try:
+                    self._codes[url] = codes_in_valueset(session, url, self.search)
+                except FhirError:
+                    self._codes[url] = None
+        return self._codes[url]
 
     def definition(self, url: str, resolve: Any) -> dict[str, Any] | None:
         known, sd = self.fresh(url)
@@ -129,10 +148,7 @@ class ProfileValidation:
     # -- value sets ---------------------------------------------------------------------------
     def check_code(self, url: str, system: str | None, code: str) -> bool | None:
         if url not in self._valuesets:
-            try:
-                self._valuesets[url] = codes_in_valueset(self.session, url, self.search)
-            except FhirError:
-                self._valuesets[url] = None
+            self._valuesets[url] = self.store.codes(url)
         codes = self._valuesets[url]
         if codes is None:
             return True if url.startswith(CORE_VALUESETS) else None
