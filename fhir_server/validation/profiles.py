@@ -37,7 +37,21 @@ class Node:
     """One element of the snapshot with its children and, if sliced, its slices; what validation
     asks of the ElementDefinition is read once here (a tree serves many requests)."""
 
-    __slots__ = ("element", "name", "children", "slices", "types", "min", "max", "repeats", "fixed", "binding", "rules")
+    __slots__ = (
+        "element",
+        "name",
+        "children",
+        "slices",
+        "types",
+        "min",
+        "max",
+        "repeats",
+        "fixed",
+        "binding",
+        "rules",
+        "limits",
+        "max_length",
+    )
 
     def __init__(self, element: dict[str, Any], name: str) -> None:
         self.element = element
@@ -57,6 +71,9 @@ class Node:
         self.rules = [
             c for c in element.get("constraint", []) if c.get("expression") and c.get("key") not in _SKIPPED_CONSTRAINTS
         ]
+        #: (``min``/``max``, the bound) from ``minValue[x]``/``maxValue[x]``
+        self.limits = [(k[:3], v) for k, v in element.items() if k.startswith(("minValue", "maxValue"))]
+        self.max_length: int | None = element.get("maxLength")
 
     def child(self, name: str) -> Node | None:
         return next((c for c in self.children if c.name == name), None)
@@ -225,6 +242,8 @@ class _Run:
                 self.error(at, f"Value does not match the {kind} value {expected!r} of {element['path']}", "value")
         if node.binding is not None and value is not None:
             self.binding(node.binding, value, type_code, at)
+        if value is not None and (node.limits or node.max_length is not None):
+            self.bounds(node, value, at)
         if value is None or _is_primitive(type_code):
             if node.children and isinstance(value, dict):
                 self.node(node, value, at, depth + 1)
@@ -277,6 +296,20 @@ class _Run:
                 self.error(
                     where, f"Invariant {c['key']} failed: {c.get('human', c['expression'])}", "invariant", severity
                 )
+
+    def bounds(self, node: Node, value: Any, at: str) -> None:
+        """``maxLength`` of strings; ``minValue[x]``/``maxValue[x]`` of numbers, dates, times
+        and Quantities (compared when the units agree: a bound in mg says nothing of a value in g)."""
+        path = node.element["path"]
+        if node.max_length is not None and isinstance(value, str) and len(value) > node.max_length:
+            self.error(at, f"{path}: {len(value)} characters, more than maxLength {node.max_length}", "value")
+        for kind, bound in node.limits:
+            actual, limit = _comparable(value, bound)
+            if actual is None or limit is None:
+                continue
+            if (kind == "min" and actual < limit) or (kind == "max" and actual > limit):
+                word = "below minValue" if kind == "min" else "above maxValue"
+                self.error(at, f"{path}: {value!r} is {word} {bound!r}", "value")
 
     def binding(self, binding: dict[str, Any], value: Any, type_code: str, at: str) -> None:
         codes = _codings(value, type_code)
@@ -365,6 +398,23 @@ class _Run:
         probe = _Run(self.v, self.resource, self.root)
         probe.node(tree, value, "probe", 0)
         return not any(i.severity == "error" for i in probe.issues)
+
+
+def _comparable(value: Any, bound: Any) -> tuple[Any, Any]:
+    """The two sides of a min/max comparison, or Nones when they cannot be compared."""
+    if isinstance(bound, dict) and isinstance(value, dict):  # Quantity
+        same = (bound.get("system"), bound.get("code")) == (value.get("system"), value.get("code"))
+        if same and isinstance(bound.get("value"), (int, float)) and isinstance(value.get("value"), (int, float)):
+            return value["value"], bound["value"]
+        return None, None
+    if isinstance(bound, bool) or isinstance(value, bool):
+        return None, None
+    if isinstance(bound, (int, float)) and isinstance(value, (int, float)):
+        return value, bound
+    if isinstance(bound, str) and isinstance(value, str):  # date, dateTime, instant, time (ISO 8601)
+        n = min(len(bound), len(value))
+        return value[:n], bound[:n]
+    return None, None
 
 
 def _at_path(value: Any, dpath: str) -> list[Any]:

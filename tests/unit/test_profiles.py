@@ -185,3 +185,37 @@ def test_invariants_on_elements_the_snapshot_does_not_unroll_are_checked() -> No
     bad = {"resourceType": "Patient", "maritalStatus": {"text": "married"}, "birthDate": "1850-01-01"}
     found = {(e.diagnostics.split(" failed")[0], e.expression[0]) for e in _errors(validator, bad, sd["url"])}
     assert found == {("Invariant t-1", "Patient.maritalStatus"), ("Invariant t-2", "Patient.birthDate")}
+
+
+def test_min_max_values_and_max_length_are_enforced() -> None:
+    sd = _profile(
+        {"id": "Observation.valueQuantity", "path": "Observation.valueQuantity", "min": 1},
+        {
+            "id": "Observation.value[x].value",
+            "path": "Observation.value[x].value",
+            "minValueDecimal": 0,
+            "maxValueDecimal": 300,
+        },
+        {"id": "Observation.effective[x]", "path": "Observation.effective[x]", "minValueDateTime": "2000-01-01"},
+        {"id": "Observation.code.text", "path": "Observation.code.text", "maxLength": 8},
+        base="Observation",
+    )
+    sd["snapshot"] = {"element": generate(sd, base_definition)}
+    v = Validator(lambda url: sd if url == sd["url"] else base_definition(url), lambda url, system, code: None)
+
+    def errors(**changes: Any) -> list[str]:
+        obs = {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"text": "体重"},
+            "valueQuantity": {"value": 70, "unit": "kg"},
+            "effectiveDateTime": "2026-11-22",
+            **changes,
+        }
+        return [i.diagnostics for i in v.validate(obs, sd["url"]) if i.severity == "error"]
+
+    assert errors() == []
+    assert any("above maxValue" in e for e in errors(valueQuantity={"value": 301, "unit": "kg"}))
+    assert any("below minValue" in e for e in errors(valueQuantity={"value": -1, "unit": "kg"}))
+    assert any("below minValue" in e for e in errors(effectiveDateTime="1999-12-31T23:00:00Z"))
+    assert any("more than maxLength 8" in e for e in errors(code={"text": "a much longer code text"}))
