@@ -67,9 +67,10 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def run_worker(settings: Settings, sock: socket.socket) -> None:
-    from fhir_server.app import create_app
+    from fhir_server.app import build_services, create_app
 
-    app = create_app(settings)
+    # serve() migrated the database and stored the packaged content before the workers started
+    app = create_app(settings, build_services(settings, migrate=False))
     jobs = app.config["SERVICES"].jobs
     jobs.start_polling()  # run $reindex jobs that were given back or whose worker died
     gevent.spawn(_refresh_statistics_hourly, app.config["SERVICES"].repo.engine)

@@ -91,14 +91,20 @@ def _sqlite_engine(url: str) -> Engine:
 SQLITE_ANALYSIS_LIMIT = 1000
 
 
-def refresh_statistics(engine: Engine) -> None:
-    """Give SQLite's query planner table statistics (PostgreSQL's autovacuum keeps its own).
+def refresh_statistics(engine: Engine, postgres_tables: tuple[str, ...] = ()) -> None:
+    """Give the query planner table statistics: SQLite's for every table, PostgreSQL's only for
+    ``postgres_tables`` (its autovacuum keeps the others, but only after a while).
 
     Why: without ``sqlite_stat1`` SQLite guesses that every index is as selective as any other
     and starts a search from all resources of the type instead of from the few index rows that
-    match (0.01 ms with statistics, 13 ms without, on 26,000 Observations).
+    match (0.01 ms with statistics, 13 ms without, on 26,000 Observations); PostgreSQL plans
+    lookups on 100,000 rows it has just been given as scans until it has analysed them.
     """
     if engine.dialect.name != "sqlite":
+        if postgres_tables:
+            with engine.connect() as conn:
+                conn.exec_driver_sql(f"ANALYZE {', '.join(postgres_tables)}")
+                conn.commit()
         return
     with engine.connect() as conn:
         conn.exec_driver_sql(f"PRAGMA analysis_limit={SQLITE_ANALYSIS_LIMIT}")

@@ -103,8 +103,31 @@ class ProfileStore:
                 return None
         return newest
 
+    def tree(self, url: str) -> Node | None:
+        """The compiled tree of ``url`` if it was compiled from the definition held now."""
+        entry = self._trees.get(url)
+        known, sd = self.fresh(url)
+        return entry[1] if entry is not None and known and sd is entry[0] else None
+
+    def keep_tree(self, url: str, tree: Node) -> None:
+        known, sd = self.fresh(url)
+        if known and sd is not None:
+            self._trees[url] = (sd, tree)
+
     def trees(self) -> _Trees:
         return _Trees(self)
+
+
+def in_valueset(
+    codes: frozenset[tuple[str | None, str]] | None, url: str, system: str | None, code: str
+) -> bool | None:
+    """A binding's answer from a value set's codes (None: the value set is not available; a core
+    value set the server does not hold is left to structural.py, so it answers True)."""
+    if codes is None:
+        return True if url.startswith(CORE_VALUESETS) else None
+    if system is None:
+        return any(c == code for _s, c in codes)
+    return (system, code) in codes or (None, code) in codes
 
 
 class _Trees(dict[str, Node]):
@@ -116,16 +139,11 @@ class _Trees(dict[str, Node]):
         self.store = store
 
     def get(self, url: str, default: Any = None) -> Any:
-        entry = self.store._trees.get(url)
-        if entry is None:
-            return default
-        known, sd = self.store.fresh(url)
-        return entry[1] if known and sd is entry[0] else default
+        tree = self.store.tree(url)
+        return default if tree is None else tree
 
     def __setitem__(self, url: str, tree: Node) -> None:
-        known, sd = self.store.fresh(url)
-        if known and sd is not None:
-            self.store._trees[url] = (sd, tree)
+        self.store.keep_tree(url, tree)
 
 
 class ProfileValidation:
@@ -135,7 +153,6 @@ class ProfileValidation:
         self.session = session
         self.store = store
         self.search = store.search
-        self._valuesets: dict[str, frozenset[tuple[str | None, str]] | None] = {}
         self.validator = Validator(self.resolve, self.check_code, store.trees())
 
     # -- StructureDefinitions -----------------------------------------------------------------
@@ -147,14 +164,7 @@ class ProfileValidation:
 
     # -- value sets ---------------------------------------------------------------------------
     def check_code(self, url: str, system: str | None, code: str) -> bool | None:
-        if url not in self._valuesets:
-            self._valuesets[url] = self.store.codes(url)
-        codes = self._valuesets[url]
-        if codes is None:
-            return True if url.startswith(CORE_VALUESETS) else None
-        if system is None:
-            return any(c == code for _s, c in codes)
-        return (system, code) in codes or (None, code) in codes
+        return in_valueset(self.store.codes(url), url, system, code)
 
     # -- entry points -------------------------------------------------------------------------
     def validate(self, resource: dict[str, Any], profiles: list[str] | None = None) -> list[Issue]:

@@ -14,14 +14,13 @@ import uuid
 import pytest
 from lxml import etree
 
-from fhir_server.clinical import meridian
 from fhir_server.clinical.ccmq import CCMQ_2009, CCMQ_2025
 from tests.conftest import shared_data
+from tests.unit.test_tcm_meridian import measurement as _measurement
+from tests.unit.test_tcm_meridian import values as _point_values
 
 JSON = "application/fhir+json"
 QR_URL = "/fhir/QuestionnaireResponse/$assess-constitution"
-POINT_SYSTEM = "http://fhir.telefhir.cn/CodeSystem/tcm-meridian-point"
-OBS_CODE = "http://fhir.telefhir.cn/CodeSystem/tcm-observation-code"
 V3 = "{urn:hl7-org:v3}"
 
 
@@ -241,26 +240,6 @@ def test_assess_needs_a_response(client) -> None:
 
 
 # ----------------------------------------------------------------------------- $interpret-meridian
-def _measurement(values: dict[str, float]) -> dict:
-    return {
-        "resourceType": "Observation",
-        "status": "final",
-        "code": {"coding": [{"system": OBS_CODE, "code": "meridian-measurement"}]},
-        "subject": {"reference": "Patient/p1"},
-        "component": [
-            {
-                "code": {"coding": [{"system": POINT_SYSTEM, "code": p}]},
-                "valueQuantity": {"value": v, "unit": "µA", "system": "http://unitsofmeasure.org", "code": "uA"},
-            }
-            for p, v in values.items()
-        ],
-    }
-
-
-def _point_values(**given: float) -> dict[str, float]:
-    out = {p: 60.0 for p in meridian.POINTS}
-    out.update({k.replace("_", "-"): v for k, v in given.items()})
-    return out
 
 
 def test_interpret_meridian(client) -> None:

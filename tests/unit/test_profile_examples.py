@@ -22,8 +22,8 @@ import pytest
 
 from fhir_server.errors import Issue
 from fhir_server.terminology.codesystem import CodeSystemView
-from fhir_server.terminology.files import FileTerminology
 from fhir_server.validation import check_resource, fhirpath
+from fhir_server.validation.file_terminology import FileTerminology
 from fhir_server.validation.profiles import Validator
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

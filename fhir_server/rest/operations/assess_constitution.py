@@ -33,18 +33,19 @@ from fhir_server.context import RequestContext
 from fhir_server.errors import FhirError, Issue
 from fhir_server.rest.interactions.common import read_live, require_id, written
 from fhir_server.rest.messages import FhirRequest, FhirResponse
-from fhir_server.rest.operations.clinical_inputs import Inputs
+from fhir_server.rest.operations.inputs import BOOLEAN, STRING, Inputs
 from fhir_server.storage.repository import Session, new_id
 from fhir_server.validation import check_resource
 
 QR = "QuestionnaireResponse"
 SEXES = ("male", "female")
+SPEC = {"questionnaireResponse": (f"resource:{QR}", False), "sex": (STRING, False), "persist": (BOOLEAN, False)}
 
 
 def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
-    inputs = Inputs(req, "assess-constitution", QR, "questionnaireResponse", {"sex", "persist"})
-    persist = inputs.boolean("persist", False)
-    given_sex = inputs.string("sex")
+    inputs = Inputs(req, "assess-constitution", SPEC, body_resource="questionnaireResponse")
+    persist = bool(inputs.get("persist"))
+    given_sex = inputs.get("sex")
     if given_sex is not None and given_sex not in SEXES:
         raise FhirError("invalid-param", f"sex must be 'male' or 'female', not {given_sex!r}")
     with ctx.session(write=persist) as session:
@@ -80,11 +81,11 @@ def unprocessable(err: ConstitutionInputError) -> FhirError:
 def _response(req: FhirRequest, inputs: Inputs, session: Session) -> tuple[dict[str, Any], str | None]:
     """The QuestionnaireResponse to score and, if it is stored, its reference."""
     if req.res_id is not None:
-        if inputs.resource is not None:
+        if inputs.has("questionnaireResponse"):
             raise FhirError("bad-request", "At instance level the stored QuestionnaireResponse is scored; send none")
         res_id = require_id(req.res_id)
         return read_live(session, QR, res_id).resource(), f"{QR}/{res_id}"
-    response = inputs.resource
+    response = inputs.get("questionnaireResponse")
     if response is None:
         raise FhirError(
             "bad-request", "$assess-constitution needs a QuestionnaireResponse (the body, or a Parameters part)"

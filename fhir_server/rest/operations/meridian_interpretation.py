@@ -20,19 +20,25 @@ from fhir_server.clinical.meridian_fhir import interpret_observation
 from fhir_server.context import RequestContext
 from fhir_server.errors import FhirError, Issue
 from fhir_server.rest.messages import FhirRequest, FhirResponse
-from fhir_server.rest.operations.clinical_inputs import Inputs
+from fhir_server.rest.operations.inputs import DECIMAL, Inputs
 from fhir_server.validation import check_resource
+
+SPEC = {
+    "observation": ("resource:Observation", False),
+    "relativeWidth": (DECIMAL, False),
+    "absoluteWidth": (DECIMAL, False),
+}
 
 
 def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
-    inputs = Inputs(req, "interpret-meridian", "Observation", "observation", {"relativeWidth", "absoluteWidth"})
-    observation = inputs.resource
+    inputs = Inputs(req, "interpret-meridian", SPEC, body_resource="observation")
+    observation = inputs.get("observation")
     if observation is None:
         raise FhirError("bad-request", "$interpret-meridian needs an Observation (the body, or a Parameters part)")
     check_resource(observation, "Observation")
     try:
         completed, _ = interpret_observation(
-            observation, relative_width=inputs.decimal("relativeWidth"), absolute_width=inputs.decimal("absoluteWidth")
+            observation, relative_width=inputs.get("relativeWidth"), absolute_width=inputs.get("absoluteWidth")
         )
     except MeridianInputError as err:
         issues = [Issue("error", "invalid", message, [where] if where else []) for message, where in err.problems]

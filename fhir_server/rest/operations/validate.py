@@ -18,6 +18,7 @@ from fhir_server.context import RequestContext
 from fhir_server.errors import FhirError, Issue, operation_outcome
 from fhir_server.rest.interactions.common import require_type
 from fhir_server.rest.messages import FhirRequest, FhirResponse
+from fhir_server.rest.operations.inputs import STRING, Inputs
 from fhir_server.validation.conformance import ProfileStore, ProfileValidation
 from fhir_server.validation.structural import validate as structural
 
@@ -26,7 +27,7 @@ MODES = ("create", "update", "delete", "profile")
 
 def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
     res_type = require_type(req.res_type)
-    resource, mode, profile = _inputs(req)
+    resource, mode, profile = _inputs(req, res_type)
     with ctx.session() as session:
         stored = session.read_current(res_type, req.res_id) if req.res_id else None
         if mode == "delete":
@@ -37,8 +38,6 @@ def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
             if stored is None or stored.deleted:
                 raise FhirError("bad-request", "$validate needs a resource (the body, or a Parameters 'resource' part)")
             resource = stored.resource()
-        if resource.get("resourceType") != res_type:
-            raise FhirError("bad-request", f"The resource is a {resource.get('resourceType')}, not a {res_type}")
         if mode == "update" and req.res_id and resource.get("id") != req.res_id:
             raise FhirError("bad-request", f"mode=update: the resource's id must be {req.res_id!r}")
         checks = ProfileValidation(session, ctx.profiles or ProfileStore(ctx.search, ctx.repo))
@@ -56,20 +55,10 @@ def _outcome(issues: list[Issue]) -> FhirResponse:
     return FhirResponse(200, resource=operation_outcome(issues))
 
 
-def _inputs(req: FhirRequest) -> tuple[dict[str, Any] | None, str | None, str | None]:
-    body = req.resource
-    mode, profile = req.param("mode"), req.param("profile")
-    resource = body
-    if body is not None and body.get("resourceType") == "Parameters" and req.res_type != "Parameters":
-        resource = None
-        for part in body.get("parameter", []):
-            name = part.get("name")
-            if name == "resource":
-                resource = part.get("resource")
-            elif name == "mode":
-                mode = part.get("valueCode") or part.get("valueString")
-            elif name == "profile":
-                profile = part.get("valueUri") or part.get("valueCanonical") or part.get("valueString")
+def _inputs(req: FhirRequest, res_type: str) -> tuple[dict[str, Any] | None, str | None, str | None]:
+    spec = {"resource": (f"resource:{res_type}", False), "mode": (STRING, False), "profile": (STRING, False)}
+    inputs = Inputs(req, "validate", spec, body_resource="resource")
+    mode = inputs.get("mode")
     if mode is not None and mode not in MODES:
         raise FhirError("bad-request", f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-    return resource, mode, profile
+    return inputs.get("resource"), mode, inputs.get("profile")

@@ -14,8 +14,7 @@ from typing import Any
 from fhir_server.errors import FhirError
 from fhir_server.terminology.codesystem import CodeSystemView
 from fhir_server.terminology.compose import Pair, evaluate_compose
-
-CORE_VALUESETS = "http://hl7.org/fhir/ValueSet/"
+from fhir_server.validation.conformance import in_valueset
 
 
 def _load(folder: pathlib.Path) -> dict[str, dict[str, Any]]:
@@ -54,9 +53,4 @@ class FileTerminology:
         return self._codes[url]
 
     def check(self, url: str, system: str | None, code: str) -> bool | None:
-        codes = self.codes(url)
-        if codes is None:
-            return True if url.startswith(CORE_VALUESETS) else None
-        if system is None:
-            return any(c == code for _s, c in codes)
-        return (system, code) in codes
+        return in_valueset(self.codes(url), url, system, code)
