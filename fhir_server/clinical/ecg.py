@@ -4,9 +4,10 @@ What is read: the **first rhythm series** (``series`` coded ``RHYTHM``) and, wit
 ``sequenceSet``: the time sequence (``GLIST_TS``, or ``GLIST_PQ`` for relative time) gives the
 sampling increment, each ``SLIST_PQ`` lead sequence gives origin, scale and the digits.
 Derived series (``derivation/derivedSeries``, e.g. the ``REPRESENTATIVE_BEAT`` median beat, 1.2 s)
-are skipped: they are computed from the rhythm and are far shorter than 10 s. Annotation sets
-(``subjectOf/annotationSet``) are skipped too; they also carry lead codes, in ROI boundaries,
-which is why sequences are matched by their position under the series and not by code alone.
+are not read as waveforms: they are computed from the rhythm and are far shorter than 10 s.
+Annotation sets (``subjectOf/annotationSet``) give the global measurements
+(``ecg_measurements``); they also carry lead codes, in ROI boundaries, which is why sequences
+are matched by their position under the series and not by code alone.
 Further rhythm series or sequence sets are counted (``ignored_series``/``ignored_sets``), not
 merged: their timing is independent of the first.
 
@@ -32,6 +33,8 @@ from decimal import Decimal, InvalidOperation
 from typing import IO
 
 from lxml import etree
+
+from fhir_server.clinical.ecg_measurements import Measurement, MeasurementCollector
 
 #: aECG lead code -> (MDC per-lead potential code, short name). The numeric codes are 131328 +
 #: the lead number of ISO/IEEE 11073 (DICOM CID 3001); the sums are computed [U] (research §7).
@@ -118,6 +121,8 @@ class AecgDocument:
     leads: list[Lead] = field(default_factory=list)
     device: Device = field(default_factory=Device)
     subject: Subject = field(default_factory=Subject)
+    #: global measurements from the annotation sets (``ecg_measurements``)
+    measurements: list[Measurement] = field(default_factory=list)
     ignored_series: int = 0
     ignored_sets: int = 0
     problems: list[str] = field(default_factory=list)
@@ -212,6 +217,7 @@ def parse_aecg(source: bytes | IO[bytes]) -> AecgDocument:
     series_seen = 0  # rhythm series seen so far; only the first is read
     sets_in_series = 0
     reading = False  # inside the first sequenceSet of the first rhythm series
+    measurements = MeasurementCollector()
     context = etree.iterparse(
         stream,
         events=("start", "end"),
@@ -252,7 +258,11 @@ def parse_aecg(source: bytes | IO[bytes]) -> AecgDocument:
             elif name == "sequence" and reading and "derivedSeries" not in stack:
                 _read_sequence(doc, elem)
                 _free(elem)
-            elif name in ("annotationSet", "derivedSeries"):
+            elif name == "annotationSet":
+                if series_seen == 1 and "series" in stack:
+                    measurements.add(elem, representative_beat="derivedSeries" in stack)
+                _free(elem)
+            elif name == "derivedSeries":
                 _free(elem)
             elif name == "effectiveTime":
                 if parent == "series" and series_seen == 1 and doc.series_time is None:
@@ -270,6 +280,7 @@ def parse_aecg(source: bytes | IO[bytes]) -> AecgDocument:
                 _read_subject(doc.subject, name, parent, elem)
     except etree.XMLSyntaxError as exc:
         raise AecgFormatError(f"malformed XML: {exc}") from None
+    doc.measurements = measurements.result()
     return doc
 
 

@@ -1,5 +1,6 @@
 """An imported aECG as FHIR: the original (Binary), its index entry (DocumentReference) and the
-ECG Observation with one ``SampledData`` component per lead.
+ECG Observation with one ``SampledData`` component per lead and one ``Quantity`` component per
+global measurement the aECG's annotations give (``ecg_measurements``).
 
 Why keep the original: SampledData is for display and exchange; annotations, filters and the
 median beat stay in the aECG, which is the record (research §7: "keep the DICOM or aECG original
@@ -20,6 +21,7 @@ from typing import Any
 
 from fhir_server.clinical import codes
 from fhir_server.clinical.ecg import LEADS, AecgDocument, Lead
+from fhir_server.clinical.ecg_measurements import Measurement
 
 AECG_MEDIA_TYPE = "application/hl7-v3+xml"
 EKG_STUDY = ("11524-6", "EKG study")
@@ -124,7 +126,20 @@ def observation(doc: AecgDocument, *, subject: str, document_reference_id: str, 
     order = {code: i for i, code in enumerate(LEADS)}
     leads = sorted((lead for lead in doc.leads if lead.code in LEADS), key=lambda lead: order[lead.code])
     obs["component"] = [_lead_component(doc, lead) for lead in leads]
+    obs["component"] += [_measurement_component(m) for m in doc.measurements]
+    sources = sorted({m.source for m in doc.measurements})
+    if sources:
+        obs.setdefault("note", []).append({"text": f"Measurements from the aECG annotations: {'; '.join(sources)}"})
     return obs
+
+
+def _measurement_component(m: Measurement) -> dict[str, Any]:
+    coding = [codes.coding(codes.LOINC, m.loinc, m.display)] if m.loinc else []
+    coding.append(codes.coding(codes.MDC, m.code, m.display))
+    return {
+        "code": {"coding": coding, "text": m.display},
+        "valueQuantity": {"value": _number(m.value), "unit": m.ucum, "system": codes.UCUM, "code": m.ucum},
+    }
 
 
 def _lead_component(doc: AecgDocument, lead: Lead) -> dict[str, Any]:

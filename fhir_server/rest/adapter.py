@@ -31,6 +31,8 @@ XML = "application/fhir+xml"
 _JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fhir", "json", "text/json"}
 _XML_TYPES = {"application/fhir+xml", "application/xml", "application/xml+fhir", "xml", "text/xml"}
 _PATCH_TYPES = {"application/json-patch+json"}
+#: what a ``raw_body`` route still gets parsed as FHIR (``application/xml`` is its own document)
+_FHIR_ONLY_TYPES = {"application/fhir+json", "application/json", "application/json+fhir", "application/fhir+xml"}
 
 
 def response_format(params: list[tuple[str, str]], accept: str | None) -> str:
@@ -142,7 +144,8 @@ def register(app: Flask, make_context: Any, bundle_slots: int) -> None:
             with bundle_gate if http.method == "POST" and not path.strip("/") else nullcontext():
                 route, variables = resolve(req.method, path)
                 # a raw_body route (e.g. $import-aecg) reads a non-FHIR document from req.body
-                if http.method in ("POST", "PUT") and body and not route.raw_body:
+                media = (content_type or "").split(";")[0].strip().lower()
+                if http.method in ("POST", "PUT") and body and (not route.raw_body or media in _FHIR_ONLY_TYPES):
                     req.resource = parse_body(body, content_type)
                 ctx: RequestContext = make_context()
                 resp = route.handler(bind(req, variables), ctx)

@@ -51,7 +51,7 @@ class Route:
     pattern: tuple[str, ...]
     handler: Handler
     #: the handler reads ``req.body`` itself (a non-FHIR document such as an aECG): the adapter
-    #: must not parse the body as a FHIR resource
+    #: parses the body as a FHIR resource only when its media type is a FHIR one
     raw_body: bool = False
 
 

@@ -314,8 +314,10 @@ def test_import_aecg_stores_binary_document_and_observation(client, services, co
     assert obs["code"]["coding"][0]["code"] == "11524-6"
     assert obs["subject"] == {"reference": f"Patient/{pid}"}
     assert obs["effectiveDateTime"] == "2002-11-22T09:10:00+08:00"
-    assert len(obs["component"]) == 12
+    assert sum("valueSampledData" in c for c in obs["component"]) == 12
     assert obs["component"][0]["valueSampledData"]["period"] == 2
+    measured = {c["code"]["coding"][0]["code"]: c["valueQuantity"]["value"] for c in obs["component"][12:]}
+    assert measured["8625-6"] == 148 and measured["8636-3"] == 443  # PR and QTc of the representative beat
     docref = client.get(f"/fhir/{obs['derivedFrom'][0]['reference']}").get_json()
     assert docref["resourceType"] == "DocumentReference"
     assert docref["subject"] == {"reference": f"Patient/{pid}"}
@@ -369,7 +371,8 @@ def test_import_aecg_request_errors(client, services) -> None:
     assert _import(client, _aecg(), "Group/1").status_code == 400
     missing = _import(client, _aecg(), f"Patient/{uuid.uuid4()}")
     assert missing.status_code == 422 and "subject" in missing.get_json()["issue"][0]["diagnostics"]
-    assert _import(client, _aecg(), f"Patient/{pid}", content_type=JSON).status_code == 415
+    assert _import(client, _aecg(), f"Patient/{pid}", content_type="text/plain").status_code == 415
+    assert _import(client, _aecg(), f"Patient/{pid}", content_type=JSON).status_code == 400  # not JSON
     assert _import(client, b"", f"Patient/{pid}").status_code == 400
     resp = client.post(
         "/fhir/Observation/$import-aecg",
@@ -379,6 +382,60 @@ def test_import_aecg_request_errors(client, services) -> None:
     )
     assert resp.status_code == 400
     assert _stored_counts(services) == before
+
+
+def _import_parameters(subject: str, xml: bytes, content_type: str = "application/hl7-v3+xml") -> dict:
+    return {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "subject", "valueReference": {"reference": subject}},
+            {
+                "name": "document",
+                "valueAttachment": {"contentType": content_type, "data": base64.b64encode(xml).decode()},
+            },
+        ],
+    }
+
+
+def test_import_aecg_from_a_parameters_body(client, services) -> None:
+    pid = _patient(client, "male")
+    resp = client.post("/fhir/Observation/$import-aecg", json=_import_parameters(f"Patient/{pid}", _aecg()))
+    assert resp.status_code == 201, resp.get_json()
+    assert resp.get_json()["subject"] == {"reference": f"Patient/{pid}"}
+    before = _stored_counts(services)
+    for body in (
+        _import_parameters(f"Patient/{pid}", _aecg(), content_type="text/plain"),
+        {**_import_parameters(f"Patient/{pid}", _aecg()), "parameter": [{"name": "subject", "valueReference": {}}]},
+        {"resourceType": "Parameters", "parameter": [{"name": "document", "valueString": "x"}]},
+        {"resourceType": "Observation"},
+    ):
+        assert client.post("/fhir/Observation/$import-aecg", json=body).status_code == 400, body
+    assert _stored_counts(services) == before
+
+
+def test_import_aecg_inside_a_transaction_with_the_patient_it_creates(client, services) -> None:
+    patient_url = f"urn:uuid:{uuid.uuid4()}"
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"fullUrl": patient_url, "resource": {"resourceType": "Patient", "gender": "male"},
+             "request": {"method": "POST", "url": "Patient"}},
+            {"resource": _import_parameters(patient_url, _aecg()),
+             "request": {"method": "POST", "url": "Observation/$import-aecg"}},
+        ],
+    }  # fmt: skip
+    resp = client.post("/fhir", json=bundle)
+    assert resp.status_code == 200, resp.get_json()
+    patient, observation = (
+        e["response"]["location"].split("/fhir/")[1].split("/_history")[0] for e in resp.get_json()["entry"]
+    )
+    assert client.get(f"/fhir/{observation}").get_json()["subject"]["reference"] == patient
+    # a failing import rolls the whole transaction back, the Patient too
+    before = services.repo.count("Patient"), _stored_counts(services)
+    bundle["entry"][1]["resource"] = _import_parameters(patient_url, _aecg("minimum_aecg.xml"))
+    assert client.post("/fhir", json=bundle).status_code == 422
+    assert (services.repo.count("Patient"), _stored_counts(services)) == before
 
 
 # ----------------------------------------------------------------------------- CapabilityStatement

@@ -190,7 +190,9 @@ def test_fhir_resources_from_the_sample() -> None:
     assert obs["device"] == {"display": "Mortara Instrument, Inc. ELI250 software 5.3"}
     assert obs["identifier"] == [{"system": "urn:uuid:61d1a24f-b47e-41aa-ae95-f8ac302f4eeb", "value": "subject1_0"}]
     codes = [c["code"]["coding"][0]["code"] for c in obs["component"]]
-    assert codes == [ecg.LEADS[k][0] for k in ecg.LEADS]  # I II III aVR aVL aVF V1–V6
+    assert codes[:12] == [ecg.LEADS[k][0] for k in ecg.LEADS]  # I II III aVR aVL aVF V1–V6
+    # then the representative beat's measurements: P duration (MDC only), PR, QRS, QT, QTc, axes
+    assert codes[12:] == ["MDC_ECG_TIME_PD_P", "8625-6", "8633-0", "8634-8", "8636-3", "8626-4", "8632-2", "8638-9"]
     assert codes[:3] == ["131329", "131330", "131389"]
     sd = obs["component"][0]["valueSampledData"]
     assert {k: v for k, v in sd.items() if k != "data"} == {
@@ -242,3 +244,68 @@ def test_example_is_what_the_import_produces() -> None:
         default_offset="+08:00",
     )
     assert {k: v for k, v in example.items() if k != "id"} == computed
+
+
+# -- global measurements from the annotation sets ---------------------------------------------
+def _measured(xml: bytes) -> dict[str, tuple[Decimal, str]]:
+    return {m.code: (m.value, m.source) for m in parse_aecg(xml).measurements}
+
+
+def test_measurements_come_from_the_representative_beat() -> None:
+    found = _measured(sample("subject1_0.xml"))
+    assert found["MDC_ECG_TIME_PD_PR"] == (Decimal(148), "representative beat")
+    assert found["MDC_ECG_TIME_PD_QTc"] == (Decimal(443), "representative beat")
+    assert found["MDC_ECG_ANGLE_QRS_FRONT"] == (Decimal(-61), "representative beat")
+    assert "MDC_ECG_HEART_RATE" not in found  # the sample does not state one
+
+
+def _without_derived_series(xml: bytes) -> etree._Element:
+    root = etree.fromstring(xml)
+    for derived in root.iter(f"{V3}derivedSeries"):
+        derived.getparent().remove(derived)
+    return root
+
+
+def _beat_values(root: etree._Element, code: str) -> list[etree._Element]:
+    """The value elements of ``code`` in the rhythm series' first annotation set."""
+    first = next(root.iter(f"{V3}annotationSet"))
+    return [a.find(f"{V3}value") for a in first.iter(f"{V3}annotation") if a.find(f"{V3}code").get("code") == code]
+
+
+def test_without_a_representative_beat_the_median_of_the_beats_is_taken() -> None:
+    root = _without_derived_series(sample("subject1_0.xml"))
+    values = _beat_values(root, "MDC_ECG_TIME_PD_QRS")
+    assert len(values) == 12
+    for node, ms in zip(values, [90, 100, 110, 120, 130, 140, 150, 160, 170, 180, 190, 1000], strict=True):
+        node.set("value", str(ms))
+    values[0].set("value", "0.09")  # 90 ms written in seconds
+    values[0].set("unit", "s")
+    found = _measured(etree.tostring(root))
+    assert found["MDC_ECG_TIME_PD_QRS"] == (Decimal(145), "median of 12 beats")
+
+
+def test_per_lead_and_unusable_annotations_are_not_global_measurements() -> None:
+    root = _without_derived_series(sample("subject1_0.xml"))
+    values = _beat_values(root, "MDC_ECG_TIME_PD_PR")
+    for node in values[1:]:
+        node.set("unit", "furlong")  # a unit that cannot be converted is left out
+    first_pr = values[0].getparent()
+    roi = etree.SubElement(etree.SubElement(first_pr, f"{V3}support"), f"{V3}supportingROI")
+    boundary = etree.SubElement(etree.SubElement(roi, f"{V3}component"), f"{V3}boundary")
+    etree.SubElement(boundary, f"{V3}code", code="MDC_ECG_LEAD_II")  # a lead II measurement only
+    assert "MDC_ECG_TIME_PD_PR" not in _measured(etree.tostring(root))
+
+
+def test_measurement_components_are_coded_in_loinc_and_mdc_with_ucum_units() -> None:
+    obs = observation(
+        parse_aecg(sample("subject1_0.xml")), subject="Patient/p1", document_reference_id="d1", default_offset="+08:00"
+    )
+    qt = next(c for c in obs["component"] if c["code"]["coding"][0]["code"] == "8634-8")
+    assert qt["code"]["coding"] == [
+        {"system": "http://loinc.org", "code": "8634-8", "display": "Q-T interval"},
+        {"system": "urn:oid:2.16.840.1.113883.6.24", "code": "MDC_ECG_TIME_PD_QT", "display": "Q-T interval"},
+    ]
+    assert qt["valueQuantity"] == {"value": 420, "unit": "ms", "system": "http://unitsofmeasure.org", "code": "ms"}
+    axis = next(c for c in obs["component"] if c["code"]["coding"][0]["code"] == "8632-2")
+    assert axis["valueQuantity"]["value"] == -61 and axis["valueQuantity"]["code"] == "deg"
+    assert obs["note"][-1]["text"] == "Measurements from the aECG annotations: representative beat"

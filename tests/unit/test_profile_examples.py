@@ -444,6 +444,8 @@ BROKEN: list[tuple[str, str, Change, str, str]] = [
      "cn-ecg-3", "Observation.component[0]"),
     ("ecg-observation", "ecg-observation-example",
      lambda r: r["component"][0]["valueSampledData"].update(dimensions=2), "cn-ecg-1", "Observation.component[0]"),
+    ("ecg-observation", "ecg-observation-example", lambda r: [r["component"][13]["valueQuantity"].pop(k) for k in ("system", "code")],
+     "cn-ecg-4", "Observation.component[13]"),
     ("ecg-observation", "ecg-observation-example", lambda r: r["component"].pop(11),
      "Slice Observation.component:V6: minimum required = 1", "Observation.component"),
     ("ecg-observation", "ecg-observation-example",

@@ -46,6 +46,18 @@ class Entry:
     #: a conditional create whose resource already exists (stored, or created by an earlier entry)
     exists: bool = False
 
+    @property
+    def is_operation(self) -> bool:
+        """``POST [type]/$op`` (or ``[type]/[id]/$op``): an operation call, not a create."""
+        return "$" in self.path
+
+    @property
+    def order(self) -> tuple[float, int]:
+        """Transaction processing order (http://hl7.org/fhir/R4/http.html#trules): DELETE, POST,
+        PUT/PATCH, GET; operation calls after the writes, since they may use what the Bundle
+        creates, and before the reads."""
+        return (_ORDER["PUT"] + 0.5 if self.is_operation else _ORDER[self.method], self.index)
+
 
 def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
     body = req.resource
@@ -119,7 +131,7 @@ def _transaction(entries: list[Entry], ctx: RequestContext, representation: bool
         tctx = ctx.child(session)
         mapping = _assign_identities(entries, tctx, session)
         _rewrite_references(entries, mapping, tctx, session)
-        for entry in sorted(entries, key=lambda e: (_ORDER[e.method], e.index)):
+        for entry in sorted(entries, key=lambda e: e.order):
             req = _entry_request(entry, "return=representation" if representation else "return=minimal")
             try:
                 resp = _run_entry(entry, req, tctx, dispatch)
@@ -172,7 +184,7 @@ def _assign_identities(entries: list[Entry], ctx: RequestContext, session: Sessi
     mapping: dict[str, str] = {}
     seen_conditions: dict[tuple[str, str], str] = {}
     for entry in entries:
-        if entry.method not in ("POST", "PUT"):
+        if entry.method not in ("POST", "PUT") or entry.is_operation:
             continue
         res_type = entry.path.split("/")[0]
         if res_type not in model.resource_types:

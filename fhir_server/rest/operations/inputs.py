@@ -31,6 +31,8 @@ INTEGER = "integer"
 DECIMAL = "decimal"
 CODING = "Coding"
 CONCEPT = "CodeableConcept"
+REFERENCE = "Reference"
+ATTACHMENT = "Attachment"
 
 
 def resource_type(kind: str) -> str | None:
@@ -107,6 +109,8 @@ class Inputs:
                     "invalid-param", f"${self.operation}: {name} in a query must be system|code, not {raw!r}", name
                 )
             return {"system": system, "code": code}
+        if kind == REFERENCE:
+            return {"reference": raw}
         raise FhirError(
             "invalid-param", f"${self.operation}: {name} ({kind}) can only be given in a POSTed Parameters body", name
         )
@@ -134,6 +138,10 @@ class Inputs:
         if kind == CODING and key == "valueCoding" and isinstance(value, dict):
             return value
         if kind == CONCEPT and key == "valueCodeableConcept" and isinstance(value, dict):
+            return value
+        if kind == REFERENCE and key == "valueReference" and isinstance(value, dict):
+            return value
+        if kind == ATTACHMENT and key == "valueAttachment" and isinstance(value, dict):
             return value
         raise FhirError("bad-request", f"${self.operation}: {name} must be a {kind}, not {key}", where)
 
