@@ -5,6 +5,11 @@ Why: orjson parses and writes several times faster than the standard library, bu
 search ranges, http://hl7.org/fhir/R4/search.html#number). Documents whose decimals a float
 would change take a slower path that keeps them as :class:`FhirDecimal`, which is written back
 verbatim through ``orjson.Fragment``.
+
+Large documents take the standard library's parser too: orjson first builds its own document
+tree and then the Python objects, so it peaks at ~17× the input (a 16 MB CodeSystem: 272 MB
+transient for 82 MB of result; the standard parser peaks at 115 MB), which alone would take a
+worker over its 300 MB budget.
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ from fhir_server.errors import FhirError
 # A JSON number a float round trip would change: trailing zeros after the point (other than a
 # lone ``.0``), an exponent, or more than 15 fraction digits.
 _LOSSY_NUMBER = re.compile(rb"[:\[,]\s*-?\d+(?:\.(?:\d*[1-9]0+|00+)(?=[\s,\]}])|(?:\.\d+)?[eE][-+]?\d+|\.\d{16,})")
+
+
+#: above this many bytes a document is parsed by the standard library (see the module docstring)
+ORJSON_MAX_BYTES = 4 * 1024 * 1024
 
 
 class FhirDecimal(Decimal):
@@ -46,7 +55,7 @@ def loads(data: bytes | str) -> Any:
     try:
         if isinstance(data, str):
             data = data.encode("utf-8")
-        if _LOSSY_NUMBER.search(data):
+        if len(data) > ORJSON_MAX_BYTES or _LOSSY_NUMBER.search(data):
             return _stdjson.loads(data, parse_float=_exact_float)
         return orjson.loads(data)
     except (orjson.JSONDecodeError, _stdjson.JSONDecodeError, UnicodeDecodeError) as exc:

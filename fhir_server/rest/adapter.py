@@ -147,6 +147,8 @@ def register(app: Flask, make_context: Any, bundle_slots: int) -> None:
                 media = (content_type or "").split(";")[0].strip().lower()
                 if http.method in ("POST", "PUT") and body and (not route.raw_body or media in _FHIR_ONLY_TYPES):
                     req.resource = parse_body(body, content_type)
+                    if req.resource is not None:  # parsed: the bytes are not needed again
+                        req.body = body = b""
                 ctx: RequestContext = make_context()
                 resp = route.handler(bind(req, variables), ctx)
         except FhirError as err:
