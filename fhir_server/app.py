@@ -16,11 +16,14 @@ from flask import Flask, Response, g, request
 from fhir_server import packaged
 from fhir_server.config import Settings
 from fhir_server.context import RequestContext
+from fhir_server.rest.messages import FhirRequest
 from fhir_server.search.custom import CustomSearchParameters
 from fhir_server.search.engine import SearchEngine
 from fhir_server.search.index import index_rows
 from fhir_server.search.registry import get_registry
 from fhir_server.search.reindex import JobRunner
+from fhir_server.security.access import PUBLIC
+from fhir_server.security.service import Security, build_security
 from fhir_server.storage.engine import make_engine
 from fhir_server.storage.migrate import ensure_schema
 from fhir_server.storage.repository import Repository
@@ -40,6 +43,8 @@ class Services:
     jobs: JobRunner
     #: StructureDefinitions by url and compiled profiles, shared by this worker's requests
     profiles: ProfileStore
+    #: OAuth2 clients, signing keys and tokens; None when auth is off (security/service.py)
+    security: Security | None = None
 
 
 def build_services(settings: Settings, migrate: bool = True) -> Services:
@@ -68,7 +73,8 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
         settle=settings.search_param_refresh,
         poll_interval=settings.job_poll_interval,
     )
-    return Services(settings, repo, search, search_params, jobs, profiles)
+    security = build_security(engine, settings, prepare=migrate) if settings.auth else None
+    return Services(settings, repo, search, search_params, jobs, profiles, security)
 
 
 def base_url(settings: Settings) -> str:
@@ -80,19 +86,36 @@ def base_url(settings: Settings) -> str:
 def create_app(settings: Settings, services: Services | None = None) -> Flask:
     from fhir_server.rest import adapter
     from fhir_server.rest.metrics import Metrics
+    from fhir_server.rest.routes import Route
 
     services = services or build_services(settings)
     app = Flask("fhir_server")
     app.config["SERVICES"] = services
     metrics = Metrics()
 
-    def make_context() -> RequestContext:
+    security = services.security
+
+    def make_context(req: FhirRequest, route: Route) -> RequestContext:
+        """The request's context, once its token is checked (401 without a valid one)."""
+        principal = None
+        if security is not None and route.interaction not in PUBLIC:
+            principal = security.authenticate(req.headers.get("authorization"))
         services.search_params.maybe_refresh()  # a time check; a query at most once per interval
         return RequestContext(
-            services.repo, settings, services.search, base_url(settings), jobs=services.jobs, profiles=services.profiles
+            services.repo,
+            settings,
+            services.search,
+            base_url(settings),
+            jobs=services.jobs,
+            profiles=services.profiles,
+            principal=principal,
         )
 
     adapter.register(app, make_context, settings.bundle_slots)
+    if security is not None:
+        from fhir_server.rest import auth_http
+
+        auth_http.register(app, security, lambda: base_url(settings))
 
     @app.before_request
     def _start() -> None:

@@ -11,6 +11,8 @@ import click
 from fhir_server.config import Settings
 
 _DEFAULTS = Settings()
+#: every option reads FHIR_SERVER_<OPTION> (ARCHITECTURE.md), not click's FHIR_SERVER_<COMMAND>_<OPTION>
+_ENV = {"auto_envvar_prefix": "FHIR_SERVER"}
 
 
 def _database_option(f):  # type: ignore[no-untyped-def]
@@ -47,7 +49,7 @@ def cli(log_level: str) -> None:
     )
 
 
-@cli.command()
+@cli.command(context_settings=_ENV)
 @click.option("--host", default=_DEFAULTS.host, show_default=True)
 @click.option("--port", default=_DEFAULTS.port, show_default=True, type=int)
 @_database_option
@@ -69,6 +71,15 @@ def cli(log_level: str) -> None:
     type=click.IntRange(min=1),
     help="Batch/transaction Bundles run at once per worker (others wait); bounds memory",
 )
+@click.option(
+    "--auth",
+    type=click.Choice(["on", "off"]),
+    default="on",
+    show_default=True,
+    help="OAuth2/SMART access control; 'off' is a development flag only (logged as a warning)",
+)
+@click.option("--bootstrap-client", default=None, help="id:secret of a client allowed system/*.* (made at start)")
+@click.option("--token-lifetime", default=_DEFAULTS.token_lifetime, show_default=True, type=click.IntRange(min=60))
 def serve(
     host: str,
     port: int,
@@ -79,6 +90,9 @@ def serve(
     access_log: bool,
     pool_size: int,
     bundle_slots: int,
+    auth: str,
+    bootstrap_client: str | None,
+    token_lifetime: int,
 ) -> None:
     """Serve FHIR over HTTP."""
     from fhir_server.server import serve as run
@@ -93,7 +107,14 @@ def serve(
         access_log=access_log,
         pool_size=pool_size,
         bundle_slots=bundle_slots,
+        auth=auth == "on",
+        bootstrap_client=bootstrap_client,
+        token_lifetime=token_lifetime,
     )
+    if not settings.auth:
+        logging.getLogger("fhir_server").warning(
+            "auth is OFF: every request is served without a token (a development flag; never in production)"
+        )
     run(settings)
 
 
@@ -102,7 +123,7 @@ def db() -> None:
     """Database maintenance."""
 
 
-@db.command()
+@db.command(context_settings=_ENV)
 @_database_option
 @_data_dir_option
 def upgrade(database_url: str, data_dir: str) -> None:
@@ -117,7 +138,7 @@ def upgrade(database_url: str, data_dir: str) -> None:
     click.echo(f"database at revision {current_revision(engine)}")
 
 
-@db.command()
+@db.command(context_settings=_ENV)
 @_database_option
 @_data_dir_option
 @click.option("--type", "res_type", default=None, help="Reindex only this resource type (default: all)")
@@ -178,7 +199,7 @@ def reindex(database_url: str, data_dir: str, res_type: str | None, batch_size: 
         sys.exit(1)
 
 
-@cli.command()
+@cli.command(context_settings=_ENV)
 @_database_option
 @_data_dir_option
 @click.option("--batch-size", default=500, show_default=True, help="Resources per commit for NDJSON and collections")
@@ -200,7 +221,7 @@ def terminology() -> None:
     """Terminology: external code systems."""
 
 
-@terminology.command("import")
+@terminology.command("import", context_settings=_ENV)
 @_database_option
 @_data_dir_option
 @click.option(
@@ -246,3 +267,92 @@ def terminology_import(
         f"CodeSystem/{stored.res_id} (version {stored.version}): {resource['count']} concepts of {label} "
         f"stored in {time.perf_counter() - started:.1f} s"
     )
+
+
+@cli.group()
+def clients() -> None:
+    """OAuth2 clients (SMART apps, backend services, integrations)."""
+
+
+def _client_store(database_url: str, data_dir: str):  # type: ignore[no-untyped-def]
+    from fhir_server.security.clients import ClientStore
+    from fhir_server.storage.engine import make_engine
+    from fhir_server.storage.migrate import ensure_schema
+
+    engine = make_engine(_settings(database_url, data_dir).resolved_database_url)
+    ensure_schema(engine)
+    return ClientStore(engine)
+
+
+@clients.command("add", context_settings=_ENV)
+@_database_option
+@_data_dir_option
+@click.argument("client_id")
+@click.option("--name", default=None)
+@click.option("--secret", default=None, help="shared secret (client_secret_basic/post); stored as an argon2id hash")
+@click.option("--jwks", "jwks_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="the client's public JWKS (JSON file), for private_key_jwt")  # fmt: skip
+@click.option(
+    "--auth-method",
+    default=None,
+    type=click.Choice(["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]),
+    help="default: private_key_jwt with --jwks, else client_secret_basic",
+)
+@click.option("--scope", default="system/*.read", show_default=True, help="scopes it may be granted")
+@click.option("--grant-type", "grant_types", multiple=True, default=("client_credentials",), show_default=True)
+@click.option("--redirect-uri", "redirect_uris", multiple=True)
+@click.option("--organization", default=None, help="its institution, Organization/<id>")
+def clients_add(
+    database_url: str,
+    data_dir: str,
+    client_id: str,
+    name: str | None,
+    secret: str | None,
+    jwks_file: str | None,
+    auth_method: str | None,
+    scope: str,
+    grant_types: tuple[str, ...],
+    redirect_uris: tuple[str, ...],
+    organization: str | None,
+) -> None:
+    """Register (or replace) CLIENT_ID."""
+    import json
+
+    jwks = json.loads(pathlib.Path(jwks_file).read_text("utf-8")) if jwks_file else None
+    method = auth_method or ("private_key_jwt" if jwks else "client_secret_basic")
+    try:
+        client = _client_store(database_url, data_dir).save(
+            client_id,
+            name=name,
+            secret=secret,
+            jwks=jwks,
+            auth_method=method,
+            grant_types=grant_types,
+            redirect_uris=redirect_uris,
+            scope=scope,
+            organization=organization,
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"client {client.client_id}: {client.auth_method}, scope {client.scope}")
+
+
+@clients.command("list", context_settings=_ENV)
+@_database_option
+@_data_dir_option
+def clients_list(database_url: str, data_dir: str) -> None:
+    """Registered clients (secrets are never shown: only their hashes are kept)."""
+    for c in _client_store(database_url, data_dir).list():
+        state = " (disabled)" if c.disabled else ""
+        click.echo(f"{c.client_id}\t{c.auth_method}\t{' '.join(c.grant_types)}\t{c.scope}{state}")
+
+
+@clients.command("remove", context_settings=_ENV)
+@_database_option
+@_data_dir_option
+@click.argument("client_id")
+def clients_remove(database_url: str, data_dir: str, client_id: str) -> None:
+    """Delete CLIENT_ID (its tokens stop working when they expire; revoke them to stop them now)."""
+    if not _client_store(database_url, data_dir).remove(client_id):
+        raise click.ClickException(f"no client {client_id!r}")
+    click.echo(f"removed {client_id}")

@@ -44,6 +44,14 @@ class Settings:
     job_lease: float = 60.0
     #: seconds between a server worker's checks for jobs that nobody runs
     job_poll_interval: float = 5.0
+    #: OAuth2/SMART access control; off only as an explicit development flag (docs/security.md)
+    auth: bool = True
+    #: ``id:secret`` of a confidential client allowed ``system/*.*``, made at start (ARCHITECTURE.md)
+    bootstrap_client: str | None = None
+    #: seconds an access token lives
+    token_lifetime: int = 3600
+    #: days before the token signing key is rotated
+    signing_key_days: float = 30.0
 
     def with_overrides(self, **values: object) -> Settings:
         return replace(self, **{k: v for k, v in values.items() if v is not None})

@@ -19,6 +19,7 @@ from fhir_server.storage.repository import Repository, Session
 if TYPE_CHECKING:
     from fhir_server.search.engine import SearchEngine
     from fhir_server.search.reindex import JobRunner
+    from fhir_server.security.tokens import Principal
     from fhir_server.validation.conformance import ProfileStore
 
 
@@ -34,6 +35,8 @@ class RequestContext:
     jobs: JobRunner | None = None
     #: the worker's StructureDefinitions and compiled profiles (validation/conformance.py)
     profiles: ProfileStore | None = None
+    #: who the request acts for (its access token); None when auth is off (security/)
+    principal: Principal | None = None
 
     @contextmanager
     def session(self, write: bool = False) -> Iterator[Session]:
@@ -48,4 +51,6 @@ class RequestContext:
         return f"{self.base_url}/{relative}"
 
     def child(self, session: Session) -> RequestContext:
-        return RequestContext(self.repo, self.settings, self.search, self.base_url, session, self.jobs, self.profiles)
+        return RequestContext(
+            self.repo, self.settings, self.search, self.base_url, session, self.jobs, self.profiles, self.principal
+        )

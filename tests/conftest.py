@@ -95,8 +95,11 @@ def services(database_url: str, tmp_path_factory: pytest.TempPathFactory):  # ty
     from fhir_server.app import build_services
     from fhir_server.config import Settings
 
-    settings = Settings(
-        database_url=database_url, data_dir=tmp_path_factory.mktemp("data"), base_url="http://testserver/fhir"
+    settings = Settings(  # auth off (the development flag): these tests are about FHIR, not security
+        database_url=database_url,
+        data_dir=tmp_path_factory.mktemp("data"),
+        base_url="http://testserver/fhir",
+        auth=False,
     )
     svc = build_services(settings)
     yield svc
@@ -124,7 +127,9 @@ def free_port() -> int:
 class ServerProcess:
     """``fhir-server serve`` in a subprocess, as a user would start it."""
 
-    def __init__(self, database_url: str, data_dir: pathlib.Path, workers: int = 1) -> None:
+    def __init__(
+        self, database_url: str, data_dir: pathlib.Path, workers: int = 1, *, auth: bool = False, args: tuple[str, ...] = ()
+    ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}/fhir"
         self.root = f"http://127.0.0.1:{self.port}"
@@ -140,6 +145,9 @@ class ServerProcess:
             str(data_dir),
             "--workers",
             str(workers),
+            "--auth",
+            "on" if auth else "off",
+            *args,
         ]
         self.proc = subprocess.Popen(
             cmd, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True

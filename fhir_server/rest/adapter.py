@@ -22,7 +22,7 @@ from fhir_server.context import RequestContext
 from fhir_server.errors import FhirError
 from fhir_server.formats import json as fjson
 from fhir_server.rest.messages import FhirRequest, FhirResponse
-from fhir_server.rest.routes import bind, resolve
+from fhir_server.rest.routes import resolve, run
 
 log = logging.getLogger("fhir_server.rest")
 
@@ -149,8 +149,8 @@ def register(app: Flask, make_context: Any, bundle_slots: int) -> None:
                     req.resource = parse_body(body, content_type)
                     if req.resource is not None:  # parsed: the bytes are not needed again
                         req.body = body = b""
-                ctx: RequestContext = make_context()
-                resp = route.handler(bind(req, variables), ctx)
+                ctx: RequestContext = make_context(req, route)
+                resp = run(route, variables, req, ctx)
         except FhirError as err:
             resp = FhirResponse(err.status, resource=err.outcome(), headers=dict(err.headers))
         except DBAPIError as exc:

@@ -37,6 +37,7 @@ from fhir_server.rest.operations import (
     validate,
     validate_code,
 )
+from fhir_server.security import access
 
 Handler = Callable[[FhirRequest, RequestContext], FhirResponse]
 
@@ -53,7 +54,14 @@ class Route:
     #: the handler reads ``req.body`` itself (a non-FHIR document such as an aECG): the adapter
     #: parses the body as a FHIR resource only when its media type is a FHIR one
     raw_body: bool = False
+    #: the SMART permissions an operation needs, as (resource type or "{type}", letters of
+    #: "cruds"); None: derived from the interaction (security/access.py)
+    access: tuple[tuple[str, str], ...] | None = None
 
+
+_ADMIN = (("*", "cruds"),)
+_READ = (("{type}", "r"),)
+_ASSESS = (("QuestionnaireResponse", "r"), ("Observation", "c"))
 
 ROUTES: tuple[Route, ...] = (
     Route("capabilities", "system", "GET", ("metadata",), capabilities.handle),
@@ -77,19 +85,20 @@ ROUTES: tuple[Route, ...] = (
     Route("search-compartment", "compartment", "GET", ("{compartment}", "{cid}", "{type}"), search.handle),
     Route("search-compartment", "compartment", "POST", ("{compartment}", "{cid}", "{type}", "_search"), search.handle),
     # operations: interaction "$name" (the CapabilityStatement lists them under ``operation``)
-    Route("$reindex", "system", "POST", ("$reindex",), reindex.start),
-    Route("$reindex", "type", "POST", ("{type}", "$reindex"), reindex.start),
-    Route("$reindex", "system", "GET", ("$reindex", "{id}"), reindex.status),  # async status URL
-    Route("$reindex", "system", "DELETE", ("$reindex", "{id}"), reindex.cancel),
-    Route("$validate", "type", "POST", ("{type}", "$validate"), validate.handle),
-    Route("$validate", "instance", "POST", ("{type}", "{id}", "$validate"), validate.handle),
-    Route("$validate", "instance", "GET", ("{type}", "{id}", "$validate"), validate.handle),
+    Route("$reindex", "system", "POST", ("$reindex",), reindex.start, access=_ADMIN),
+    Route("$reindex", "type", "POST", ("{type}", "$reindex"), reindex.start, access=_ADMIN),
+    Route("$reindex", "system", "GET", ("$reindex", "{id}"), reindex.status, access=_ADMIN),  # async status URL
+    Route("$reindex", "system", "DELETE", ("$reindex", "{id}"), reindex.cancel, access=_ADMIN),
+    Route("$validate", "type", "POST", ("{type}", "$validate"), validate.handle, access=_READ),
+    Route("$validate", "instance", "POST", ("{type}", "{id}", "$validate"), validate.handle, access=_READ),
+    Route("$validate", "instance", "GET", ("{type}", "{id}", "$validate"), validate.handle, access=_READ),
     Route(
         "$assess-constitution",
         "type",
         "POST",
         ("QuestionnaireResponse", "$assess-constitution"),
         assess_constitution.handle,
+        access=_ASSESS,
     ),
     Route(
         "$assess-constitution",
@@ -97,14 +106,28 @@ ROUTES: tuple[Route, ...] = (
         "POST",
         ("QuestionnaireResponse", "{id}", "$assess-constitution"),
         assess_constitution.handle,
+        access=_ASSESS,
     ),
     Route(
-        "$interpret-meridian", "type", "POST", ("Observation", "$interpret-meridian"), meridian_interpretation.handle
+        "$interpret-meridian",
+        "type",
+        "POST",
+        ("Observation", "$interpret-meridian"),
+        meridian_interpretation.handle,
+        access=(("Observation", "r"),),
     ),
-    Route("$import-aecg", "type", "POST", ("Observation", "$import-aecg"), aecg_import.handle, raw_body=True),
+    Route(
+        "$import-aecg",
+        "type",
+        "POST",
+        ("Observation", "$import-aecg"),
+        aecg_import.handle,
+        raw_body=True,
+        access=(("Observation", "c"), ("DocumentReference", "c"), ("Binary", "c")),
+    ),
     # terminology (IHE SVCM ITI-97..101): rest/operations/{lookup,expand,validate_code,subsumes,translate}.py
     *(
-        Route(f"${name}", level, method, pattern, handler)
+        Route(f"${name}", level, method, pattern, handler, access=((pattern[0], "r"),))
         for name, level, pattern, handler in (
             ("lookup", "type", ("CodeSystem", "$lookup"), lookup.handle),
             ("validate-code", "type", ("CodeSystem", "$validate-code"), validate_code.codesystem),
@@ -163,6 +186,13 @@ def bind(req: FhirRequest, variables: dict[str, str]) -> FhirRequest:
     return req
 
 
+def run(route: Route, variables: dict[str, str], req: FhirRequest, ctx: RequestContext) -> FhirResponse:
+    """The route's handler, once the request's token allows it (security/access.py)."""
+    bind(req, variables)
+    access.check(ctx.principal, route, req)
+    return route.handler(req, ctx)
+
+
 def dispatch(req: FhirRequest, path: str, ctx: RequestContext) -> FhirResponse:
     route, variables = resolve(req.method, path)
-    return route.handler(bind(req, variables), ctx)
+    return run(route, variables, req, ctx)

@@ -252,3 +252,42 @@ terminology_edges = Table(
     Column("child", Text, primary_key=True),
     Index("ix_terminology_edges_child", "cs_id", "cs_version", "child"),
 )
+
+# -- security (issue 5; fhir_server/security/) -----------------------------------------------
+#: OAuth2 clients (SMART apps, backend services, integrations)
+auth_clients = Table(
+    "auth_clients",
+    metadata,
+    Column("client_id", String(128), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("secret_hash", Text, nullable=True),  # argon2id; None for public clients and private_key_jwt
+    Column("jwks", Text, nullable=True),  # JSON Web Key Set of a private_key_jwt client
+    Column("auth_method", String(32), nullable=False),  # client_secret_basic, client_secret_post, private_key_jwt, none
+    Column("grant_types", Text, nullable=False),  # space separated
+    Column("redirect_uris", Text, nullable=False),  # space separated
+    Column("scope", Text, nullable=False),  # the scopes it may be granted, space separated
+    Column("organization", String(128), nullable=True),  # its institution (tenant), "Organization/<id>"
+    Column("created_us", BigInteger, nullable=False),
+    Column("disabled", Boolean, nullable=False),
+)
+
+#: signing keys of access and id tokens; the newest active one signs, all published keys verify
+auth_signing_keys = Table(
+    "auth_signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("alg", String(16), nullable=False),
+    Column("private_jwk", Text, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("retired_us", BigInteger, nullable=True),  # stops signing; published until tokens it signed expire
+)
+
+#: access tokens revoked before they expire (RFC 7009), by their ``jti``
+auth_revoked = Table(
+    "auth_revoked",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("expires_us", BigInteger, nullable=False),
+    Column("revoked_us", BigInteger, nullable=False),
+    Index("ix_auth_revoked_revoked", "revoked_us"),
+)

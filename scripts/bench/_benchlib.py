@@ -161,8 +161,11 @@ class Server:
 
 
 @contextlib.contextmanager
-def fhir_server(database_url: str | None = None, workers: int = 1, label: str = "server") -> Iterator[Server]:
-    """``fhir-server serve`` on a free port with a temporary data folder; stopped afterwards."""
+def fhir_server(
+    database_url: str | None = None, workers: int = 1, label: str = "server", auth: bool = False
+) -> Iterator[Server]:
+    """``fhir-server serve`` on a free port with a temporary data folder; stopped afterwards.
+    ``auth`` off unless asked: the benchmarks measure FHIR work (issue 5's compare both)."""
     data_dir = pathlib.Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))
     port = free_port()
     # BENCH_FHIR_SERVER: a command to start instead of .venv/bin/fhir-server (e.g. a patched build)
@@ -181,6 +184,8 @@ def fhir_server(database_url: str | None = None, workers: int = 1, label: str = 
         "--workers",
         str(workers),
         "--no-access-log",
+        "--auth",
+        "on" if auth else "off",
     ]
     if database_url:
         cmd += ["--database-url", database_url]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -80,4 +81,13 @@ def test_db_upgrade_command(tmp_path: pathlib.Path) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "database at revision 0006" in result.stdout
+    assert "database at revision 0007" in result.stdout
+
+
+def test_options_read_fhir_server_environment_variables(tmp_path: pathlib.Path) -> None:
+    """ARCHITECTURE.md: every option also reads FHIR_SERVER_<OPTION> (not click's per-command name)."""
+    url = f"sqlite:///{tmp_path / 'from-env.db'}"
+    env = {**os.environ, "FHIR_SERVER_DATABASE_URL": url}
+    result = subprocess.run([FHIR_SERVER, "db", "upgrade"], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "from-env.db").exists()

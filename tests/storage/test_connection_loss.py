@@ -9,7 +9,7 @@ from fhir_server.config import Settings
 
 
 def test_dropped_connection_is_503_then_recovers(postgres_url, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    services = build_services(Settings(database_url=postgres_url, data_dir=tmp_path, base_url="http://t/fhir"))
+    services = build_services(Settings(database_url=postgres_url, data_dir=tmp_path, base_url="http://t/fhir", auth=False))
     client = create_app(services.settings, services).test_client()
     try:
         created = client.post("/fhir/Patient", json={"resourceType": "Patient", "gender": "female"})
@@ -32,7 +32,7 @@ def test_dropped_connection_is_503_then_recovers(postgres_url, tmp_path) -> None
 
 
 def test_no_free_connection_is_503_not_500(postgres_url, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    settings = Settings(database_url=postgres_url, data_dir=tmp_path, base_url="http://t/fhir", pool_size=1)
+    settings = Settings(database_url=postgres_url, data_dir=tmp_path, base_url="http://t/fhir", pool_size=1, auth=False)
     services = build_services(settings)
     client = create_app(services.settings, services).test_client()
     services.repo.engine.pool._timeout = 0.2  # type: ignore[attr-defined]  # fail fast in the test

@@ -25,6 +25,7 @@ from fhir_server.model import get_model
 from fhir_server.rest.bundles import bundle
 from fhir_server.rest.interactions.common import read_live, written
 from fhir_server.rest.messages import FhirRequest, FhirResponse, parse_query
+from fhir_server.security import access
 from fhir_server.storage.repository import Session, new_id
 from fhir_server.util.clock import instant
 
@@ -145,8 +146,11 @@ def _transaction(entries: list[Entry], ctx: RequestContext, representation: bool
 def _run_entry(entry: Entry, req: FhirRequest, ctx: RequestContext, dispatch: Any) -> FhirResponse:
     if entry.method == "POST" and entry.assigned_id is not None:
         from fhir_server.rest.interactions import create
+        from fhir_server.rest.routes import resolve
 
+        route, _ = resolve("POST", entry.path)
         req.res_type = entry.path
+        access.check(ctx.principal, route, req)
         req.headers.pop("if-none-exist", None)  # resolved in _assign_identities
         if entry.exists:
             with ctx.session() as session:

@@ -44,7 +44,7 @@ PATCH_FORMATS = ["application/json-patch+json", "application/fhir+json", "applic
 
 def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
     registry = ctx.search.registry
-    return FhirResponse(200, resource=_statement(ctx.base_url, registry, registry.version))
+    return FhirResponse(200, resource=_statement(ctx.base_url, registry, registry.version, ctx.settings.auth))
 
 
 def _operations(routes: Any, levels: tuple[str, ...], res_type: str | None = None) -> list[dict[str, str]]:
@@ -68,8 +68,34 @@ def _param(p: Any) -> dict[str, Any]:
     return out
 
 
+def _security(base_url: str) -> dict[str, Any]:
+    """SMART on FHIR (http://hl7.org/fhir/smart-app-launch/conformance.html#using-cs): the
+    service code and the OAuth endpoints in the ``oauth-uris`` extension."""
+    root = base_url.removesuffix("/fhir")
+    uris = [("token", "/auth/token"), ("introspect", "/auth/introspect"), ("revoke", "/auth/revoke")]
+    return {
+        "extension": [
+            {
+                "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                "extension": [{"url": name, "valueUri": root + path} for name, path in uris],
+            }
+        ],
+        "service": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                        "code": "SMART-on-FHIR",
+                    }
+                ]
+            }
+        ],
+        "description": "OAuth2 bearer tokens (SMART Backend Services); see /fhir/.well-known/smart-configuration",
+    }
+
+
 @functools.lru_cache(maxsize=8)
-def _statement(base_url: str, registry: Any, _version: int) -> dict[str, Any]:
+def _statement(base_url: str, registry: Any, _version: int, auth: bool) -> dict[str, Any]:
     """Built once per base URL and registry version (custom parameters change it)."""
     from fhir_server.rest.routes import ROUTES
 
@@ -110,6 +136,7 @@ def _statement(base_url: str, registry: Any, _version: int) -> dict[str, Any]:
     rest = _without_empty(
         {
             "mode": "server",
+            "security": _security(base_url) if auth else [],
             "resource": resources,
             "interaction": system_interactions,
             "searchParam": [{"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date"}],

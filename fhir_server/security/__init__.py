@@ -1,0 +1,2 @@
+"""Security: OAuth2/SMART tokens and scopes, accounts, tenants, consent, de-identification and
+field encryption (issue 5; docs/security.md)."""

@@ -1,0 +1,225 @@
+"""The OAuth2 authorization server (authlib), without a web framework.
+
+Why framework-free: the core imports no I/O framework (ARCHITECTURE.md); authlib's
+``AuthorizationServer`` only needs a request object and a way to return (status, body,
+headers), which ``HttpRequest`` and ``handle_response`` give. ``rest/auth_http.py`` turns a
+Flask request into an ``HttpRequest`` and the answer back into a response.
+
+What it serves now (docs/security.md):
+- token endpoint (RFC 6749 §3.2): ``client_credentials`` (SMART Backend Services) with
+  ``client_secret_basic``, ``client_secret_post`` or ``private_key_jwt`` (RFC 7523 assertions,
+  RS256/RS384/ES256/ES384, ``jti`` replay refused across workers);
+- introspection (RFC 7662) and revocation (RFC 7009) of our access tokens, by the client the
+  token was issued to;
+- signed JWT access tokens (``tokens.py``), published keys at ``/auth/jwks``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from authlib.oauth2 import AuthorizationServer as _AuthorizationServer
+from authlib.oauth2.rfc6749 import JsonRequest, OAuth2Payload, OAuth2Request
+from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidScopeError
+from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant
+from authlib.oauth2.rfc6750 import BearerTokenGenerator
+from authlib.oauth2.rfc7009 import RevocationEndpoint
+from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+
+from fhir_server.security.clients import Client, ClientStore
+from fhir_server.security.scopes import ScopeError, ScopeSet
+from fhir_server.security.tokens import TokenService
+
+ASSERTION_ALGORITHMS = ["RS384", "ES384", "RS256", "ES256"]
+#: the token endpoint URL of the request being served (the audience of client assertions)
+_token_url: contextvars.ContextVar[str] = contextvars.ContextVar("token_url", default="")
+
+
+@dataclass
+class HttpRequest:
+    """What authlib needs of an HTTP request."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    form: dict[str, list[str]] = field(default_factory=dict)
+    args: dict[str, list[str]] = field(default_factory=dict)
+
+
+class _Payload(OAuth2Payload):
+    def __init__(self, values: dict[str, list[str]]) -> None:
+        self._values = values
+
+    @property
+    def data(self) -> dict[str, str]:
+        return {k: v[0] for k, v in self._values.items() if v}
+
+    @property
+    def datalist(self) -> defaultdict[str, list[str]]:
+        return defaultdict(list, self._values)
+
+
+class _Request(OAuth2Request):
+    def __init__(self, http: HttpRequest) -> None:
+        super().__init__(http.method, http.url, headers=http.headers)
+        self._http = http
+        self.payload = _Payload({**http.args, **http.form})
+
+    @property
+    def args(self) -> dict[str, str]:
+        return {k: v[0] for k, v in self._http.args.items() if v}
+
+    @property
+    def form(self) -> dict[str, str]:
+        return {k: v[0] for k, v in self._http.form.items() if v}
+
+
+class _ClientCredentials(ClientCredentialsGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+
+
+class _PrivateKeyJwt(JWTBearerClientAssertion):
+    """SMART Backend Services client authentication (RFC 7523 §2.2, ``private_key_jwt``)."""
+
+    CLIENT_AUTH_METHOD = "private_key_jwt"
+
+    def __init__(self, tokens: TokenService) -> None:
+        super().__init__(validate_jti=True, leeway=60)
+        self.tokens = tokens
+
+    def get_audiences(self) -> list[str]:
+        return [_token_url.get()]
+
+    def process_assertion_claims(self, assertion: str, resolve_key: Any) -> dict[str, Any]:
+        # SMART Backend Services: servers SHALL support RS384 and ES384 (joserfc's default list
+        # leaves RS384 out as "not recommended"), and SHOULD support the 256-bit variants
+        try:
+            token = jwt.decode(assertion, resolve_key, algorithms=ASSERTION_ALGORITHMS)
+        except JoseError as exc:
+            raise InvalidClientError(description=exc.description) from exc
+        self.verify_claims(token.claims)
+        return dict(token.claims)
+
+    def validate_jti(self, claims: dict[str, Any], jti: str) -> bool:
+        # SMART: "the authorization server SHALL reject a jti it has seen before" (until exp)
+        return self.tokens.remember_assertion(str(claims["iss"]), jti, int(claims["exp"]))
+
+    def resolve_client_public_key(self, client: Client) -> KeySet:
+        return KeySet.import_key_set(client.jwks or {"keys": []})
+
+
+class _Token(dict):  # type: ignore[type-arg]
+    """The claims of one of our access tokens, with what authlib's endpoints ask of a token."""
+
+    def __init__(self, claims: dict[str, Any], tokens: TokenService) -> None:
+        super().__init__(claims)
+        self._tokens = tokens
+
+    def is_expired(self) -> bool:
+        return False  # decode() returns only unexpired tokens
+
+    def is_revoked(self) -> bool:
+        return self._tokens.is_revoked(self["jti"])
+
+    def check_client(self, client: Client) -> bool:
+        return bool(self.get("client_id") == client.get_client_id())
+
+
+def _query(tokens: TokenService, token: str) -> _Token | None:
+    claims = tokens.decode(token)
+    return _Token(claims, tokens) if claims is not None else None
+
+
+class _Introspection(IntrospectionEndpoint):
+    def __init__(self, server: OAuthServer) -> None:
+        super().__init__(server)
+        self.tokens = server.tokens
+
+    def query_token(self, token: str, token_type_hint: str | None) -> _Token | None:
+        return _query(self.tokens, token)
+
+    def check_permission(self, token: _Token, client: Client, request: Any) -> bool:
+        return token.check_client(client)
+
+    def introspect_token(self, token: _Token) -> dict[str, Any]:
+        return {"active": True, "token_type": "Bearer", **token}
+
+
+class _Revocation(RevocationEndpoint):
+    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+
+    def __init__(self, server: OAuthServer) -> None:
+        super().__init__(server)
+        self.tokens = server.tokens
+
+    def query_token(self, token: str, token_type_hint: str | None) -> _Token | None:
+        return _query(self.tokens, token)
+
+    def revoke_token(self, token: _Token, request: Any) -> None:
+        self.tokens.revoke(token["jti"], int(token["exp"]))
+
+
+class OAuthServer(_AuthorizationServer):  # type: ignore[misc]
+    def __init__(self, clients: ClientStore, tokens: TokenService) -> None:
+        super().__init__()
+        self.clients = clients
+        self.tokens = tokens
+        self.register_token_generator("default", BearerTokenGenerator(self._access_token, expires_generator=self._ttl))
+        self.register_grant(_ClientCredentials)
+        self.register_client_auth_method("private_key_jwt", _PrivateKeyJwt(tokens))
+        self.register_endpoint(_Introspection(self))
+        self.register_endpoint(_Revocation(self))
+
+    # -- what authlib asks of a server ---------------------------------------------------
+    def query_client(self, client_id: str) -> Client | None:
+        return self.clients.get(client_id)
+
+    def save_token(self, token: dict[str, Any], request: Any) -> None:
+        """Access tokens are self-contained JWTs: nothing to store (revocation keeps a denylist)."""
+
+    def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
+        """No signals: audit records are written by the HTTP glue, which knows the outcome."""
+
+    def create_oauth2_request(self, request: HttpRequest) -> OAuth2Request:
+        return _Request(request)
+
+    def create_json_request(self, request: HttpRequest) -> JsonRequest:
+        raise NotImplementedError("no JSON endpoints")
+
+    def handle_response(self, status: int, body: Any, headers: Any) -> tuple[int, Any, dict[str, str]]:
+        return status, body, dict(headers)
+
+    def validate_requested_scope(self, scope: str | None) -> None:
+        try:
+            ScopeSet.parse(scope)
+        except ScopeError as exc:
+            raise InvalidScopeError(description=str(exc)) from None
+
+    # -- tokens ----------------------------------------------------------------------------
+    def _ttl(self, client: Client, grant_type: str) -> int:
+        return self.tokens.lifetime_s
+
+    def _access_token(self, client: Client, grant_type: str, user: Any, scope: str) -> str:
+        if not scope:
+            raise InvalidScopeError(description="none of the requested scopes is allowed for this client")
+        return self.tokens.issue(client, scope, user=user)
+
+    # -- entry points for the HTTP glue ----------------------------------------------------
+    def token(self, request: HttpRequest) -> tuple[int, Any, dict[str, str]]:
+        _token_url.set(request.url.split("?", 1)[0])
+        return self.create_token_response(request)  # type: ignore[no-any-return]
+
+    def introspect(self, request: HttpRequest) -> tuple[int, Any, dict[str, str]]:
+        _token_url.set(request.url.split("?", 1)[0].rsplit("/", 1)[0] + "/token")
+        return self.create_endpoint_response(IntrospectionEndpoint.ENDPOINT_NAME, request)  # type: ignore[no-any-return]
+
+    def revoke(self, request: HttpRequest) -> tuple[int, Any, dict[str, str]]:
+        _token_url.set(request.url.split("?", 1)[0].rsplit("/", 1)[0] + "/token")
+        return self.create_endpoint_response(RevocationEndpoint.ENDPOINT_NAME, request)  # type: ignore[no-any-return]

@@ -1,0 +1,69 @@
+"""The security services of one process, and the bearer-token check every request passes.
+
+Why the 401 carries ``WWW-Authenticate``: RFC 6750 §3 — a client that gets 401 learns from it
+whether it sent no token (``realm`` only) or a bad one (``error="invalid_token"`` and why).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+
+from fhir_server.config import Settings
+from fhir_server.errors import FhirError
+from fhir_server.security.clients import ClientStore, ensure_bootstrap
+from fhir_server.security.keys import SigningKeys
+from fhir_server.security.oauth import OAuthServer
+from fhir_server.security.tokens import InvalidToken, Principal, TokenService
+
+REALM = "telefhir"
+
+
+@dataclass
+class Security:
+    clients: ClientStore
+    keys: SigningKeys
+    tokens: TokenService
+    oauth: OAuthServer
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The principal of an ``Authorization: Bearer`` header, or 401 saying what is wrong."""
+        scheme, _, token = (authorization or "").partition(" ")
+        if not authorization:
+            raise FhirError(
+                "unauthorized",
+                "This server needs an access token (Authorization: Bearer ...); "
+                "see /fhir/.well-known/smart-configuration",
+                headers={"WWW-Authenticate": f'Bearer realm="{REALM}"'},
+            )
+        if scheme.lower() != "bearer" or not token.strip():
+            raise FhirError(
+                "unauthorized",
+                "The Authorization header must be 'Bearer <access token>'",
+                headers={"WWW-Authenticate": f'Bearer realm="{REALM}", error="invalid_request"'},
+            )
+        try:
+            return self.tokens.authenticate(token.strip())
+        except InvalidToken as exc:
+            reason = str(exc)
+            raise FhirError(
+                "unauthorized",
+                reason[:1].upper() + reason[1:],
+                headers={
+                    "WWW-Authenticate": f'Bearer realm="{REALM}", error="invalid_token", error_description="{reason}"'
+                },
+            ) from None
+
+
+def build_security(engine: Engine, settings: Settings, prepare: bool) -> Security:
+    """``prepare``: in the process that starts the server (before workers fork), make sure a
+    signing key exists and the bootstrap client is registered."""
+    clients = ClientStore(engine)
+    keys = SigningKeys(engine, rotate_after_days=settings.signing_key_days, publish_for_s=2 * settings.token_lifetime)
+    tokens = TokenService(engine, keys, lifetime_s=settings.token_lifetime)
+    if prepare:
+        keys.ensure_current()
+        if settings.bootstrap_client:
+            ensure_bootstrap(clients, settings.bootstrap_client)
+    return Security(clients, keys, tokens, OAuthServer(clients, tokens))
