@@ -291,3 +291,64 @@ auth_revoked = Table(
     Column("revoked_us", BigInteger, nullable=False),
     Index("ix_auth_revoked_revoked", "revoked_us"),
 )
+
+#: people who log in (browser, SMART apps acting for a user): password + TOTP, lockout, binding
+auth_users = Table(
+    "auth_users",
+    metadata,
+    Column("username", String(128), primary_key=True),
+    Column("password_hash", Text, nullable=False),  # argon2id
+    Column("password_changed_us", BigInteger, nullable=False),
+    Column("totp_secret", Text, nullable=True),  # base32; None until enrolled
+    Column("fhir_user", String(256), nullable=True),  # "Practitioner/12": the SMART fhirUser
+    Column("organization", String(128), nullable=True),  # the tenant: "Organization/5"
+    Column("roles", Text, nullable=False),  # space separated role codes (security/roles.py)
+    Column("failed_logins", Integer, nullable=False),
+    Column("locked_until_us", BigInteger, nullable=True),
+    Column("allowed_networks", Text, nullable=False),  # space separated CIDRs; empty: anywhere
+    Column("created_us", BigInteger, nullable=False),
+    Column("last_login_us", BigInteger, nullable=True),
+    Column("disabled", Boolean, nullable=False),
+)
+
+#: authorization codes (RFC 6749 §4.1) by the hash of the code; used once
+auth_codes = Table(
+    "auth_codes",
+    metadata,
+    Column("code_hash", String(64), primary_key=True),
+    Column("client_id", String(128), nullable=False),
+    Column("username", String(128), nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("redirect_uri", Text, nullable=False),
+    Column("code_challenge", Text, nullable=True),
+    Column("code_challenge_method", String(16), nullable=True),
+    Column("nonce", Text, nullable=True),
+    Column("context", Text, nullable=False),  # JSON: launch context (patient, encounter, fhirContext)
+    Column("expires_us", BigInteger, nullable=False),
+    Column("used", Boolean, nullable=False),
+)
+
+#: refresh tokens by their hash; a used one is replaced by a new one (rotation)
+auth_refresh_tokens = Table(
+    "auth_refresh_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("client_id", String(128), nullable=False),
+    Column("username", String(128), nullable=True),
+    Column("scope", Text, nullable=False),
+    Column("context", Text, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("expires_us", BigInteger, nullable=False),
+    Column("revoked", Boolean, nullable=False),
+)
+
+#: browser login sessions (the login page's cookie), by the hash of the session id
+auth_sessions = Table(
+    "auth_sessions",
+    metadata,
+    Column("session_hash", String(64), primary_key=True),
+    Column("username", String(128), nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("expires_us", BigInteger, nullable=False),
+    Column("address", String(64), nullable=True),  # the IP it was opened from
+)
