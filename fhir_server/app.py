@@ -7,15 +7,22 @@ repository from one ``Settings`` without global state.
 from __future__ import annotations
 
 import functools
+import logging
+import pathlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from flask import Flask, Response, g, request
 
 from fhir_server import packaged
+from fhir_server.audit import balp
+from fhir_server.audit.interactions import RequestAuditor
+from fhir_server.audit.recorder import AuditRecorder, recover
+from fhir_server.audit.store import AuditStore
 from fhir_server.config import Settings
 from fhir_server.context import RequestContext
+from fhir_server.errors import FhirError
 from fhir_server.rest.messages import FhirRequest
 from fhir_server.search.custom import CustomSearchParameters
 from fhir_server.search.engine import SearchEngine
@@ -31,6 +38,8 @@ from fhir_server.terminology import table as terminology_rows
 from fhir_server.validation.conformance import ProfileStore, complete_snapshot, enforce_profiles
 from fhir_server.validation.rules import ProfileRules, guide_write_hook
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Services:
@@ -45,6 +54,8 @@ class Services:
     profiles: ProfileStore
     #: OAuth2 clients, signing keys and tokens; None when auth is off (security/service.py)
     security: Security | None = None
+    #: the append-only audit store; None when audit is off (audit/store.py)
+    audit: AuditStore | None = None
 
 
 def build_services(settings: Settings, migrate: bool = True) -> Services:
@@ -74,7 +85,16 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
         poll_interval=settings.job_poll_interval,
     )
     security = build_security(engine, settings, prepare=migrate) if settings.auth else None
-    return Services(settings, repo, search, search_params, jobs, profiles, security)
+    audit = AuditStore(engine) if settings.audit else None
+    if audit is not None and migrate:
+        recovered = recover(audit, audit_spool(settings))  # spools of workers that died
+        if recovered:
+            log.warning("audit: %d events recovered from the spools of stopped workers", recovered)
+    return Services(settings, repo, search, search_params, jobs, profiles, security, audit)
+
+
+def audit_spool(settings: Settings) -> pathlib.Path:
+    return pathlib.Path(settings.data_dir) / "audit" / "spool"
 
 
 def base_url(settings: Settings) -> str:
@@ -94,12 +114,37 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
     metrics = Metrics()
 
     security = services.security
+    recorder = (
+        AuditRecorder(services.audit, audit_spool(settings), interval=settings.audit_interval)
+        if services.audit is not None
+        else None
+    )
+    app.config["AUDIT_RECORDER"] = recorder
 
     def make_context(req: FhirRequest, route: Route) -> RequestContext:
         """The request's context, once its token is checked (401 without a valid one)."""
         principal = None
+        auditor = None
+        authorization = req.headers.get("authorization")
+        if recorder is not None:
+            scheme, _, token = (authorization or "").partition(" ")
+            requester = balp.Requester(network_address=req.client_address, token=token.strip() or None)
+            server = balp.Server(name="telefhir", base_url=base_url(settings), address=settings.host)
+            auditor = RequestAuditor(recorder, requester, server, req.headers.get("x-request-id"))
         if security is not None and route.interaction not in PUBLIC:
-            principal = security.authenticate(req.headers.get("authorization"))
+            try:
+                principal = security.authenticate(authorization)
+            except FhirError as err:
+                if auditor is not None:
+                    auditor.interaction(route.interaction, req, err.status, err.diagnostics, None)
+                raise
+            if auditor is not None:
+                auditor.requester = replace(
+                    auditor.requester,
+                    client_id=principal.client_id,
+                    user=principal.user,
+                    organization=principal.organization,
+                )
         services.search_params.maybe_refresh()  # a time check; a query at most once per interval
         return RequestContext(
             services.repo,
@@ -109,6 +154,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
             jobs=services.jobs,
             profiles=services.profiles,
             principal=principal,
+            auditor=auditor,
         )
 
     adapter.register(app, make_context, settings.bundle_slots)

@@ -80,6 +80,13 @@ def cli(log_level: str) -> None:
 )
 @click.option("--bootstrap-client", default=None, help="id:secret of a client allowed system/*.* (made at start)")
 @click.option("--token-lifetime", default=_DEFAULTS.token_lifetime, show_default=True, type=click.IntRange(min=60))
+@click.option(
+    "--audit",
+    type=click.Choice(["on", "off"]),
+    default="on",
+    show_default=True,
+    help="BALP audit records of every interaction; 'off' is a development flag only (logged as a warning)",
+)
 def serve(
     host: str,
     port: int,
@@ -93,6 +100,7 @@ def serve(
     auth: str,
     bootstrap_client: str | None,
     token_lifetime: int,
+    audit: str,
 ) -> None:
     """Serve FHIR over HTTP."""
     from fhir_server.server import serve as run
@@ -110,7 +118,10 @@ def serve(
         auth=auth == "on",
         bootstrap_client=bootstrap_client,
         token_lifetime=token_lifetime,
+        audit=audit == "on",
     )
+    if not settings.audit:
+        logging.getLogger("fhir_server").warning("audit is OFF: interactions are not recorded (a development flag)")
     if not settings.auth:
         logging.getLogger("fhir_server").warning(
             "auth is OFF: every request is served without a token (a development flag; never in production)"
@@ -274,14 +285,19 @@ def clients() -> None:
     """OAuth2 clients (SMART apps, backend services, integrations)."""
 
 
-def _client_store(database_url: str, data_dir: str):  # type: ignore[no-untyped-def]
-    from fhir_server.security.clients import ClientStore
+def _migrated_engine(database_url: str, data_dir: str):  # type: ignore[no-untyped-def]
     from fhir_server.storage.engine import make_engine
     from fhir_server.storage.migrate import ensure_schema
 
     engine = make_engine(_settings(database_url, data_dir).resolved_database_url)
     ensure_schema(engine)
-    return ClientStore(engine)
+    return engine
+
+
+def _client_store(database_url: str, data_dir: str):  # type: ignore[no-untyped-def]
+    from fhir_server.security.clients import ClientStore
+
+    return ClientStore(_migrated_engine(database_url, data_dir))
 
 
 @clients.command("add", context_settings=_ENV)
@@ -356,3 +372,48 @@ def clients_remove(database_url: str, data_dir: str, client_id: str) -> None:
     if not _client_store(database_url, data_dir).remove(client_id):
         raise click.ClickException(f"no client {client_id!r}")
     click.echo(f"removed {client_id}")
+
+
+@cli.group()
+def audit() -> None:
+    """The audit store: integrity and retention."""
+
+
+def _audit_store(database_url: str, data_dir: str):  # type: ignore[no-untyped-def]
+    from fhir_server.audit.store import AuditStore
+
+    return AuditStore(_migrated_engine(database_url, data_dir))
+
+
+@audit.command("verify", context_settings=_ENV)
+@_database_option
+@_data_dir_option
+def audit_verify(database_url: str, data_dir: str) -> None:
+    """Recompute the hash chain of every audit record; exit 1 naming the first broken one."""
+    result = _audit_store(database_url, data_dir).verify()
+    if result.ok:
+        click.echo(f"audit chain intact: {result.checked} records")
+        return
+    click.echo(
+        f"audit chain BROKEN at record {result.broken_at}: {result.reason} ({result.checked} verified before it)"
+    )
+    sys.exit(1)
+
+
+@audit.command("purge", context_settings=_ENV)
+@_database_option
+@_data_dir_option
+@click.option("--before", required=True, help="remove records older than this date (YYYY-MM-DD)")
+@click.option("--retention-days", default=365, show_default=True, type=click.IntRange(min=365))
+def audit_purge(database_url: str, data_dir: str, before: str, retention_days: int) -> None:
+    """Remove audit records older than --before, only beyond the retention policy (≥ 1 year)."""
+    from fhir_server.util.fhirdate import date_range
+
+    bounds = date_range(before)
+    if bounds is None:
+        raise click.ClickException(f"--before {before!r} is not a date")
+    try:
+        removed = _audit_store(database_url, data_dir).purge(bounds[0], retention_us=retention_days * 86_400_000_000)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"removed {removed} audit records older than {before}")

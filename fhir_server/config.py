@@ -52,6 +52,10 @@ class Settings:
     token_lifetime: int = 3600
     #: days before the token signing key is rotated
     signing_key_days: float = 30.0
+    #: BALP audit records of every interaction (audit/); off only as a development flag
+    audit: bool = True
+    #: seconds between a worker's batched appends to the audit store
+    audit_interval: float = 0.2
 
     def with_overrides(self, **values: object) -> Settings:
         return replace(self, **{k: v for k, v in values.items() if v is not None})

@@ -17,6 +17,7 @@ from fhir_server.config import Settings
 from fhir_server.storage.repository import Repository, Session
 
 if TYPE_CHECKING:
+    from fhir_server.audit.interactions import RequestAuditor
     from fhir_server.search.engine import SearchEngine
     from fhir_server.search.reindex import JobRunner
     from fhir_server.security.tokens import Principal
@@ -37,6 +38,8 @@ class RequestContext:
     profiles: ProfileStore | None = None
     #: who the request acts for (its access token); None when auth is off (security/)
     principal: Principal | None = None
+    #: where this request's audit records go; None when audit is off (audit/)
+    auditor: RequestAuditor | None = None
 
     @contextmanager
     def session(self, write: bool = False) -> Iterator[Session]:
@@ -52,5 +55,13 @@ class RequestContext:
 
     def child(self, session: Session) -> RequestContext:
         return RequestContext(
-            self.repo, self.settings, self.search, self.base_url, session, self.jobs, self.profiles, self.principal
+            self.repo,
+            self.settings,
+            self.search,
+            self.base_url,
+            session,
+            self.jobs,
+            self.profiles,
+            self.principal,
+            self.auditor,
         )

@@ -73,6 +73,9 @@ def run_worker(settings: Settings, sock: socket.socket) -> None:
     app = create_app(settings, build_services(settings, migrate=False))
     jobs = app.config["SERVICES"].jobs
     jobs.start_polling()  # run $reindex jobs that were given back or whose worker died
+    recorder = app.config["AUDIT_RECORDER"]
+    if recorder is not None:
+        recorder.start()  # batched appends to the audit store (audit/recorder.py)
     gevent.spawn(_refresh_statistics_hourly, app.config["SERVICES"].repo.engine)
     gc.freeze()
     access = logging.getLogger("fhir_server.access") if settings.access_log else None
@@ -90,6 +93,8 @@ def run_worker(settings: Settings, sock: socket.socket) -> None:
     log.info("worker %d serving http://%s:%d/fhir", os.getpid(), settings.host, settings.port)
     server.serve_forever()
     jobs.stop(timeout=GRACE)
+    if recorder is not None:
+        recorder.stop()  # what is still waiting is appended before the worker exits
 
 
 def _refresh_statistics_hourly(engine: Any) -> None:

@@ -128,7 +128,13 @@ class ServerProcess:
     """``fhir-server serve`` in a subprocess, as a user would start it."""
 
     def __init__(
-        self, database_url: str, data_dir: pathlib.Path, workers: int = 1, *, auth: bool = False, args: tuple[str, ...] = ()
+        self,
+        database_url: str,
+        data_dir: pathlib.Path,
+        workers: int = 1,
+        *,
+        auth: bool = False,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}/fhir"

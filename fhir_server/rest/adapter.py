@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gzip
 import logging
+import re
 import threading
+import uuid
 from contextlib import nullcontext
 from typing import Any
 
@@ -22,7 +24,7 @@ from fhir_server.context import RequestContext
 from fhir_server.errors import FhirError
 from fhir_server.formats import json as fjson
 from fhir_server.rest.messages import FhirRequest, FhirResponse
-from fhir_server.rest.routes import resolve, run
+from fhir_server.rest.routes import bind, resolve, run
 
 log = logging.getLogger("fhir_server.rest")
 
@@ -126,6 +128,7 @@ def register(app: Flask, make_context: Any, bundle_slots: int) -> None:
         params = list(http.args.items(multi=True))
         fmt = JSON
         pretty = False
+        request_id = _request_id(http.headers.get("X-Request-Id"))
         try:
             fmt = response_format(params, http.headers.get("Accept"))
             pretty = http.args.get("_pretty") == "true"
@@ -134,12 +137,15 @@ def register(app: Flask, make_context: Any, bundle_slots: int) -> None:
             if http.method == "POST" and path.endswith("_search") and body:
                 params += _form(body)
                 body = b""
+            headers = {k.lower(): v for k, v in http.headers.items()}
+            headers["x-request-id"] = request_id
             req = FhirRequest(
                 method=http.method,
                 params=params,
-                headers={k.lower(): v for k, v in http.headers.items()},
+                headers=headers,
                 body=body,
                 content_type=content_type,
+                client_address=http.remote_addr,
             )
             with bundle_gate if http.method == "POST" and not path.strip("/") else nullcontext():
                 route, variables = resolve(req.method, path)
@@ -149,7 +155,7 @@ def register(app: Flask, make_context: Any, bundle_slots: int) -> None:
                     req.resource = parse_body(body, content_type)
                     if req.resource is not None:  # parsed: the bytes are not needed again
                         req.body = body = b""
-                ctx: RequestContext = make_context(req, route)
+                ctx: RequestContext = make_context(bind(req, variables), route)
                 resp = run(route, variables, req, ctx)
         except FhirError as err:
             resp = FhirResponse(err.status, resource=err.outcome(), headers=dict(err.headers))
@@ -162,7 +168,9 @@ def register(app: Flask, make_context: Any, bundle_slots: int) -> None:
             resp = FhirResponse(503, resource=err.outcome(), headers={"Retry-After": "5"})
         except Exception:  # noqa: BLE001 - the client gets an OperationOutcome, the log the trace
             resp = _internal_error()
-        return _to_http(resp, fmt, pretty)
+        out = _to_http(resp, fmt, pretty)
+        out.headers["X-Request-Id"] = request_id
+        return out
 
     def _lost_connection(exc: DBAPIError) -> FhirResponse:
         # The database dropped the connection (restart, failover); the pool has been refilled.
@@ -186,6 +194,16 @@ def register(app: Flask, make_context: Any, bundle_slots: int) -> None:
     app.add_url_rule("/fhir/<path:path>", "fhir", handle, methods=methods)
     app.register_error_handler(404, not_allowed)
     app.register_error_handler(405, not_allowed)
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
+
+
+def _request_id(given: str | None) -> str:
+    """The client's X-Request-Id if it is a plain token (it goes into audit records), else ours."""
+    if given and _REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
 
 
 def _form(body: bytes) -> list[tuple[str, str]]:

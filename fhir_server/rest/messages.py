@@ -30,6 +30,8 @@ class FhirRequest:
     resource: dict[str, Any] | None = None
     body: bytes = b""
     content_type: str | None = None
+    #: the client's network address (for audit records)
+    client_address: str | None = None
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())

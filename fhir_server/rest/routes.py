@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from fhir_server.context import RequestContext
 from fhir_server.errors import FhirError
 from fhir_server.rest.interactions import (
+    audit_events,
     batch,
     capabilities,
     create,
@@ -65,6 +66,24 @@ _ASSESS = (("QuestionnaireResponse", "r"), ("Observation", "c"))
 
 ROUTES: tuple[Route, ...] = (
     Route("capabilities", "system", "GET", ("metadata",), capabilities.handle),
+    # the audit store (rest/interactions/audit_events.py): read, ITI-81 search, ITI-20 feed; append-only
+    Route("read", "instance", "GET", ("AuditEvent", "{id}"), audit_events.read),
+    Route("search-type", "type", "GET", ("AuditEvent",), audit_events.search),
+    Route("search-type", "type", "POST", ("AuditEvent", "_search"), audit_events.search),
+    Route("create", "type", "POST", ("AuditEvent",), audit_events.create),
+    *(
+        Route(interaction, level, method, pattern, audit_events.refuse)
+        for interaction, level, method, pattern in (
+            ("update", "instance", "PUT", ("AuditEvent", "{id}")),
+            ("patch", "instance", "PATCH", ("AuditEvent", "{id}")),
+            ("delete", "instance", "DELETE", ("AuditEvent", "{id}")),
+            ("update", "type", "PUT", ("AuditEvent",)),
+            ("patch", "type", "PATCH", ("AuditEvent",)),
+            ("delete", "type", "DELETE", ("AuditEvent",)),
+            ("history-instance", "instance", "GET", ("AuditEvent", "{id}", "_history")),
+            ("history-type", "type", "GET", ("AuditEvent", "_history")),
+        )
+    ),
     Route("transaction", "system", "POST", (), batch.handle),
     Route("history-system", "system", "GET", ("_history",), history.handle),
     Route("search-system", "system", "GET", (), search.handle),
@@ -186,11 +205,32 @@ def bind(req: FhirRequest, variables: dict[str, str]) -> FhirRequest:
     return req
 
 
-def run(route: Route, variables: dict[str, str], req: FhirRequest, ctx: RequestContext) -> FhirResponse:
-    """The route's handler, once the request's token allows it (security/access.py)."""
+def run(
+    route: Route,
+    variables: dict[str, str],
+    req: FhirRequest,
+    ctx: RequestContext,
+    call: Callable[[], FhirResponse] | None = None,
+) -> FhirResponse:
+    """The route's handler (or ``call``), once the request's token allows it
+    (security/access.py); its outcome, answer or failure, is audited (audit/interactions.py)."""
     bind(req, variables)
-    access.check(ctx.principal, route, req)
-    return route.handler(req, ctx)
+    if req.res_type is None and route.pattern and route.pattern[0][:1].isupper():
+        req.res_type = route.pattern[0]  # a route for one type ("AuditEvent", "Observation/$import-aecg")
+    try:
+        access.check(ctx.principal, route, req)
+        resp = call() if call is not None else route.handler(req, ctx)
+    except FhirError as err:
+        if ctx.auditor is not None:
+            ctx.auditor.interaction(route.interaction, req, err.status, err.diagnostics, None)
+        raise
+    except Exception:
+        if ctx.auditor is not None:
+            ctx.auditor.interaction(route.interaction, req, 500, "internal error", None)
+        raise
+    if ctx.auditor is not None:
+        ctx.auditor.interaction(route.interaction, req, resp.status, None, resp)
+    return resp
 
 
 def dispatch(req: FhirRequest, path: str, ctx: RequestContext) -> FhirResponse:

@@ -23,6 +23,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Engine
 
 from fhir_server.security.scopes import ScopeSet
+from fhir_server.storage.engine import begin_write
 from fhir_server.storage.schema import auth_clients as C
 from fhir_server.util.clock import now_us
 
@@ -153,7 +154,7 @@ class ClientStore:
             "organization": organization,
             "disabled": False,
         }
-        with self.engine.begin() as conn:
+        with begin_write(self.engine) as conn:
             conn.execute(delete(C).where(C.c.client_id == client_id))
             conn.execute(insert(C).values(client_id=client_id, created_us=now_us(), **values))
         client = self.get(client_id)
@@ -161,11 +162,11 @@ class ClientStore:
         return client
 
     def disable(self, client_id: str) -> bool:
-        with self.engine.begin() as conn:
+        with begin_write(self.engine) as conn:
             return bool(conn.execute(update(C).where(C.c.client_id == client_id).values(disabled=True)).rowcount)
 
     def remove(self, client_id: str) -> bool:
-        with self.engine.begin() as conn:
+        with begin_write(self.engine) as conn:
             return bool(conn.execute(delete(C).where(C.c.client_id == client_id)).rowcount)
 
 

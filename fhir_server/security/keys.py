@@ -22,6 +22,7 @@ from joserfc.jwk import KeySet, RSAKey
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
 
+from fhir_server.storage.engine import begin_write
 from fhir_server.storage.schema import auth_signing_keys as K
 from fhir_server.util.clock import now_us
 
@@ -55,7 +56,7 @@ class SigningKeys:
             return str(newest.kid)
         kid = secrets.token_urlsafe(12)
         key = RSAKey.generate_key(2048, parameters={"kid": kid, "alg": ALG, "use": "sig"}, private=True)
-        with self.engine.begin() as conn:
+        with begin_write(self.engine) as conn:
             private_jwk = orjson.dumps(key.as_dict(private=True)).decode()
             conn.execute(insert(K).values(kid=kid, alg=ALG, private_jwk=private_jwk, created_us=now, retired_us=None))
             for row in active:

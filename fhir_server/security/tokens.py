@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 
 from fhir_server.security.keys import ALG, SigningKeys
 from fhir_server.security.scopes import ScopeError, ScopeSet
+from fhir_server.storage.engine import begin_write
 from fhir_server.storage.schema import auth_revoked as R
 from fhir_server.util.clock import now_us
 
@@ -155,7 +156,7 @@ class TokenService:
     def revoke(self, jti: str, expires: int) -> None:
         """Revoke (idempotent); this worker stops accepting it at once, others within the poll."""
         now = now_us()
-        with self.engine.begin() as conn:
+        with begin_write(self.engine) as conn:
             conn.execute(delete(R).where(R.c.expires_us < now))  # expired entries are useless
             try:
                 with conn.begin_nested():
@@ -168,7 +169,7 @@ class TokenService:
         """False when this client assertion ``jti`` was seen before (a replay)."""
         key = "assertion:" + hashlib.sha256(f"{client_id}\0{jti}".encode()).hexdigest()[:54]
         try:
-            with self.engine.begin() as conn:
+            with begin_write(self.engine) as conn:
                 conn.execute(insert(R).values(jti=key, expires_us=expires * 1_000_000, revoked_us=0))
         except IntegrityError:
             return False

@@ -7,11 +7,13 @@ upgrade), while PostgreSQL needs a pool sized for the worker's concurrency.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sqlite3
+from collections.abc import Iterator
 
 from psycopg.pq import Format
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 
 WRITE_FLAG = "fhir_write"
 #: execution option: fetch this statement's results in binary format (PostgreSQL)
@@ -113,3 +115,16 @@ def refresh_statistics(engine: Engine, postgres_tables: tuple[str, ...] = ()) ->
 
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
+
+
+@contextlib.contextmanager
+def begin_write(engine: Engine) -> Iterator[Connection]:
+    """A write transaction outside the repository (security and audit tables): on SQLite it
+    takes the write lock at BEGIN, as repository sessions do, so two writers never deadlock."""
+    with engine.connect() as conn:
+        conn.info[WRITE_FLAG] = True
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            conn.info[WRITE_FLAG] = False

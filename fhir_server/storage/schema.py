@@ -352,3 +352,35 @@ auth_sessions = Table(
     Column("expires_us", BigInteger, nullable=False),
     Column("address", String(64), nullable=True),  # the IP it was opened from
 )
+
+# -- audit (issue 5; fhir_server/audit/) -------------------------------------------------------
+#: the append-only audit store: one row per AuditEvent, chained by hashes (audit/store.py)
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("seq", RowId, primary_key=True, autoincrement=False),  # 1, 2, ...: the chain order
+    Column("recorded_us", BigInteger, nullable=False),
+    Column("type_code", String(64), nullable=False),
+    Column("subtype_code", String(64), nullable=True),
+    Column("action", String(1), nullable=True),
+    Column("outcome", String(2), nullable=False),
+    Column("patient", String(128), nullable=True),  # "Patient/<id>" of entity[patient]
+    Column("agent", String(256), nullable=True),  # the requester: user, else client id
+    Column("address", String(64), nullable=True),  # the client's network address
+    Column("entity", String(256), nullable=True),  # entity[data].what reference
+    Column("content", Text, nullable=False),  # the AuditEvent JSON, with its id
+    Column("hash", String(64), nullable=False),  # sha256(prev hash + content), hex
+    Index("ix_audit_events_recorded", "recorded_us"),
+    Index("ix_audit_events_patient", "patient", "recorded_us"),
+    Index("ix_audit_events_agent", "agent", "recorded_us"),
+)
+
+#: where verification of the chain starts once older records were purged by policy
+audit_anchor = Table(
+    "audit_anchor",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),  # always 1
+    Column("seq", BigInteger, nullable=False),  # the last purged seq (0: nothing purged)
+    Column("hash", String(64), nullable=False),  # its hash: the next record's "previous"
+    Column("purged_us", BigInteger, nullable=True),
+)

@@ -388,7 +388,9 @@ def real(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     shared_data("fhir", "synthea")
     shared_data("fhir", "r4-examples")
     with fresh_database(request.param, tmp_path_factory) as url:
-        settings = Settings(database_url=url, data_dir=tmp_path_factory.mktemp("realdata-dir"), base_url=BASE, auth=False)
+        settings = Settings(
+            database_url=url, data_dir=tmp_path_factory.mktemp("realdata-dir"), base_url=BASE, auth=False
+        )
         services = build_services(settings)
         try:
             data = RealData(create_app(settings, services).test_client(), request.param)

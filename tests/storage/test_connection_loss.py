@@ -9,7 +9,9 @@ from fhir_server.config import Settings
 
 
 def test_dropped_connection_is_503_then_recovers(postgres_url, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    services = build_services(Settings(database_url=postgres_url, data_dir=tmp_path, base_url="http://t/fhir", auth=False))
+    services = build_services(
+        Settings(database_url=postgres_url, data_dir=tmp_path, base_url="http://t/fhir", auth=False)
+    )
     client = create_app(services.settings, services).test_client()
     try:
         created = client.post("/fhir/Patient", json={"resourceType": "Patient", "gender": "female"})

@@ -25,7 +25,6 @@ from fhir_server.model import get_model
 from fhir_server.rest.bundles import bundle
 from fhir_server.rest.interactions.common import read_live, written
 from fhir_server.rest.messages import FhirRequest, FhirResponse, parse_query
-from fhir_server.security import access
 from fhir_server.storage.repository import Session, new_id
 from fhir_server.util.clock import instant
 
@@ -128,35 +127,51 @@ def _transaction(entries: list[Entry], ctx: RequestContext, representation: bool
     from fhir_server.rest.routes import dispatch
 
     responses: dict[int, dict[str, Any]] = {}
-    with ctx.repo.session(write=True) as session:
-        tctx = ctx.child(session)
-        mapping = _assign_identities(entries, tctx, session)
-        _rewrite_references(entries, mapping, tctx, session)
-        for entry in sorted(entries, key=lambda e: e.order):
-            req = _entry_request(entry, "return=representation" if representation else "return=minimal")
-            try:
-                resp = _run_entry(entry, req, tctx, dispatch)
-            except FhirError as err:
-                _locate(err, entry)
-                raise
-            responses[entry.index] = _response_entry(entry, resp, ctx, representation)
+    auditor = ctx.auditor.buffered() if ctx.auditor is not None else None
+    try:
+        with ctx.repo.session(write=True) as session:
+            tctx = ctx.child(session)
+            tctx.auditor = auditor
+            mapping = _assign_identities(entries, tctx, session)
+            _rewrite_references(entries, mapping, tctx, session)
+            for entry in sorted(entries, key=lambda e: e.order):
+                req = _entry_request(entry, "return=representation" if representation else "return=minimal")
+                try:
+                    resp = _run_entry(entry, req, tctx, dispatch)
+                except FhirError as err:
+                    _locate(err, entry)
+                    raise
+                responses[entry.index] = _response_entry(entry, resp, ctx, representation)
+    except FhirError as err:
+        if auditor is not None:
+            auditor.release((err.status, err.diagnostics))
+        raise
+    except Exception:
+        if auditor is not None:
+            auditor.release((500, "internal error"))
+        raise
+    if auditor is not None:
+        auditor.release(None)
     return bundle("transaction-response", [responses[e.index] for e in entries], [])
 
 
 def _run_entry(entry: Entry, req: FhirRequest, ctx: RequestContext, dispatch: Any) -> FhirResponse:
     if entry.method == "POST" and entry.assigned_id is not None:
         from fhir_server.rest.interactions import create
-        from fhir_server.rest.routes import resolve
+        from fhir_server.rest.routes import resolve, run
 
-        route, _ = resolve("POST", entry.path)
-        req.res_type = entry.path
-        access.check(ctx.principal, route, req)
+        route, variables = resolve("POST", entry.path)
         req.headers.pop("if-none-exist", None)  # resolved in _assign_identities
+        assigned = entry.assigned_id
         if entry.exists:
-            with ctx.session() as session:
-                existing = read_live(session, entry.path, entry.assigned_id)
-            return written(req, ctx, existing, 200, f"{entry.path}/{entry.assigned_id} already exists")
-        return create.handle(req, ctx, res_id=entry.assigned_id)
+
+            def found() -> FhirResponse:
+                with ctx.session() as session:
+                    existing = read_live(session, entry.path, assigned)
+                return written(req, ctx, existing, 200, f"{entry.path}/{assigned} already exists")
+
+            return run(route, variables, req, ctx, found)
+        return run(route, variables, req, ctx, lambda: create.handle(req, ctx, res_id=assigned))
     if entry.method == "PUT" and entry.assigned_id is not None and entry.params:
         # conditional update already resolved to an id: update that id
         path = f"{entry.path}/{entry.assigned_id}"

@@ -1,0 +1,194 @@
+"""The append-only audit store: AuditEvents in sequence, each chained to the one before.
+
+Why a chain: ``hash[n] = sha256(hash[n-1] + content[n])`` (hex, content as stored) makes any
+edit, deletion or reordering of stored records show when the chain is recomputed
+(``fhir-server audit verify``): the first record whose hash no longer follows is named. The chain
+is not keyed, so someone able to rewrite the table *and* recompute every later hash would not
+be caught by the chain alone; the head hash travels with every record exported to the Audit
+Record Repository (ITI-20), which keeps a copy out of that person's reach (docs/security.md).
+
+Appending takes the chain's lock (PostgreSQL: a transaction-scoped advisory lock; SQLite: the
+write lock every writer takes at BEGIN), so records of all workers form one sequence.
+Nothing here updates or deletes a record, except :meth:`AuditStore.purge`, which removes the
+oldest records only when they are older than the retention policy (≥ 1 year, R27) and moves the
+chain's anchor to the last record removed, so verification still starts from a known hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import Select, delete, func, insert, select, update
+from sqlalchemy.engine import Engine
+
+from fhir_server.storage.engine import begin_write
+from fhir_server.storage.schema import audit_anchor as A
+from fhir_server.storage.schema import audit_events as T
+from fhir_server.util.clock import now_us
+from fhir_server.util.fhirdate import date_range
+
+#: the advisory lock key that serialises appends on PostgreSQL ("audit" in ASCII)
+_LOCK_KEY = 0x6175646974
+YEAR_US = 365 * 86_400_000_000
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    checked: int
+    #: the first record that breaks the chain, and why
+    broken_at: int | None = None
+    reason: str = ""
+
+
+def chain_hash(previous: str, content: str) -> str:
+    return hashlib.sha256(previous.encode("ascii") + content.encode("utf-8")).hexdigest()
+
+
+def _instant_us(text: str) -> int:
+    bounds = date_range(text)
+    if bounds is None:
+        raise ValueError(f"AuditEvent.recorded {text!r} is not an instant")
+    return bounds[0]
+
+
+def _columns(event: dict[str, Any]) -> dict[str, Any]:
+    """The ITI-81 search columns of one event."""
+    entities = event.get("entity") or []
+    patient = next(
+        (
+            e.get("what", {}).get("reference")
+            for e in entities
+            if (e.get("type") or {}).get("code") == "1" and (e.get("role") or {}).get("code") == "1"
+        ),
+        None,
+    )
+    data = next(
+        (e.get("what", {}).get("reference") for e in entities if (e.get("role") or {}).get("code") == "4"), None
+    )
+    agents = event.get("agent") or []
+    requestor = next((a for a in agents if a.get("requestor")), agents[0] if agents else {})
+    who = requestor.get("who") or {}
+    client = next((a for a in agents if (a.get("network") or {}).get("address")), {})
+    return {
+        "recorded_us": _instant_us(event["recorded"]),
+        "type_code": str((event.get("type") or {}).get("code", ""))[:64],
+        "subtype_code": next((str(s.get("code"))[:64] for s in event.get("subtype") or []), None),
+        "action": event.get("action"),
+        "outcome": str(event.get("outcome", "0")),
+        "patient": patient[:128] if patient else None,
+        "agent": (who.get("reference") or (who.get("identifier") or {}).get("value") or who.get("display") or None),
+        "address": (client.get("network") or {}).get("address"),
+        "entity": data[:256] if data else None,
+    }
+
+
+class AuditStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.postgres = engine.dialect.name == "postgresql"
+
+    # -- appending -------------------------------------------------------------------------
+    def append(self, events: Iterable[dict[str, Any]]) -> list[str]:
+        """Store ``events`` (AuditEvent dicts without ids) in one transaction; their new ids."""
+        events = list(events)
+        if not events:
+            return []
+        with begin_write(self.engine) as conn:
+            if self.postgres:
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_LOCK_KEY})")
+            last = conn.execute(select(T.c.seq, T.c.hash).order_by(T.c.seq.desc()).limit(1)).first()
+            if last is None:
+                last = conn.execute(select(A.c.seq, A.c.hash).where(A.c.id == 1)).one()
+            seq, previous = int(last.seq), str(last.hash)
+            rows, ids = [], []
+            for event in events:
+                seq += 1
+                stored = {"resourceType": "AuditEvent", "id": str(seq), **{k: v for k, v in event.items() if k != "id"}}
+                content = orjson.dumps(stored).decode()
+                previous = chain_hash(previous, content)
+                rows.append({"seq": seq, "content": content, "hash": previous, **_columns(stored)})
+                ids.append(str(seq))
+            conn.execute(insert(T), rows)
+        return ids
+
+    # -- reading -----------------------------------------------------------------------------
+    def read(self, event_id: str) -> str | None:
+        """The stored JSON of one record."""
+        if not event_id.isdigit():
+            return None
+        with self.engine.connect() as conn:
+            return conn.execute(select(T.c.content).where(T.c.seq == int(event_id))).scalar()
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(T)).scalar_one())
+
+    def search(self, query: Select[Any], offset: int, count: int) -> tuple[int, list[str]]:
+        """(total, the page's JSON) for a ``select(T.c.content)`` filtered by the caller."""
+        with self.engine.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(query.order_by(None).subquery())).scalar_one()
+            page = conn.execute(query.offset(offset).limit(count)).scalars().all()
+        return int(total), list(page)
+
+    # -- integrity ---------------------------------------------------------------------------
+    def verify(self, batch: int = 5000) -> Verification:
+        """Recompute the chain from the anchor; stream the records (never all in memory)."""
+        with self.engine.connect() as conn:
+            anchor = conn.execute(select(A.c.seq, A.c.hash).where(A.c.id == 1)).one()
+        expected_seq, previous, checked = int(anchor.seq), str(anchor.hash), 0
+        for seq, content, stored_hash in self._rows(expected_seq, batch):
+            expected_seq += 1
+            if seq != expected_seq:
+                return Verification(False, checked, expected_seq, f"record {expected_seq} is missing")
+            actual = chain_hash(previous, content)
+            if actual != stored_hash:
+                return Verification(
+                    False, checked, seq, f"record {seq} does not follow the chain (changed, or an earlier one was)"
+                )
+            try:
+                stored_id = orjson.loads(content).get("id")
+            except orjson.JSONDecodeError:
+                stored_id = None
+            if stored_id != str(seq):
+                return Verification(False, checked, seq, f"record {seq} holds the id {stored_id!r}")
+            previous, checked = stored_hash, checked + 1
+        return Verification(True, checked)
+
+    def _rows(self, after: int, batch: int) -> Iterator[tuple[int, str, str]]:
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(T.c.seq, T.c.content, T.c.hash).where(T.c.seq > after).order_by(T.c.seq).limit(batch)
+                ).all()
+            if not rows:
+                return
+            for row in rows:
+                yield int(row.seq), str(row.content), str(row.hash)
+            after = int(rows[-1].seq)
+
+    def purge(self, before_us: int, *, retention_us: int = YEAR_US, now: int | None = None) -> int:
+        """Remove the records older than ``before_us``, only if that is beyond the retention
+        policy; the oldest records go first and the chain anchor follows. Records removed."""
+        now = now if now is not None else now_us()
+        if before_us > now - retention_us:
+            raise ValueError(
+                f"records younger than the retention policy ({retention_us // 86_400_000_000} days) are kept"
+            )
+        with begin_write(self.engine) as conn:
+            if self.postgres:
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_LOCK_KEY})")
+            first_kept = conn.execute(select(func.min(T.c.seq)).where(T.c.recorded_us >= before_us)).scalar()
+            if first_kept is None:
+                first_kept = (conn.execute(select(func.max(T.c.seq))).scalar() or 0) + 1
+            last = conn.execute(select(T.c.seq, T.c.hash).where(T.c.seq < first_kept).order_by(T.c.seq.desc()).limit(1))
+            last_row = last.first()
+            if last_row is None:
+                return 0
+            removed = conn.execute(delete(T).where(T.c.seq <= last_row.seq)).rowcount
+            conn.execute(update(A).where(A.c.id == 1).values(seq=last_row.seq, hash=last_row.hash, purged_us=now))
+        return int(removed)

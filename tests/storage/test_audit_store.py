@@ -1,0 +1,113 @@
+"""The audit store (fhir_server/audit/store.py) and the recorder's spool (audit/recorder.py), on
+SQLite and PostgreSQL: the chain, its verification, retention, and no event lost on a crash."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import threading
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import text
+
+from fhir_server.audit import balp
+from fhir_server.audit.recorder import AuditRecorder, recover
+from fhir_server.audit.store import YEAR_US, AuditStore
+from fhir_server.storage.engine import make_engine
+from fhir_server.storage.migrate import ensure_schema
+
+SERVER = balp.Server(name="telefhir", base_url="http://t/fhir", address="127.0.0.1")
+
+
+@pytest.fixture()
+def store(database_url: str) -> AuditStore:
+    engine = make_engine(database_url)
+    ensure_schema(engine)
+    with engine.begin() as conn:  # the module's databases are shared: start each test empty
+        conn.execute(text("DELETE FROM audit_events"))
+        conn.execute(text("UPDATE audit_anchor SET seq = 0, hash = :z, purged_us = NULL"), {"z": "0" * 64})
+    return AuditStore(engine)
+
+
+def _event(when: str = "2026-11-22T08:00:00Z", patient: str = "Patient/p1") -> dict:
+    read = balp.Interaction(kind="read", status=200, recorded=datetime.fromisoformat(when), resource_type="Patient",
+                            resource_id=patient.split("/")[1], patients=(patient,))  # fmt: skip
+    (event,) = balp.build_events(read, balp.Requester(client_id="c1", network_address="10.0.0.1"), SERVER)
+    return event
+
+
+def test_appends_are_numbered_and_chained(store: AuditStore) -> None:
+    assert store.append([_event(), _event(patient="Patient/p2")]) == ["1", "2"]
+    assert store.append([_event()]) == ["3"]
+    assert store.verify().ok and store.verify().checked == 3
+    assert '"id":"2"' in (store.read("2") or "")
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT patient FROM audit_events WHERE seq = 2")).scalar() == "Patient/p2"
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        (
+            "UPDATE audit_events SET content = REPLACE(content, 'Patient/p1', 'Patient/p9') WHERE seq = 2",
+            "record 2 does not",
+        ),
+        ("DELETE FROM audit_events WHERE seq = 2", "record 2 is missing"),
+        ("UPDATE audit_events SET hash = 'x' WHERE seq = 3", "record 3 does not"),
+    ],
+)
+def test_verify_names_the_first_broken_record(store: AuditStore, tamper: str, reason: str) -> None:
+    store.append([_event() for _ in range(4)])
+    with store.engine.begin() as conn:
+        conn.execute(text(tamper))
+    result = store.verify()
+    assert not result.ok and reason in result.reason
+
+
+def test_concurrent_appends_form_one_chain(store: AuditStore) -> None:
+    threads = [threading.Thread(target=lambda: [store.append([_event()]) for _ in range(10)]) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    result = store.verify()
+    assert result.ok and result.checked == 40
+
+
+def test_purge_only_beyond_retention_and_verification_goes_on(store: AuditStore) -> None:
+    store.append([_event("2024-01-01T00:00:00Z"), _event("2024-06-01T00:00:00Z"), _event("2026-11-22T00:00:00Z")])
+    now = 1_795_000_000_000_000  # 2026-11-18
+    with pytest.raises(ValueError, match="retention"):
+        store.purge(now - YEAR_US // 2, now=now)
+    removed = store.purge(1_735_689_600_000_000, now=now)  # before 2025-01-01
+    assert removed == 2 and store.count() == 1
+    assert store.verify().ok and store.verify().checked == 1
+
+
+def test_the_recorder_batches_and_a_crash_loses_nothing(store: AuditStore, tmp_path: pathlib.Path) -> None:
+    recorder = AuditRecorder(store, tmp_path, interval=60)
+    requester = balp.Requester(client_id="c1", network_address="10.0.0.1")
+    read = balp.Interaction(kind="read", status=200, recorded=datetime.now(UTC), resource_type="Patient",
+                            resource_id="p1", patients=("Patient/p1",))  # fmt: skip
+    for _ in range(3):
+        recorder.record(read, requester, SERVER)
+    assert store.count() == 0  # waiting for the batch
+    assert recorder.flush() == 3 and store.count() == 3
+    recorder.record(read, requester, SERVER)
+    # the process "dies" here: its spool holds the unflushed event; a spool of a live process is left alone
+    (tmp_path / "spool-999999999.ndjson").write_bytes((tmp_path / f"spool-{os.getpid()}.ndjson").read_bytes())
+    assert recover(store, tmp_path) == 2  # this process's own spool and the dead one's
+    assert store.count() == 5 and store.verify().ok
+    assert not list(tmp_path.glob("spool-999999999*"))
+
+
+def test_a_failed_append_keeps_the_events(store: AuditStore, tmp_path: pathlib.Path) -> None:
+    unreachable = AuditStore(make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none"))  # nothing listens
+    recorder = AuditRecorder(unreachable, tmp_path, interval=60)
+    read = balp.Interaction(kind="read", status=200, recorded=datetime.now(UTC), resource_type="Patient",
+                            resource_id="p1", patients=("Patient/p1",))  # fmt: skip
+    recorder.record(read, balp.Requester(client_id="c1"), SERVER)
+    assert recorder.flush() == 0
+    recorder.store = store  # the database is back
+    assert recorder.flush() == 1 and store.count() == 1
