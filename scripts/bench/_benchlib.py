@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import http.client
+import json
 import os
 import pathlib
 import platform
@@ -160,12 +162,38 @@ class Server:
         return ""
 
 
+#: the client a secure server registers at start (``--bootstrap-client``)
+BOOTSTRAP = ("bench", "bench-secret-1")
+
+
+def access_token(port: int, scope: str = "system/*.*") -> str:
+    """A client-credentials token of ``BOOTSTRAP`` from a secure server."""
+    import base64
+    import urllib.parse
+
+    auth = base64.b64encode(":".join(BOOTSTRAP).encode()).decode()
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    body = urllib.parse.urlencode({"grant_type": "client_credentials", "scope": scope})
+    conn.request("POST", "/auth/token", body=body, headers={
+        "Authorization": f"Basic {auth}", "Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    resp = conn.getresponse()
+    data = json.loads(resp.read())
+    conn.close()
+    if resp.status != 200:
+        raise SystemExit(f"token: HTTP {resp.status} {data}")
+    return str(data["access_token"])
+
+
 @contextlib.contextmanager
 def fhir_server(
-    database_url: str | None = None, workers: int = 1, label: str = "server", auth: bool = False
+    database_url: str | None = None,
+    workers: int = 1,
+    label: str = "server",
+    secure: bool = False,
 ) -> Iterator[Server]:
     """``fhir-server serve`` on a free port with a temporary data folder; stopped afterwards.
-    ``auth`` off unless asked: the benchmarks measure FHIR work (issue 5's compare both)."""
+    ``secure``: auth and audit on, with the bootstrap client ``BOOTSTRAP``; off unless asked —
+    the benchmarks measure FHIR work, ``scripts/bench/security`` compares both."""
     data_dir = pathlib.Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))
     port = free_port()
     # BENCH_FHIR_SERVER: a command to start instead of .venv/bin/fhir-server (e.g. a patched build)
@@ -185,8 +213,12 @@ def fhir_server(
         str(workers),
         "--no-access-log",
         "--auth",
-        "on" if auth else "off",
+        "on" if secure else "off",
+        "--audit",
+        "on" if secure else "off",
     ]
+    if secure:
+        cmd += ["--bootstrap-client", ":".join(BOOTSTRAP)]
     if database_url:
         cmd += ["--database-url", database_url]
     log_path = data_dir / "server.log"
@@ -323,8 +355,18 @@ def parse_wrk(out: str) -> WrkResult:
     return WrkResult(requests, seconds, rps, p50, p99, errors, out)
 
 
-def run_wrk(wrk: str, url: str, threads: int, connections: int, seconds: float, script: str | None = None) -> WrkResult:
+def run_wrk(
+    wrk: str,
+    url: str,
+    threads: int,
+    connections: int,
+    seconds: float,
+    script: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> WrkResult:
     cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "10s"]
+    for name, value in (headers or {}).items():
+        cmd += ["-H", f"{name}: {value}"]
     if script:
         cmd += ["-s", script]
     assert url.startswith(f"http://{HOST}:"), url  # local traffic only
