@@ -10,7 +10,7 @@ import functools
 import logging
 import pathlib
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -31,6 +31,7 @@ from fhir_server.search.registry import get_registry
 from fhir_server.search.reindex import JobRunner
 from fhir_server.security.access import PUBLIC
 from fhir_server.security.service import Security, build_security
+from fhir_server.security.tokens import Principal
 from fhir_server.storage.engine import make_engine
 from fhir_server.storage.migrate import ensure_schema
 from fhir_server.storage.repository import Repository
@@ -93,6 +94,31 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
     return Services(settings, repo, search, search_params, jobs, profiles, security, audit)
 
 
+@functools.lru_cache(maxsize=16)
+def _server(fhir_base: str, host: str) -> balp.Server:
+    return balp.Server(name="telefhir", base_url=fhir_base, address=host)
+
+
+def _auditor(
+    recorder: AuditRecorder,
+    req: FhirRequest,
+    server: balp.Server,
+    principal: Principal | None,
+    authorization: str | None,
+) -> RequestAuditor:
+    """Who asked (the token's client, user and institution, the client's address), for the
+    request's audit records."""
+    token = (authorization or "").partition(" ")[2].strip() or None
+    requester = balp.Requester(
+        client_id=principal.client_id if principal else None,
+        user=principal.user if principal else None,
+        organization=principal.organization if principal else None,
+        network_address=req.client_address,
+        token=token,
+    )
+    return RequestAuditor(recorder, requester, server, req.headers.get("x-request-id"))
+
+
 def audit_spool(settings: Settings) -> pathlib.Path:
     return pathlib.Path(settings.data_dir) / "audit" / "spool"
 
@@ -100,7 +126,14 @@ def audit_spool(settings: Settings) -> pathlib.Path:
 def base_url(settings: Settings) -> str:
     if settings.base_url:
         return settings.base_url.rstrip("/")
-    return request.host_url.rstrip("/") + "/fhir"
+    environ = request.environ
+    return _base_from_host(environ.get("wsgi.url_scheme", "http"), environ.get("HTTP_HOST", ""), request.script_root)
+
+
+@functools.lru_cache(maxsize=64)
+def _base_from_host(scheme: str, host: str, script_root: str) -> str:
+    """The FHIR base a request's Host names (werkzeug rebuilds ``host_url`` on every call)."""
+    return f"{request.host_url.rstrip('/')}/fhir" if not host else f"{scheme}://{host}{script_root}/fhir"
 
 
 def create_app(settings: Settings, services: Services | None = None) -> Flask:
@@ -126,25 +159,17 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
         principal = None
         auditor = None
         authorization = req.headers.get("authorization")
-        if recorder is not None:
-            scheme, _, token = (authorization or "").partition(" ")
-            requester = balp.Requester(network_address=req.client_address, token=token.strip() or None)
-            server = balp.Server(name="telefhir", base_url=base_url(settings), address=settings.host)
-            auditor = RequestAuditor(recorder, requester, server, req.headers.get("x-request-id"))
+        fhir_base = base_url(settings)
         if security is not None and route.interaction not in PUBLIC:
             try:
                 principal = security.authenticate(authorization)
             except FhirError as err:
-                if auditor is not None:
+                if recorder is not None:
+                    auditor = _auditor(recorder, req, _server(fhir_base, settings.host), None, authorization)
                     auditor.interaction(route.interaction, req, err.status, err.diagnostics, None)
                 raise
-            if auditor is not None:
-                auditor.requester = replace(
-                    auditor.requester,
-                    client_id=principal.client_id,
-                    user=principal.user,
-                    organization=principal.organization,
-                )
+        if recorder is not None:
+            auditor = _auditor(recorder, req, _server(fhir_base, settings.host), principal, authorization)
         services.search_params.maybe_refresh()  # a time check; a query at most once per interval
         return RequestContext(
             services.repo,

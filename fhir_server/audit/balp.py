@@ -245,6 +245,7 @@ KINDS: frozenset[str] = frozenset(_RULES)
 
 # --------------------------------------------------------------------------- input checks
 
+_WHITESPACE = re.compile(r"\s")
 _TYPE_RE = re.compile(r"[A-Z][A-Za-z]{1,63}", re.ASCII)
 _ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}", re.ASCII)
 _PATIENT_RE = re.compile(r"Patient/[A-Za-z0-9\-.]{1,64}", re.ASCII)
@@ -342,7 +343,7 @@ def opaque_token(token: str) -> str:
     characters, but never more than half the token, so that a short token (an API key, a test
     token) is not recorded whole either.
     """
-    if not isinstance(token, str) or not token or any(c.isspace() for c in token):
+    if not isinstance(token, str) or not token or _WHITESPACE.search(token):
         raise ValueError("a token must be a non-empty string without whitespace")
     kept = min(TOKEN_KEPT_CHARS, len(token) // 2)
     if kept == 0:

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, delete, func, insert, select, update
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.engine import Engine
 
+from fhir_server.storage.bulk import insert_many
 from fhir_server.storage.engine import begin_write
 from fhir_server.storage.schema import audit_anchor as A
 from fhir_server.storage.schema import audit_events as T
@@ -111,9 +112,10 @@ class AuditStore:
                 stored = {"resourceType": "AuditEvent", "id": str(seq), **{k: v for k, v in event.items() if k != "id"}}
                 content = orjson.dumps(stored).decode()
                 previous = chain_hash(previous, content)
-                rows.append({"seq": seq, "content": content, "hash": previous, **_columns(stored)})
+                row = {"seq": seq, "content": content, "hash": previous, **_columns(stored)}
+                rows.append(tuple(row[c.name] for c in T.columns))
                 ids.append(str(seq))
-            conn.execute(insert(T), rows)
+            insert_many(conn, [(T, rows)])  # COPY on PostgreSQL: audit is written on every request
         return ids
 
     # -- reading -----------------------------------------------------------------------------

@@ -179,12 +179,18 @@ def _matches(pattern: tuple[str, ...], segments: list[str]) -> dict[str, str] | 
     return out
 
 
+#: the routes by number of path segments, in table order (the first match wins)
+_BY_LENGTH: dict[int, tuple[Route, ...]] = {
+    n: tuple(r for r in ROUTES if len(r.pattern) == n) for n in {len(r.pattern) for r in ROUTES}
+}
+
+
 def resolve(method: str, path: str) -> tuple[Route, dict[str, str]]:
     """Route and path variables for ``method`` and ``path`` (relative to the FHIR base)."""
     method = "GET" if method == "HEAD" else method
     segments = [s for s in path.strip("/").split("/") if s]
     shape_matched = False
-    for route in ROUTES:
+    for route in _BY_LENGTH.get(len(segments), ()):
         found = _matches(route.pattern, segments)
         if found is None:
             continue
