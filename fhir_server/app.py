@@ -7,7 +7,6 @@ repository from one ``Settings`` without global state.
 from __future__ import annotations
 
 import functools
-import logging
 import pathlib
 import time
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from flask import Flask, Response, g, request
 from fhir_server import packaged
 from fhir_server.audit import balp
 from fhir_server.audit.interactions import RequestAuditor
-from fhir_server.audit.recorder import AuditRecorder, recover
+from fhir_server.audit.recorder import AuditRecorder
 from fhir_server.audit.store import AuditStore
 from fhir_server.config import Settings
 from fhir_server.context import RequestContext
@@ -38,8 +37,6 @@ from fhir_server.storage.repository import Repository
 from fhir_server.terminology import table as terminology_rows
 from fhir_server.validation.conformance import ProfileStore, complete_snapshot, enforce_profiles
 from fhir_server.validation.rules import ProfileRules, guide_write_hook
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,10 +84,6 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
     )
     security = build_security(engine, settings, prepare=migrate) if settings.auth else None
     audit = AuditStore(engine) if settings.audit else None
-    if audit is not None and migrate:
-        recovered = recover(audit, audit_spool(settings))  # spools of workers that died
-        if recovered:
-            log.warning("audit: %d events recovered from the spools of stopped workers", recovered)
     return Services(settings, repo, search, search_params, jobs, profiles, security, audit)
 
 
@@ -147,11 +140,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
     metrics = Metrics()
 
     security = services.security
-    recorder = (
-        AuditRecorder(services.audit, audit_spool(settings), interval=settings.audit_interval)
-        if services.audit is not None
-        else None
-    )
+    recorder = AuditRecorder(audit_spool(settings)) if services.audit is not None else None
     app.config["AUDIT_RECORDER"] = recorder
 
     def make_context(req: FhirRequest, route: Route) -> RequestContext:

@@ -74,8 +74,6 @@ def run_worker(settings: Settings, sock: socket.socket) -> None:
     jobs = app.config["SERVICES"].jobs
     jobs.start_polling()  # run $reindex jobs that were given back or whose worker died
     recorder = app.config["AUDIT_RECORDER"]
-    if recorder is not None:
-        recorder.start()  # batched appends to the audit store (audit/recorder.py)
     gevent.spawn(_refresh_statistics_hourly, app.config["SERVICES"].repo.engine)
     gc.freeze()
     access = logging.getLogger("fhir_server.access") if settings.access_log else None
@@ -94,7 +92,7 @@ def run_worker(settings: Settings, sock: socket.socket) -> None:
     server.serve_forever()
     jobs.stop(timeout=GRACE)
     if recorder is not None:
-        recorder.stop()  # what is still waiting is appended before the worker exits
+        recorder.close()  # its spool is complete: the audit writer stores the rest
 
 
 def _refresh_statistics_hourly(engine: Any) -> None:
@@ -121,11 +119,62 @@ def serve(settings: Settings) -> None:
     refresh_statistics(engine)
     engine.dispose()
     _preload()
-    sock = listen(settings.host, settings.port)
-    if settings.workers <= 1:
-        run_worker(settings, sock)
+    writer = start_audit_writer(settings) if settings.audit else None  # before listening: it holds no socket
+    try:
+        sock = listen(settings.host, settings.port)
+        if settings.workers <= 1:
+            run_worker(settings, sock)
+        else:
+            _supervise(settings, sock)
+    finally:
+        if writer is not None:
+            stop_process(writer)
+
+
+def start_audit_writer(settings: Settings) -> int:
+    """Fork the audit writer (audit/writer.py): it stores what the workers spool."""
+    pid = os.fork()
+    if pid:
+        return pid
+    try:
+        _run_audit_writer(settings)
+    finally:
+        os._exit(0)
+
+
+def _run_audit_writer(settings: Settings) -> None:
+    from fhir_server.app import audit_spool
+    from fhir_server.audit.store import AuditStore
+    from fhir_server.audit.writer import AuditWriter
+    from fhir_server.storage.engine import make_engine
+
+    stopping = False
+
+    def stop(*_args: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the process group: the parent stops us
+    engine = make_engine(settings.resolved_database_url, pool_size=2)
+    log.info("audit writer %d storing from %s", os.getpid(), audit_spool(settings))
+    AuditWriter(AuditStore(engine), audit_spool(settings)).run(settings.audit_interval, lambda: stopping)
+    engine.dispose()
+
+
+def stop_process(pid: int) -> None:
+    """SIGTERM, then wait (the writer's last pass); SIGKILL after the grace time."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
         return
-    _supervise(settings, sock)
+    deadline = time.monotonic() + GRACE + 5
+    while time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
 
 
 def _preload() -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Select, delete, func, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from fhir_server.storage.bulk import insert_many
 from fhir_server.storage.engine import begin_write
@@ -100,22 +100,27 @@ class AuditStore:
         if not events:
             return []
         with begin_write(self.engine) as conn:
-            if self.postgres:
-                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_LOCK_KEY})")
-            last = conn.execute(select(T.c.seq, T.c.hash).order_by(T.c.seq.desc()).limit(1)).first()
-            if last is None:
-                last = conn.execute(select(A.c.seq, A.c.hash).where(A.c.id == 1)).one()
-            seq, previous = int(last.seq), str(last.hash)
-            rows, ids = [], []
-            for event in events:
-                seq += 1
-                stored = {"resourceType": "AuditEvent", "id": str(seq), **{k: v for k, v in event.items() if k != "id"}}
-                content = orjson.dumps(stored).decode()
-                previous = chain_hash(previous, content)
-                row = {"seq": seq, "content": content, "hash": previous, **_columns(stored)}
-                rows.append(tuple(row[c.name] for c in T.columns))
-                ids.append(str(seq))
-            insert_many(conn, [(T, rows)])  # COPY on PostgreSQL: audit is written on every request
+            return self.append_on(conn, events)
+
+    def append_on(self, conn: Connection, events: list[dict[str, Any]]) -> list[str]:
+        """Append inside the caller's write transaction (the writer commits its spool offsets
+        with the records)."""
+        if self.postgres:
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_LOCK_KEY})")
+        last = conn.execute(select(T.c.seq, T.c.hash).order_by(T.c.seq.desc()).limit(1)).first()
+        if last is None:
+            last = conn.execute(select(A.c.seq, A.c.hash).where(A.c.id == 1)).one()
+        seq, previous = int(last.seq), str(last.hash)
+        rows, ids = [], []
+        for event in events:
+            seq += 1
+            stored = {"resourceType": "AuditEvent", "id": str(seq), **{k: v for k, v in event.items() if k != "id"}}
+            content = orjson.dumps(stored).decode()
+            previous = chain_hash(previous, content)
+            row = {"seq": seq, "content": content, "hash": previous, **_columns(stored)}
+            rows.append(tuple(row[c.name] for c in T.columns))
+            ids.append(str(seq))
+        insert_many(conn, [(T, rows)])  # COPY on PostgreSQL: audit is written on every request
         return ids
 
     # -- reading -----------------------------------------------------------------------------

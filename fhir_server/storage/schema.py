@@ -384,3 +384,11 @@ audit_anchor = Table(
     Column("hash", String(64), nullable=False),  # its hash: the next record's "previous"
     Column("purged_us", BigInteger, nullable=True),
 )
+
+#: how far the audit writer has read each worker's spool file (committed with the records)
+audit_spool_offsets = Table(
+    "audit_spool_offsets",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("offset", BigInteger, nullable=False),
+)

@@ -3,7 +3,6 @@ SQLite and PostgreSQL: the chain, its verification, retention, and no event lost
 
 from __future__ import annotations
 
-import os
 import pathlib
 import threading
 from datetime import UTC, datetime
@@ -12,8 +11,9 @@ import pytest
 from sqlalchemy import text
 
 from fhir_server.audit import balp
-from fhir_server.audit.recorder import AuditRecorder, recover
+from fhir_server.audit.recorder import AuditRecorder
 from fhir_server.audit.store import YEAR_US, AuditStore
+from fhir_server.audit.writer import AuditWriter
 from fhir_server.storage.engine import make_engine
 from fhir_server.storage.migrate import ensure_schema
 
@@ -26,6 +26,7 @@ def store(database_url: str) -> AuditStore:
     ensure_schema(engine)
     with engine.begin() as conn:  # the module's databases are shared: start each test empty
         conn.execute(text("DELETE FROM audit_events"))
+        conn.execute(text("DELETE FROM audit_spool_offsets"))
         conn.execute(text("UPDATE audit_anchor SET seq = 0, hash = :z, purged_us = NULL"), {"z": "0" * 64})
     return AuditStore(engine)
 
@@ -85,29 +86,56 @@ def test_purge_only_beyond_retention_and_verification_goes_on(store: AuditStore)
     assert store.verify().ok and store.verify().checked == 1
 
 
-def test_the_recorder_batches_and_a_crash_loses_nothing(store: AuditStore, tmp_path: pathlib.Path) -> None:
-    recorder = AuditRecorder(store, tmp_path, interval=60)
+def _read(patient: str = "Patient/p1") -> balp.Interaction:
+    return balp.Interaction(kind="read", status=200, recorded=datetime.now(UTC), resource_type="Patient",
+                            resource_id=patient.split("/")[1], patients=(patient,))  # fmt: skip
+
+
+def test_the_writer_stores_what_workers_spool_exactly_once(store: AuditStore, tmp_path: pathlib.Path) -> None:
+    recorder = AuditRecorder(tmp_path)
+    writer = AuditWriter(store, tmp_path)
     requester = balp.Requester(client_id="c1", network_address="10.0.0.1")
-    read = balp.Interaction(kind="read", status=200, recorded=datetime.now(UTC), resource_type="Patient",
-                            resource_id="p1", patients=("Patient/p1",))  # fmt: skip
     for _ in range(3):
-        recorder.record(read, requester, SERVER)
-    assert store.count() == 0  # waiting for the batch
-    assert recorder.flush() == 3 and store.count() == 3
-    recorder.record(read, requester, SERVER)
-    # the process "dies" here: its spool holds the unflushed event; a spool of a live process is left alone
-    (tmp_path / "spool-999999999.ndjson").write_bytes((tmp_path / f"spool-{os.getpid()}.ndjson").read_bytes())
-    assert recover(store, tmp_path) == 2  # this process's own spool and the dead one's
-    assert store.count() == 5 and store.verify().ok
-    assert not list(tmp_path.glob("spool-999999999*"))
+        recorder.record(_read(), requester, SERVER)
+    assert store.count() == 0  # spooled, not yet stored
+    assert writer.drain() == 3 and store.count() == 3
+    assert writer.drain() == 0  # read to the end: nothing twice
+    recorder.record(_read(), requester, SERVER)
+    # a line still being written (no newline yet) waits for the next pass
+    spool = next(tmp_path.glob("spool-*.ndjson"))
+    with spool.open("ab") as f:
+        f.write(b'[{"resourceType":"AuditEvent"')
+    assert writer.drain() == 1 and store.count() == 4
+    assert store.verify().ok
 
 
-def test_a_failed_append_keeps_the_events(store: AuditStore, tmp_path: pathlib.Path) -> None:
+def test_a_crashed_writer_neither_loses_nor_repeats(store: AuditStore, tmp_path: pathlib.Path) -> None:
+    recorder = AuditRecorder(tmp_path)
+    requester = balp.Requester(client_id="c1")
+    for _ in range(5):
+        recorder.record(_read(), requester, SERVER)
+    AuditWriter(store, tmp_path).drain()
+    for _ in range(2):
+        recorder.record(_read(), requester, SERVER)
+    # another writer (after a restart) goes on from the committed offset
+    assert AuditWriter(store, tmp_path).drain() == 2
+    assert store.count() == 7 and store.verify().ok
+
+
+def test_finished_spools_are_removed(store: AuditStore, tmp_path: pathlib.Path) -> None:
+    recorder = AuditRecorder(tmp_path, max_bytes=1)  # every event starts a new file
+    for _ in range(3):
+        recorder.record(_read(), balp.Requester(client_id="c1"), SERVER)
+    assert len(list(tmp_path.glob("spool-*"))) == 3
+    AuditWriter(store, tmp_path).drain()
+    assert len(list(tmp_path.glob("spool-*"))) == 1  # the newest stays: its worker still writes to it
+    assert store.count() == 3
+
+
+def test_an_unreachable_database_keeps_the_events_in_the_spool(store: AuditStore, tmp_path: pathlib.Path) -> None:
+    recorder = AuditRecorder(tmp_path)
+    recorder.record(_read(), balp.Requester(client_id="c1"), SERVER)
     unreachable = AuditStore(make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none"))  # nothing listens
-    recorder = AuditRecorder(unreachable, tmp_path, interval=60)
-    read = balp.Interaction(kind="read", status=200, recorded=datetime.now(UTC), resource_type="Patient",
-                            resource_id="p1", patients=("Patient/p1",))  # fmt: skip
-    recorder.record(read, balp.Requester(client_id="c1"), SERVER)
-    assert recorder.flush() == 0
-    recorder.store = store  # the database is back
-    assert recorder.flush() == 1 and store.count() == 1
+    with pytest.raises(Exception):  # noqa: B017 - whatever the driver raises: the pass fails
+        AuditWriter(unreachable, tmp_path).drain()
+    assert AuditWriter(store, tmp_path).drain() == 1 and store.count() == 1

@@ -1,0 +1,142 @@
+"""The audit writer: moves spooled audit events into the store, exactly once.
+
+One writer per server (a process ``server.py`` starts beside the workers) reads every spool
+file in ``<data-dir>/audit/spool/`` from where it last stopped and appends the complete lines'
+events to the store **in the same transaction** that records the new read offset
+(``audit_spool_offsets``). So whatever stops it — a crash, a kill, the database refusing — no
+record is lost (the spool still holds it) and none is stored twice (the offset moved with it).
+A line still being written (no newline yet) waits for the next pass.
+
+A spool file is removed once read to its end and done with: its worker has started a newer
+file, or that worker is gone. The file goes before its offset row, so a crash in between leaves
+a harmless row, never a file that would be read again from the start.
+
+If the database refuses, the writer logs it and tries again on the next pass; requests go on
+being answered and their events wait in the spools (an audit outage is not turned into an
+outage of care).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from sqlalchemy import delete, insert, select, update
+
+from fhir_server.audit.recorder import spool_prefix
+from fhir_server.audit.store import AuditStore
+from fhir_server.storage.engine import begin_write
+from fhir_server.storage.schema import audit_spool_offsets as O
+
+log = logging.getLogger(__name__)
+Forward = Callable[[list[dict[str, Any]]], None]
+#: bytes of spool read per transaction at most
+CHUNK = 4 * 1024 * 1024
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner(name: str) -> tuple[str, int]:
+    """(``spool-<host>-<pid>-`` prefix, pid) of a spool file name."""
+    stem = name.rsplit("-", 1)[0]
+    return stem + "-", int(stem.rsplit("-", 1)[1])
+
+
+class AuditWriter:
+    def __init__(self, store: AuditStore, spool_dir: pathlib.Path, forward: Forward | None = None) -> None:
+        self.store = store
+        self.spool_dir = spool_dir
+        self.forward = forward
+        self.host_prefix = spool_prefix().rsplit("-", 2)[0] + "-"  # spool-<this host>-
+
+    def _offsets(self) -> dict[str, int]:
+        with self.store.engine.connect() as conn:
+            return {row.name: int(row.offset) for row in conn.execute(select(O.c.name, O.c.offset))}
+
+    def drain(self) -> int:
+        """One pass over every spool file; the number of events stored."""
+        if not self.spool_dir.is_dir():
+            return 0
+        files = sorted(p for p in self.spool_dir.glob("spool-*.ndjson"))
+        offsets = self._offsets()
+        stored = 0
+        for path in files:
+            stored += self._drain_file(path, offsets.get(path.name))
+        self._remove_finished(files)
+        return stored
+
+    def _drain_file(self, path: pathlib.Path, offset: int | None) -> int:
+        stored = 0
+        position = offset or 0
+        while True:
+            with path.open("rb") as f:
+                f.seek(position)
+                chunk = f.read(CHUNK)
+            end = chunk.rfind(b"\n") + 1
+            if end == 0:
+                return stored
+            events: list[dict[str, Any]] = []
+            for line in chunk[:end].splitlines():
+                if line.strip():
+                    try:
+                        events.extend(orjson.loads(line))
+                    except orjson.JSONDecodeError:
+                        log.error("audit spool %s: an unreadable line at byte %d was skipped", path.name, position)
+            new_position = position + end
+            with begin_write(self.store.engine) as conn:
+                if events:
+                    self.store.append_on(conn, events)
+                if offset is None:
+                    conn.execute(insert(O).values(name=path.name, offset=new_position))
+                    offset = new_position
+                else:
+                    conn.execute(update(O).where(O.c.name == path.name).values(offset=new_position))
+            position = new_position
+            stored += len(events)
+            if events and self.forward is not None:
+                try:
+                    self.forward(events)
+                except Exception:  # noqa: BLE001 - forwarding keeps its own store-and-forward spool
+                    log.exception("audit forwarding failed")
+
+    def _remove_finished(self, files: list[pathlib.Path]) -> None:
+        newest: dict[str, str] = {}
+        for path in files:
+            prefix, _ = _owner(path.name)
+            newest[prefix] = max(newest.get(prefix, ""), path.name)
+        offsets = self._offsets()
+        for path in files:
+            prefix, pid = _owner(path.name)
+            superseded = newest[prefix] != path.name
+            gone = path.name.startswith(self.host_prefix) and not _alive(pid)
+            if not (superseded or gone) or offsets.get(path.name) != path.stat().st_size:
+                continue
+            path.unlink()
+            with begin_write(self.store.engine) as conn:
+                conn.execute(delete(O).where(O.c.name == path.name))
+
+    def run(self, interval: float, stopping: Callable[[], bool]) -> None:
+        """Drain every ``interval`` seconds until ``stopping()``; then once more."""
+        while not stopping():
+            self._pass()
+            time.sleep(interval)
+        self._pass()
+
+    def _pass(self) -> None:
+        try:
+            self.drain()
+        except Exception:  # noqa: BLE001 - the database may be down: the spools keep the events
+            log.exception("audit writer: this pass failed; the events stay in the spools")
