@@ -1,6 +1,6 @@
 """The append-only audit store: AuditEvents in sequence, each chained to the one before.
 
-Why a chain: ``hash[n] = sha256(hash[n-1] + content[n])`` (hex, content as stored) makes any
+Why a chain: ``hash[n] = sha256(hash[n-1], n, content[n])`` (hex, content as stored) makes any
 edit, deletion or reordering of stored records show when the chain is recomputed
 (``fhir-server audit verify``): the first record whose hash no longer follows is named. The chain
 is not keyed, so someone able to rewrite the table *and* recompute every later hash would not
@@ -46,8 +46,31 @@ class Verification:
     reason: str = ""
 
 
-def chain_hash(previous: str, content: str) -> str:
-    return hashlib.sha256(previous.encode("ascii") + content.encode("utf-8")).hexdigest()
+def chain_hash(previous: str, seq: int, content: str) -> str:
+    """``sha256(previous hash, the record's number, its JSON)``: the number is in, so swapping
+    two records' numbers shows as well as changing their content."""
+    return hashlib.sha256(f"{previous}{seq}\n".encode("ascii") + content.encode("utf-8")).hexdigest()
+
+
+#: every stored record's JSON starts so; its id (the record's number) is put in when it is read
+PREFIX = '{"resourceType":"AuditEvent",'
+#: the search columns, in table order, between ``seq`` and ``content``
+COLUMNS = ("recorded_us", "type_code", "subtype_code", "action", "outcome", "patient", "agent", "address", "entity")
+
+
+def serialize(event: dict[str, Any]) -> bytes:
+    """The stored JSON of an event: ``resourceType`` first, no ``id`` (the number is the id)."""
+    return orjson.dumps({"resourceType": "AuditEvent", **{k: v for k, v in event.items() if k not in _DROPPED}})
+
+
+_DROPPED = frozenset({"resourceType", "id"})
+
+
+def with_id(seq: int, content: str) -> str:
+    """The record as a FHIR resource: its number put in as ``id``."""
+    if not content.startswith(PREFIX):
+        raise ValueError(f"audit record {seq} does not start with {PREFIX}")
+    return f'{PREFIX}"id":"{seq}",{content[len(PREFIX) :]}'
 
 
 def _instant_us(text: str) -> int:
@@ -57,8 +80,9 @@ def _instant_us(text: str) -> int:
     return bounds[0]
 
 
-def _columns(event: dict[str, Any]) -> dict[str, Any]:
-    """The ITI-81 search columns of one event."""
+def columns(event: dict[str, Any], recorded_us: int | None = None) -> tuple[Any, ...]:
+    """The ITI-81 search columns of one event, in ``COLUMNS`` order (``recorded_us`` when the
+    caller knows it: parsing ``recorded`` again costs more than the rest)."""
     entities = event.get("entity") or []
     patient = next(
         (
@@ -75,17 +99,17 @@ def _columns(event: dict[str, Any]) -> dict[str, Any]:
     requestor = next((a for a in agents if a.get("requestor")), agents[0] if agents else {})
     who = requestor.get("who") or {}
     client = next((a for a in agents if (a.get("network") or {}).get("address")), {})
-    return {
-        "recorded_us": _instant_us(event["recorded"]),
-        "type_code": str((event.get("type") or {}).get("code", ""))[:64],
-        "subtype_code": next((str(s.get("code"))[:64] for s in event.get("subtype") or []), None),
-        "action": event.get("action"),
-        "outcome": str(event.get("outcome", "0")),
-        "patient": patient[:128] if patient else None,
-        "agent": (who.get("reference") or (who.get("identifier") or {}).get("value") or who.get("display") or None),
-        "address": (client.get("network") or {}).get("address"),
-        "entity": data[:256] if data else None,
-    }
+    return (
+        recorded_us if recorded_us is not None else _instant_us(event["recorded"]),
+        str((event.get("type") or {}).get("code", ""))[:64],
+        next((str(s.get("code"))[:64] for s in event.get("subtype") or []), None),
+        event.get("action"),
+        str(event.get("outcome", "0")),
+        patient[:128] if patient else None,
+        (who.get("reference") or (who.get("identifier") or {}).get("value") or who.get("display") or None),
+        (client.get("network") or {}).get("address"),
+        data[:256] if data else None,
+    )
 
 
 class AuditStore:
@@ -103,44 +127,47 @@ class AuditStore:
             return self.append_on(conn, events)
 
     def append_on(self, conn: Connection, events: list[dict[str, Any]]) -> list[str]:
-        """Append inside the caller's write transaction (the writer commits its spool offsets
-        with the records)."""
+        """Append inside the caller's write transaction."""
+        return self.append_rows_on(conn, [(columns(e), serialize(e).decode()) for e in events])
+
+    def append_rows_on(self, conn: Connection, rows: list[tuple[tuple[Any, ...], str]]) -> list[str]:
+        """Append (search columns, stored JSON) pairs — what the workers spool — inside the
+        caller's write transaction (the writer commits its spool offsets with them)."""
         if self.postgres:
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_LOCK_KEY})")
         last = conn.execute(select(T.c.seq, T.c.hash).order_by(T.c.seq.desc()).limit(1)).first()
         if last is None:
             last = conn.execute(select(A.c.seq, A.c.hash).where(A.c.id == 1)).one()
         seq, previous = int(last.seq), str(last.hash)
-        rows, ids = [], []
-        for event in events:
+        out, ids = [], []
+        for cols, content in rows:
             seq += 1
-            stored = {"resourceType": "AuditEvent", "id": str(seq), **{k: v for k, v in event.items() if k != "id"}}
-            content = orjson.dumps(stored).decode()
-            previous = chain_hash(previous, content)
-            row = {"seq": seq, "content": content, "hash": previous, **_columns(stored)}
-            rows.append(tuple(row[c.name] for c in T.columns))
+            previous = chain_hash(previous, seq, content)
+            out.append((seq, *cols, content, previous))
             ids.append(str(seq))
-        insert_many(conn, [(T, rows)])  # COPY on PostgreSQL: audit is written on every request
+        insert_many(conn, [(T, out)])  # COPY on PostgreSQL: audit is written on every request
         return ids
 
     # -- reading -----------------------------------------------------------------------------
     def read(self, event_id: str) -> str | None:
-        """The stored JSON of one record."""
+        """One record as an AuditEvent (JSON), or None."""
         if not event_id.isdigit():
             return None
         with self.engine.connect() as conn:
-            return conn.execute(select(T.c.content).where(T.c.seq == int(event_id))).scalar()
+            content = conn.execute(select(T.c.content).where(T.c.seq == int(event_id))).scalar()
+        return with_id(int(event_id), content) if content is not None else None
 
     def count(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(T)).scalar_one())
 
     def search(self, query: Select[Any], offset: int, count: int) -> tuple[int, list[str]]:
-        """(total, the page's JSON) for a ``select(T.c.content)`` filtered by the caller."""
+        """(total, the page as AuditEvent JSON) for a ``select(T.c.seq, T.c.content)`` filtered
+        by the caller."""
         with self.engine.connect() as conn:
             total = conn.execute(select(func.count()).select_from(query.order_by(None).subquery())).scalar_one()
-            page = conn.execute(query.offset(offset).limit(count)).scalars().all()
-        return int(total), list(page)
+            page = conn.execute(query.offset(offset).limit(count)).all()
+        return int(total), [with_id(int(seq), content) for seq, content in page]
 
     # -- integrity ---------------------------------------------------------------------------
     def verify(self, batch: int = 5000) -> Verification:
@@ -152,17 +179,10 @@ class AuditStore:
             expected_seq += 1
             if seq != expected_seq:
                 return Verification(False, checked, expected_seq, f"record {expected_seq} is missing")
-            actual = chain_hash(previous, content)
-            if actual != stored_hash:
+            if chain_hash(previous, seq, content) != stored_hash:
                 return Verification(
                     False, checked, seq, f"record {seq} does not follow the chain (changed, or an earlier one was)"
                 )
-            try:
-                stored_id = orjson.loads(content).get("id")
-            except orjson.JSONDecodeError:
-                stored_id = None
-            if stored_id != str(seq):
-                return Verification(False, checked, seq, f"record {seq} holds the id {stored_id!r}")
             previous, checked = stored_hash, checked + 1
         return Verification(True, checked)
 

@@ -29,7 +29,7 @@ import orjson
 from sqlalchemy import delete, insert, select, update
 
 from fhir_server.audit.recorder import spool_prefix
-from fhir_server.audit.store import AuditStore
+from fhir_server.audit.store import PREFIX, AuditStore, with_id
 from fhir_server.storage.engine import begin_write
 from fhir_server.storage.schema import audit_spool_offsets as O
 
@@ -88,27 +88,28 @@ class AuditWriter:
             end = chunk.rfind(b"\n") + 1
             if end == 0:
                 return stored
-            events: list[dict[str, Any]] = []
+            rows: list[tuple[tuple[Any, ...], str]] = []
             for line in chunk[:end].splitlines():
-                if line.strip():
-                    try:
-                        events.extend(orjson.loads(line))
-                    except orjson.JSONDecodeError:
-                        log.error("audit spool %s: an unreadable line at byte %d was skipped", path.name, position)
+                head, tab, content = line.partition(b"\t")
+                try:
+                    if not tab or not content.startswith(PREFIX.encode()):
+                        raise ValueError("not a spool line")
+                    rows.append((tuple(orjson.loads(head)), content.decode("utf-8")))
+                except ValueError:  # orjson.JSONDecodeError and UnicodeDecodeError are ValueErrors
+                    log.error("audit spool %s: an unreadable line after byte %d was skipped", path.name, position)
             new_position = position + end
             with begin_write(self.store.engine) as conn:
-                if events:
-                    self.store.append_on(conn, events)
+                ids = self.store.append_rows_on(conn, rows) if rows else []
                 if offset is None:
                     conn.execute(insert(O).values(name=path.name, offset=new_position))
                     offset = new_position
                 else:
                     conn.execute(update(O).where(O.c.name == path.name).values(offset=new_position))
             position = new_position
-            stored += len(events)
-            if events and self.forward is not None:
+            stored += len(rows)
+            if rows and self.forward is not None:
                 try:
-                    self.forward(events)
+                    self.forward([orjson.loads(with_id(int(i), c)) for i, (_, c) in zip(ids, rows, strict=True)])
                 except Exception:  # noqa: BLE001 - forwarding keeps its own store-and-forward spool
                     log.exception("audit forwarding failed")
 

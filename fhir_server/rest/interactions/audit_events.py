@@ -88,7 +88,7 @@ def _int(name: str, raw: str, limit: int) -> int:
 
 
 def search(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
-    query: Select[Any] = select(T.c.content)
+    query: Select[Any] = select(T.c.seq, T.c.content)
     count, offset, newest_first = ctx.settings.default_count, 0, True
     for name, raw in req.params:
         if name == "_count":
