@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import pathlib
 import sys
@@ -417,3 +418,107 @@ def audit_purge(database_url: str, data_dir: str, before: str, retention_days: i
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"removed {removed} audit records older than {before}")
+
+
+@cli.group()
+def users() -> None:
+    """User accounts: password + TOTP, roles, institution, network binding (docs/security.md)."""
+
+
+def _user_store(database_url: str, data_dir: str):  # type: ignore[no-untyped-def]
+    from fhir_server.security.users import UserStore
+
+    return UserStore(_migrated_engine(database_url, data_dir))
+
+
+def _password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+
+
+def _user_command(name: str):  # type: ignore[no-untyped-def]
+    """A ``users`` sub-command on USERNAME that reports a policy or lookup error as a CLI error."""
+
+    def wrap(f):  # type: ignore[no-untyped-def]
+        @users.command(name, context_settings=_ENV)
+        @_database_option
+        @_data_dir_option
+        @click.argument("username")
+        @functools.wraps(f)
+        def command(database_url: str, data_dir: str, username: str, **options: object) -> None:
+            try:
+                f(_user_store(database_url, data_dir), username, **options)
+            except (ValueError, LookupError) as exc:
+                raise click.ClickException(str(exc)) from None
+
+        return command
+
+    return wrap
+
+
+@click.option("--password-stdin", is_flag=True, help="read the password from the first line of standard input")
+@click.option("--fhir-user", default=None, help="the person's resource, e.g. Practitioner/12 (SMART fhirUser)")
+@click.option("--organization", default=None, help="their institution, Organization/<id>")
+@click.option("--role", "roles", multiple=True, help="a role code (repeatable)")
+@click.option("--network", "networks", multiple=True, help="an allowed network, CIDR (repeatable; none: anywhere)")
+@_user_command("add")
+def users_add(store, username, password_stdin, fhir_user, organization, roles, networks) -> None:  # type: ignore[no-untyped-def]
+    """Create USERNAME (the password must meet the policy)."""
+    user = store.create(username, _password(password_stdin), fhir_user=fhir_user, organization=organization,
+                        roles=roles, allowed_networks=networks)  # fmt: skip
+    click.echo(f"user {user.username} created")
+
+
+@users.command("list", context_settings=_ENV)
+@_database_option
+@_data_dir_option
+def users_list(database_url: str, data_dir: str) -> None:
+    """Accounts (never their passwords or TOTP secrets)."""
+    for u in _user_store(database_url, data_dir).list():
+        flags = [f for f, on in (("totp", u.totp_enrolled), ("locked", u.locked_until), ("disabled", u.disabled)) if on]
+        click.echo(f"{u.username}\t{u.fhir_user or '-'}\t{u.organization or '-'}\t{' '.join(u.roles) or '-'}\t"
+                   f"{','.join(flags) or 'active'}")  # fmt: skip
+
+
+@click.option("--password-stdin", is_flag=True, help="read the password from the first line of standard input")
+@_user_command("passwd")
+def users_passwd(store, username, password_stdin) -> None:  # type: ignore[no-untyped-def]
+    """Set USERNAME's password (the policy applies; the expiry clock restarts)."""
+    store.set_password(username, _password(password_stdin))
+    click.echo(f"password of {username} set")
+
+
+@_user_command("totp")
+def users_totp(store, username) -> None:  # type: ignore[no-untyped-def]
+    """Enrol USERNAME in TOTP; prints the otpauth:// URI for their authenticator app."""
+    click.echo(store.enrol_totp(username))
+
+
+@_user_command("unlock")
+def users_unlock(store, username) -> None:  # type: ignore[no-untyped-def]
+    """Lift a lockout after failed logins."""
+    store.unlock(username)
+    click.echo(f"{username} unlocked")
+
+
+@_user_command("disable")
+def users_disable(store, username) -> None:  # type: ignore[no-untyped-def]
+    """Refuse USERNAME's logins from now on (the account is kept)."""
+    store.disable(username)
+    click.echo(f"{username} disabled")
+
+
+@_user_command("enable")
+def users_enable(store, username) -> None:  # type: ignore[no-untyped-def]
+    """Allow a disabled USERNAME again."""
+    store.enable(username)
+    click.echo(f"{username} enabled")
+
+
+@_user_command("remove")
+def users_remove(store, username) -> None:  # type: ignore[no-untyped-def]
+    """Delete USERNAME."""
+    if not store.remove(username):
+        raise click.ClickException(f"no user {username!r}")
+    click.echo(f"removed {username}")
