@@ -175,7 +175,17 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
     if security is not None:
         from fhir_server.rest import auth_http
 
-        auth_http.register(app, security, lambda: base_url(settings))
+        def audit_auth(
+            kind: str, status: int, detail: str | None, client_id: str | None, user: str | None, address: str | None
+        ) -> None:
+            """A token request, login, login failure or logout, as a User Authentication record."""
+            if recorder is None:
+                return
+            requester = balp.Requester(client_id=client_id, user=user, network_address=address)
+            auditor = RequestAuditor(recorder, requester, _server(base_url(settings), settings.host), None)
+            auditor.authentication(kind, status, detail)
+
+        auth_http.register(app, security, lambda: base_url(settings), audit_auth)
 
     @app.before_request
     def _start() -> None:

@@ -23,16 +23,26 @@ from typing import Any
 
 from authlib.oauth2 import AuthorizationServer as _AuthorizationServer
 from authlib.oauth2.rfc6749 import JsonRequest, OAuth2Payload, OAuth2Request
-from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidScopeError
+from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidRequestError, InvalidScopeError, OAuth2Error
 from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from fhir_server.security.authcode import (
+    AccountUser,
+    Grants,
+    OpenIdCode,
+    make_code_grant,
+    make_refresh_grant,
+    new_refresh_token,
+    request_urls,
+)
 from fhir_server.security.clients import Client, ClientStore
 from fhir_server.security.scopes import ScopeError, ScopeSet
 from fhir_server.security.tokens import TokenService
@@ -79,6 +89,32 @@ class _Request(OAuth2Request):
     @property
     def form(self) -> dict[str, str]:
         return {k: v[0] for k, v in self._http.form.items() if v}
+
+
+@dataclass
+class Authorization:
+    """What the authorization endpoint does next: show an error, ask the user to log in (for
+    ``client_name``), or redirect back to the client."""
+
+    error: str | None = None
+    client_name: str | None = None
+    scope: str = ""
+    redirect: str | None = None
+    status: int = 302
+
+
+class _S256(CodeChallenge):  # type: ignore[misc]
+    """PKCE with S256, for every client: SMART App Launch 2 requires it and forbids ``plain``
+    (authlib alone lets a request without a challenge through)."""
+
+    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+    DEFAULT_CODE_CHALLENGE_METHOD = "S256"
+
+    def validate_code_challenge(self, grant: Any, redirect_uri: str) -> None:
+        data = grant.request.payload.data
+        if not data.get("code_challenge") or data.get("code_challenge_method") != "S256":
+            raise InvalidRequestError("PKCE is required: send code_challenge with code_challenge_method=S256")
+        super().validate_code_challenge(grant, redirect_uri)
 
 
 class _ClientCredentials(ClientCredentialsGrant):
@@ -167,12 +203,16 @@ class _Revocation(RevocationEndpoint):
 
 
 class OAuthServer(_AuthorizationServer):  # type: ignore[misc]
-    def __init__(self, clients: ClientStore, tokens: TokenService) -> None:
+    def __init__(self, clients: ClientStore, tokens: TokenService, grants: Grants) -> None:
         super().__init__()
         self.clients = clients
         self.tokens = tokens
-        self.register_token_generator("default", BearerTokenGenerator(self._access_token, expires_generator=self._ttl))
+        self.grants = grants
+        generator = BearerTokenGenerator(self._access_token, new_refresh_token, expires_generator=self._ttl)
+        self.register_token_generator("default", generator)
         self.register_grant(_ClientCredentials)
+        self.register_grant(make_code_grant(grants), [_S256(required=True), OpenIdCode(grants)])
+        self.register_grant(make_refresh_grant(grants))
         self.register_client_auth_method("private_key_jwt", _PrivateKeyJwt(tokens))
         self.register_endpoint(_Introspection(self))
         self.register_endpoint(_Revocation(self))
@@ -182,7 +222,11 @@ class OAuthServer(_AuthorizationServer):  # type: ignore[misc]
         return self.clients.get(client_id)
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:
-        """Access tokens are self-contained JWTs: nothing to store (revocation keeps a denylist)."""
+        """Access tokens are self-contained JWTs: nothing to store (revocation keeps a denylist);
+        a refresh token is stored as its hash."""
+        if token.get("refresh_token"):
+            user = request.user.get_user_id() if request.user is not None else None
+            self.grants.save_refresh(token["refresh_token"], request.client.get_client_id(), user, token["scope"])
 
     def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
         """No signals: audit records are written by the HTTP glue, which knows the outcome."""
@@ -212,9 +256,26 @@ class OAuthServer(_AuthorizationServer):  # type: ignore[misc]
         return self.tokens.issue(client, scope, user=user)
 
     # -- entry points for the HTTP glue ----------------------------------------------------
-    def token(self, request: HttpRequest) -> tuple[int, Any, dict[str, str]]:
+    def token(self, request: HttpRequest, issuer: str, fhir_base: str) -> tuple[int, Any, dict[str, str]]:
         _token_url.set(request.url.split("?", 1)[0])
-        return self.create_token_response(request)  # type: ignore[no-any-return]
+        request_urls.set((issuer, fhir_base))
+        status, body, headers = self.create_token_response(request)
+        if isinstance(body, dict) and body.get("refresh_token", "") is None:
+            del body["refresh_token"]  # none was asked for
+        return status, body, headers
+
+    def authorization(self, request: HttpRequest, user: AccountUser | None) -> Authorization:
+        """Validate an authorization request; with a logged-in ``user``, the redirect with the
+        code. Errors before the client and redirect URI are known are not redirected (RFC 6749
+        §4.1.2.1): they are shown to the user."""
+        try:
+            grant = self.get_consent_grant(request=request, end_user=user)
+        except OAuth2Error as error:
+            return Authorization(error=f"{error.error}: {error.description or ''}".strip(": "))
+        if user is None:
+            return Authorization(client_name=grant.client.name, scope=grant.request.scope or "")
+        status, _body, headers = self.create_authorization_response(request, grant_user=user, grant=grant)
+        return Authorization(redirect=dict(headers).get("Location"), status=status)
 
     def introspect(self, request: HttpRequest) -> tuple[int, Any, dict[str, str]]:
         _token_url.set(request.url.split("?", 1)[0].rsplit("/", 1)[0] + "/token")

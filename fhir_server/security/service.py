@@ -12,10 +12,13 @@ from sqlalchemy.engine import Engine
 
 from fhir_server.config import Settings
 from fhir_server.errors import FhirError
+from fhir_server.security.authcode import Grants
 from fhir_server.security.clients import ClientStore, ensure_bootstrap
 from fhir_server.security.keys import SigningKeys
 from fhir_server.security.oauth import OAuthServer
+from fhir_server.security.sessions import Sessions
 from fhir_server.security.tokens import InvalidToken, Principal, TokenService
+from fhir_server.security.users import UserStore
 
 REALM = "telefhir"
 
@@ -26,6 +29,8 @@ class Security:
     keys: SigningKeys
     tokens: TokenService
     oauth: OAuthServer
+    users: UserStore
+    sessions: Sessions
 
     def authenticate(self, authorization: str | None) -> Principal:
         """The principal of an ``Authorization: Bearer`` header, or 401 saying what is wrong."""
@@ -66,4 +71,6 @@ def build_security(engine: Engine, settings: Settings, prepare: bool) -> Securit
         keys.ensure_current()
         if settings.bootstrap_client:
             ensure_bootstrap(clients, settings.bootstrap_client)
-    return Security(clients, keys, tokens, OAuthServer(clients, tokens))
+    users = UserStore(engine)
+    oauth = OAuthServer(clients, tokens, Grants(engine, users, keys))
+    return Security(clients, keys, tokens, oauth, users, Sessions(engine))

@@ -89,7 +89,13 @@ class TokenService:
             "exp": now + self.lifetime_s,
             "jti": secrets.token_urlsafe(16),
         }
-        if getattr(client, "organization", None):
+        account = getattr(user, "user", None)  # authcode.AccountUser: a person logged in
+        if account is not None:
+            if account.fhir_user:
+                claims["fhirUser"] = account.fhir_user
+            if account.organization:
+                claims["organization"] = account.organization
+        elif getattr(client, "organization", None):
             claims["organization"] = client.organization
         key = self.keys.signing_key()
         return jwt.encode({"alg": ALG, "typ": "at+jwt", "kid": key.kid}, claims, key)
