@@ -81,6 +81,10 @@ def cli(log_level: str) -> None:
 )
 @click.option("--bootstrap-client", default=None, help="id:secret of a client allowed system/*.* (made at start)")
 @click.option("--token-lifetime", default=_DEFAULTS.token_lifetime, show_default=True, type=click.IntRange(min=60))
+@click.option("--tls-cert", default=None, help="serve HTTPS with this certificate chain (PEM)")
+@click.option("--tls-key", default=None, help="the private key of --tls-cert (PEM)")
+@click.option("--tls-client-ca", default=None, help="ask clients for certificates signed by this CA (mutual TLS)")
+@click.option("--tls-require-client-cert", is_flag=True, help="refuse connections without a client certificate")
 @click.option(
     "--audit",
     type=click.Choice(["on", "off"]),
@@ -101,6 +105,10 @@ def serve(
     auth: str,
     bootstrap_client: str | None,
     token_lifetime: int,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_client_ca: str | None,
+    tls_require_client_cert: bool,
     audit: str,
 ) -> None:
     """Serve FHIR over HTTP."""
@@ -120,7 +128,15 @@ def serve(
         bootstrap_client=bootstrap_client,
         token_lifetime=token_lifetime,
         audit=audit == "on",
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
+        tls_require_client_cert=tls_require_client_cert,
     )
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if tls_require_client_cert and not tls_client_ca:
+        raise click.UsageError("--tls-require-client-cert needs --tls-client-ca")
     if not settings.audit:
         logging.getLogger("fhir_server").warning("audit is OFF: interactions are not recorded (a development flag)")
     if not settings.auth:

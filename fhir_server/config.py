@@ -52,6 +52,12 @@ class Settings:
     token_lifetime: int = 3600
     #: days before the token signing key is rotated
     signing_key_days: float = 30.0
+    #: HTTPS: the server's certificate chain and key (PEM); None serves plain HTTP
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: CA whose client certificates are asked for (mutual TLS, ITI-19); required with the flag
+    tls_client_ca: str | None = None
+    tls_require_client_cert: bool = False
     #: BALP audit records of every interaction (audit/); off only as a development flag
     audit: bool = True
     #: seconds between a worker's batched appends to the audit store

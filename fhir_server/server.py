@@ -30,6 +30,7 @@ import gevent
 from gevent.pywsgi import WSGIHandler, WSGIServer, _NoopLog
 
 from fhir_server.config import Settings
+from fhir_server.security.tls import peer_certificate, server_context, subject_name
 
 log = logging.getLogger("fhir_server.server")
 GRACE = 10.0
@@ -44,6 +45,13 @@ class NoDelayHandler(WSGIHandler):
         except OSError:
             pass
         super().handle()
+
+    def get_environ(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environ()
+        cert = peer_certificate(self.socket)
+        if cert is not None:  # a verified client certificate (mutual TLS, ITI-19)
+            environ["telefhir.client_cert_subject"] = subject_name(cert)
+        return environ
 
     def read_requestline(self) -> str:
         # pywsgi serves a keep-alive connection's next request without yielding when it is
@@ -77,8 +85,13 @@ def run_worker(settings: Settings, sock: socket.socket) -> None:
     gevent.spawn(_refresh_statistics_hourly, app.config["SERVICES"].repo.engine)
     gc.freeze()
     access = logging.getLogger("fhir_server.access") if settings.access_log else None
+    tls = {}
+    if settings.tls_cert and settings.tls_key:
+        tls["ssl_context"] = server_context(
+            settings.tls_cert, settings.tls_key, settings.tls_client_ca, settings.tls_require_client_cert
+        )
     server = WSGIServer(
-        sock, app, handler_class=NoDelayHandler, log=access, error_log=logging.getLogger("fhir_server.wsgi")
+        sock, app, handler_class=NoDelayHandler, log=access, error_log=logging.getLogger("fhir_server.wsgi"), **tls
     )
 
     def stop() -> None:
@@ -88,7 +101,8 @@ def run_worker(settings: Settings, sock: socket.socket) -> None:
 
     gevent.signal_handler(signal.SIGTERM, stop)
     gevent.signal_handler(signal.SIGINT, stop)
-    log.info("worker %d serving http://%s:%d/fhir", os.getpid(), settings.host, settings.port)
+    scheme = "https" if tls else "http"
+    log.info("worker %d serving %s://%s:%d/fhir", os.getpid(), scheme, settings.host, settings.port)
     server.serve_forever()
     jobs.stop(timeout=GRACE)
     if recorder is not None:

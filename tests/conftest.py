@@ -135,10 +135,14 @@ class ServerProcess:
         *,
         auth: bool = False,
         args: tuple[str, ...] = (),
+        ready: dict | None = None,
     ) -> None:
+        """``ready``: keyword arguments of the readiness probe (``verify``, ``cert`` for HTTPS)."""
         self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}/fhir"
-        self.root = f"http://127.0.0.1:{self.port}"
+        self.ready = ready or {}
+        scheme = "https" if "--tls-cert" in args else "http"
+        self.base = f"{scheme}://127.0.0.1:{self.port}/fhir"
+        self.root = f"{scheme}://127.0.0.1:{self.port}"
         self.log_path = data_dir / "server.log"
         cmd = [
             str(pathlib.Path(sys.executable).with_name("fhir-server")),
@@ -166,7 +170,7 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()}")
             try:
-                if requests.get(self.root + "/readyz", timeout=1).status_code == 200:
+                if requests.get(self.root + "/readyz", timeout=1, **self.ready).status_code == 200:
                     return
             except requests.RequestException:
                 pass
@@ -192,3 +196,11 @@ def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     proc = ServerProcess(database_url, tmp_path_factory.mktemp("server"))
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A CA with server and client certificates made for the test (tests/pki.py)."""
+    from tests.pki import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("pki"))
