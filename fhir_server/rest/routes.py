@@ -30,6 +30,7 @@ from fhir_server.rest.messages import FhirRequest, FhirResponse
 from fhir_server.rest.operations import (
     aecg_import,
     assess_constitution,
+    deidentify,
     expand,
     lookup,
     meridian_interpretation,
@@ -144,6 +145,10 @@ ROUTES: tuple[Route, ...] = (
         raw_body=True,
         access=(("Observation", "c"), ("DocumentReference", "c"), ("Binary", "c")),
     ),
+    # de-identification (R25): rest/operations/deidentify.py
+    Route("$deidentify", "instance", "GET", ("{type}", "{id}", "$deidentify"), deidentify.instance, access=_READ),
+    Route("$deidentify", "instance", "POST", ("{type}", "{id}", "$deidentify"), deidentify.instance, access=_READ),
+    Route("$deidentify", "system", "POST", ("$deidentify",), deidentify.system, access=()),
     # terminology (IHE SVCM ITI-97..101): rest/operations/{lookup,expand,validate_code,subsumes,translate}.py
     *(
         Route(f"${name}", level, method, pattern, handler, access=((pattern[0], "r"),))

@@ -24,6 +24,7 @@ OPERATIONS = {
     "assess-constitution": "http://fhir.telefhir.cn/OperationDefinition/assess-constitution",
     "interpret-meridian": "http://fhir.telefhir.cn/OperationDefinition/interpret-meridian",
     "import-aecg": "http://fhir.telefhir.cn/OperationDefinition/import-aecg",
+    "deidentify": "http://fhir.telefhir.cn/OperationDefinition/deidentify",
     # "Type/name": an operation whose definition differs by resource type (profiles/operationdefinition-*.json)
     "CodeSystem/lookup": "http://fhir.telefhir.cn/OperationDefinition/codesystem-lookup",
     "CodeSystem/validate-code": "http://fhir.telefhir.cn/OperationDefinition/codesystem-validate-code",

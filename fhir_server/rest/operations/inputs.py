@@ -120,7 +120,7 @@ class Inputs:
         wanted = resource_type(kind)
         if wanted is not None:
             found = part.get("resource")
-            if not isinstance(found, dict) or found.get("resourceType") != wanted:
+            if not isinstance(found, dict) or (wanted != "*" and found.get("resourceType") != wanted):
                 raise FhirError("bad-request", f"${self.operation}: {name} must hold a {wanted} resource", where)
             return found
         values = {k: v for k, v in part.items() if k.startswith("value")}
