@@ -85,6 +85,10 @@ def cli(log_level: str) -> None:
 @click.option("--tls-key", default=None, help="the private key of --tls-cert (PEM)")
 @click.option("--tls-client-ca", default=None, help="ask clients for certificates signed by this CA (mutual TLS)")
 @click.option("--tls-require-client-cert", is_flag=True, help="refuse connections without a client certificate")
+@click.option("--audit-repository", default=None, help="ITI-20 export: tls://host:port or udp://host:port")
+@click.option("--audit-repository-ca", default=None, help="CA of the audit repository's certificate")
+@click.option("--audit-client-cert", default=None, help="our certificate for the audit repository (mutual TLS)")
+@click.option("--audit-client-key", default=None, help="the key of --audit-client-cert")
 @click.option(
     "--audit",
     type=click.Choice(["on", "off"]),
@@ -109,6 +113,10 @@ def serve(
     tls_key: str | None,
     tls_client_ca: str | None,
     tls_require_client_cert: bool,
+    audit_repository: str | None,
+    audit_repository_ca: str | None,
+    audit_client_cert: str | None,
+    audit_client_key: str | None,
     audit: str,
 ) -> None:
     """Serve FHIR over HTTP."""
@@ -132,7 +140,18 @@ def serve(
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,
         tls_require_client_cert=tls_require_client_cert,
+        audit_repository=audit_repository,
+        audit_repository_ca=audit_repository_ca,
+        audit_client_cert=audit_client_cert,
+        audit_client_key=audit_client_key,
     )
+    if audit_repository:
+        from fhir_server.audit.export import repository_target
+
+        try:
+            repository_target(settings)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
     if tls_require_client_cert and not tls_client_ca:

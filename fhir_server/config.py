@@ -60,8 +60,14 @@ class Settings:
     tls_require_client_cert: bool = False
     #: BALP audit records of every interaction (audit/); off only as a development flag
     audit: bool = True
-    #: seconds between a worker's batched appends to the audit store
+    #: seconds between the audit writer's passes over the workers' spools
     audit_interval: float = 0.2
+    #: ITI-20 export: ``tls://host:port`` (RFC 5425) or ``udp://host:port`` (RFC 5426); None: off
+    audit_repository: str | None = None
+    #: CA of the repository's certificate; our client certificate and key for it (ITI-19)
+    audit_repository_ca: str | None = None
+    audit_client_cert: str | None = None
+    audit_client_key: str | None = None
 
     def with_overrides(self, **values: object) -> Settings:
         return replace(self, **{k: v for k, v in values.items() if v is not None})

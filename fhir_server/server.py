@@ -158,6 +158,7 @@ def start_audit_writer(settings: Settings) -> int:
 
 def _run_audit_writer(settings: Settings) -> None:
     from fhir_server.app import audit_spool
+    from fhir_server.audit.export import exporter
     from fhir_server.audit.store import AuditStore
     from fhir_server.audit.writer import AuditWriter
     from fhir_server.storage.engine import make_engine
@@ -172,7 +173,12 @@ def _run_audit_writer(settings: Settings) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the process group: the parent stops us
     engine = make_engine(settings.resolved_database_url, pool_size=2)
     log.info("audit writer %d storing from %s", os.getpid(), audit_spool(settings))
-    AuditWriter(AuditStore(engine), audit_spool(settings)).run(settings.audit_interval, lambda: stopping)
+    forwarder = exporter(settings)
+    forward = (lambda events: [forwarder.enqueue(e) for e in events]) if forwarder else None
+    after = forwarder.deliver_if_due if forwarder else None
+    AuditWriter(AuditStore(engine), audit_spool(settings), forward).run(
+        settings.audit_interval, lambda: stopping, after
+    )
     engine.dispose()
 
 

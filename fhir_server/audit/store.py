@@ -4,8 +4,8 @@ Why a chain: ``hash[n] = sha256(hash[n-1], n, content[n])`` (hex, content as sto
 edit, deletion or reordering of stored records show when the chain is recomputed
 (``fhir-server audit verify``): the first record whose hash no longer follows is named. The chain
 is not keyed, so someone able to rewrite the table *and* recompute every later hash would not
-be caught by the chain alone; the head hash travels with every record exported to the Audit
-Record Repository (ITI-20), which keeps a copy out of that person's reach (docs/security.md).
+be caught by the chain alone; the copy exported to an Audit Record Repository (ITI-20,
+``--audit-repository``) keeps the records out of that person's reach (docs/security.md).
 
 Appending takes the chain's lock (PostgreSQL: a transaction-scoped advisory lock; SQLite: the
 write lock every writer takes at BEGIN), so records of all workers form one sequence.

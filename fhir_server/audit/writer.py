@@ -105,13 +105,12 @@ class AuditWriter:
                     offset = new_position
                 else:
                     conn.execute(update(O).where(O.c.name == path.name).values(offset=new_position))
+                if rows and self.forward is not None:
+                    # spooled for the repository before the commit: a failed commit sends them
+                    # again with the retry (at-least-once), a crash after it never loses them
+                    self.forward([orjson.loads(with_id(int(i), c)) for i, (_, c) in zip(ids, rows, strict=True)])
             position = new_position
             stored += len(rows)
-            if rows and self.forward is not None:
-                try:
-                    self.forward([orjson.loads(with_id(int(i), c)) for i, (_, c) in zip(ids, rows, strict=True)])
-                except Exception:  # noqa: BLE001 - forwarding keeps its own store-and-forward spool
-                    log.exception("audit forwarding failed")
 
     def _remove_finished(self, files: list[pathlib.Path]) -> None:
         newest: dict[str, str] = {}
@@ -129,15 +128,21 @@ class AuditWriter:
             with begin_write(self.store.engine) as conn:
                 conn.execute(delete(O).where(O.c.name == path.name))
 
-    def run(self, interval: float, stopping: Callable[[], bool]) -> None:
-        """Drain every ``interval`` seconds until ``stopping()``; then once more."""
+    def run(self, interval: float, stopping: Callable[[], bool], after: Callable[[], Any] | None = None) -> None:
+        """Drain every ``interval`` seconds until ``stopping()``; then once more. ``after`` runs
+        after each pass (the ITI-20 forwarder delivers what it has spooled)."""
         while not stopping():
-            self._pass()
+            self._pass(after)
             time.sleep(interval)
-        self._pass()
+        self._pass(after)
 
-    def _pass(self) -> None:
+    def _pass(self, after: Callable[[], Any] | None) -> None:
         try:
             self.drain()
         except Exception:  # noqa: BLE001 - the database may be down: the spools keep the events
             log.exception("audit writer: this pass failed; the events stay in the spools")
+        if after is not None:
+            try:
+                after()
+            except Exception:  # noqa: BLE001 - the repository may be down: its spool keeps the messages
+                log.exception("audit export: delivery failed; the messages stay spooled")
