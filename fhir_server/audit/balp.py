@@ -248,7 +248,7 @@ KINDS: frozenset[str] = frozenset(_RULES)
 _WHITESPACE = re.compile(r"\s")
 _TYPE_RE = re.compile(r"[A-Z][A-Za-z]{1,63}", re.ASCII)
 _ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}", re.ASCII)
-_PATIENT_RE = re.compile(r"Patient/[A-Za-z0-9\-.]{1,64}", re.ASCII)
+PATIENT_RE = re.compile(r"Patient/[A-Za-z0-9\-.]{1,64}", re.ASCII)
 _ORGANIZATION_RE = re.compile(r"Organization/[A-Za-z0-9\-.]{1,64}", re.ASCII)
 _REFERENCE_RE = re.compile(r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})", re.ASCII)
 _OPERATION_RE = re.compile(r"\$?([A-Za-z][A-Za-z0-9_\-]*)", re.ASCII)
@@ -303,7 +303,7 @@ def _check(interaction: Interaction, requester: Requester, server: Server) -> _R
     if not isinstance(interaction.patients, tuple):
         raise ValueError(f"patients must be a tuple of 'Patient/<id>', got {type(interaction.patients).__name__}")
     for p in interaction.patients:
-        _match(_PATIENT_RE, p, "patients", "'Patient/<id>'")
+        _match(PATIENT_RE, p, "patients", "'Patient/<id>'")
     if rule.needs_type and interaction.resource_type is None:
         raise ValueError(f"a {interaction.kind} interaction needs resource_type")
     if rule.needs_id and interaction.resource_id is None:

@@ -79,7 +79,7 @@ def patients_of(kind: str, req: FhirRequest, resp: FhirResponse | None) -> tuple
             except orjson.JSONDecodeError:
                 resource = None
         found += _patient_of(resource)
-    return tuple(dict.fromkeys(p for p in found if balp._PATIENT_RE.fullmatch(p)))
+    return tuple(dict.fromkeys(p for p in found if balp.PATIENT_RE.fullmatch(p)))
 
 
 def _created_id(resp: FhirResponse | None) -> tuple[str | None, str | None]:

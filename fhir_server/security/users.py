@@ -28,11 +28,9 @@ authenticator app supports; the secret is 32 base32 characters (160 bits, RFC 42
 is accepted for the current step and one step either side (clock drift, RFC 6238 §5.2), and each
 code at most once: a code is refused unless its step is later than the step of the last code the
 account used (RFC 6238 §5.2, "the verifier MUST NOT accept the second attempt of the OTP after
-the successful validation has been issued for the first OTP"). The table has no column for that
-last step, so it is kept in memory by the ``UserStore``: one store per process; a second worker
-process does not see it, and within the ±1 step window (≤ 90 s) a code observed in transit could
-be replayed against another worker. A column ``totp_last_step`` updated with
-``WHERE totp_last_step IS NULL OR totp_last_step < :step`` would close that gap. Enrolment
+the successful validation has been issued for the first OTP"). That last step is stored with the
+account (``totp_last_step``) and claimed by one conditional ``UPDATE … WHERE totp_last_step IS
+NULL OR totp_last_step < :step``, so no two workers can accept the same code. Enrolment
 replaces any previous secret and is active at once (the provisioning URI is handed to the user
 by whoever enrolled them).
 
@@ -361,30 +359,8 @@ def _address(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ip
 
 
-class _UsedTotpSteps:
-    """Per account, the TOTP step of the last accepted code (RFC 6238 §5.2 replay refusal), in
-    this process's memory (see the module docstring)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._last: dict[str, int] = {}
-
-    def claim(self, username: str, step: int) -> bool:
-        """Record ``step`` as used; False if it, or a later step, was used already."""
-        with self._lock:
-            last = self._last.get(username)
-            if last is not None and step <= last:
-                return False
-            self._last[username] = step
-            return True
-
-    def forget(self, username: str) -> None:
-        with self._lock:
-            self._last.pop(username, None)
-
-
 class UserStore:
-    """Accounts in ``auth_users``. Create one per process: TOTP replay refusal is kept here."""
+    """Accounts in ``auth_users``."""
 
     def __init__(
         self,
@@ -402,7 +378,6 @@ class UserStore:
         self.clock = clock
         self.hasher = hasher or PasswordHasher()
         self.totp_issuer = totp_issuer
-        self._used_steps = _UsedTotpSteps()
         self._dummy_hash: str | None = None
         self._dummy_lock = threading.Lock()
 
@@ -499,7 +474,6 @@ class UserStore:
         name = normalise_username(username)
         with begin_write(self.engine) as conn:
             removed = bool(conn.execute(delete(U).where(U.c.username == name)).rowcount)
-        self._used_steps.forget(name)
         return removed
 
     def set_password(self, username: str, new_password: str) -> None:
@@ -523,16 +497,23 @@ class UserStore:
         user's authenticator app (shown as a QR code or typed in)."""
         name = normalise_username(username)
         secret = pyotp.random_base32()  # 32 characters = 160 bits
-        self._change(name, totp_secret=secret)
-        self._used_steps.forget(name)
+        self._change(name, totp_secret=secret, totp_last_step=None)
         return pyotp.TOTP(secret, digits=TOTP_DIGITS, interval=TOTP_STEP_SECONDS).provisioning_uri(
             name=name, issuer_name=self.totp_issuer
         )
 
     def remove_totp(self, username: str) -> None:
         name = normalise_username(username)
-        self._change(name, totp_secret=None)
-        self._used_steps.forget(name)
+        self._change(name, totp_secret=None, totp_last_step=None)
+
+    def _claim_step(self, username: str, step: int) -> bool:
+        """Record ``step`` as used; False if it, or a later step, was used already (RFC 6238 §5.2)."""
+        last = U.c.totp_last_step
+        with begin_write(self.engine) as conn:
+            claimed = conn.execute(
+                update(U).where(U.c.username == username, or_(last.is_(None), last < step)).values(totp_last_step=step)
+            ).rowcount
+        return bool(claimed)
 
     def unlock(self, username: str) -> None:
         self._change(username, failed_logins=0, locked_until_us=None)
@@ -719,7 +700,7 @@ class UserStore:
                     LoginOutcome.TOTP_REQUIRED, user, None, "Enter the one-time code from your authenticator app."
                 )
             step = self._totp_step(row.totp_secret, totp, now)
-            if step is None or not self._used_steps.claim(row.username, step):
+            if step is None or not self._claim_step(row.username, step):
                 return self._count_failure(
                     row,
                     now,

@@ -300,6 +300,7 @@ auth_users = Table(
     Column("password_hash", Text, nullable=False),  # argon2id
     Column("password_changed_us", BigInteger, nullable=False),
     Column("totp_secret", Text, nullable=True),  # base32; None until enrolled
+    Column("totp_last_step", BigInteger, nullable=True),  # the step of the last accepted code (replay)
     Column("fhir_user", String(256), nullable=True),  # "Practitioner/12": the SMART fhirUser
     Column("organization", String(128), nullable=True),  # the tenant: "Organization/5"
     Column("roles", Text, nullable=False),  # space separated role codes (security/roles.py)

@@ -401,6 +401,16 @@ def test_totp_replay_is_refused(store, engine, clock, name):
     assert store.login(name, PASSWORD, totp=_code(new_secret, clock.now)).ok
 
 
+def test_a_code_accepted_by_one_worker_is_refused_by_another(store, engine, clock, hasher, name):
+    """Two processes, two stores, one database: the used step is in the table, not in memory."""
+    store.create(name, PASSWORD)
+    secret = _secret(store.enrol_totp(name))
+    other_worker = UserStore(engine, clock=clock, hasher=hasher)
+    code = _code(secret, clock.now)
+    assert store.login(name, PASSWORD, totp=code).ok
+    assert other_worker.login(name, PASSWORD, totp=code).outcome is LoginOutcome.TOTP_INVALID
+
+
 def test_wrong_codes_lock_the_account(store, engine, clock, name):
     store.create(name, PASSWORD)
     secret = _secret(store.enrol_totp(name))
