@@ -557,3 +557,22 @@ def users_remove(store, username) -> None:  # type: ignore[no-untyped-def]
     if not store.remove(username):
         raise click.ClickException(f"no user {username!r}")
     click.echo(f"removed {username}")
+
+
+@clients.command("signing-secret", context_settings=_ENV)
+@_database_option
+@_data_dir_option
+@click.argument("client_id")
+def clients_signing_secret(database_url: str, data_dir: str, client_id: str) -> None:
+    """Make CLIENT_ID sign every request (API key + HMAC signature); prints its new secret once."""
+    from fhir_server.security.signing import RequestSigning, key_ring
+
+    signing = RequestSigning(
+        _migrated_engine(database_url, data_dir), key_ring(_settings(database_url, data_dir).data_dir)
+    )
+    try:
+        secret = signing.new_secret(client_id)
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(secret)
+    click.echo(f"(shown once; tokens issued to {client_id} from now on need signed requests)", err=True)

@@ -132,7 +132,7 @@ def register(app: Flask, make_context: Any, bundle_slots: int) -> None:
         try:
             fmt = response_format(params, http.headers.get("Accept"))
             pretty = http.args.get("_pretty") == "true"
-            body = http.get_data(cache=False)
+            body = received = http.get_data(cache=False)
             content_type = http.headers.get("Content-Type")
             if http.method == "POST" and path.endswith("_search") and body:
                 params += _form(body)
@@ -147,13 +147,17 @@ def register(app: Flask, make_context: Any, bundle_slots: int) -> None:
                 content_type=content_type,
                 client_address=http.remote_addr,
             )
+            signed = "x-api-key" in headers
+            if signed:  # what the signature covers, as received (security/signing.py)
+                req.raw_path, req.raw_query = http.path, http.query_string.decode("latin-1")
+                req.body = received
             with bundle_gate if http.method == "POST" and not path.strip("/") else nullcontext():
                 route, variables = resolve(req.method, path)
                 # a raw_body route (e.g. $import-aecg) reads a non-FHIR document from req.body
                 media = (content_type or "").split(";")[0].strip().lower()
                 if http.method in ("POST", "PUT") and body and (not route.raw_body or media in _FHIR_ONLY_TYPES):
                     req.resource = parse_body(body, content_type)
-                    if req.resource is not None:  # parsed: the bytes are not needed again
+                    if req.resource is not None and not signed:  # parsed: the bytes are not needed again
                         req.body = body = b""
                 ctx: RequestContext = make_context(bind(req, variables), route)
                 resp = run(route, variables, req, ctx)

@@ -32,6 +32,9 @@ class FhirRequest:
     content_type: str | None = None
     #: the client's network address (for audit records)
     client_address: str | None = None
+    #: the path and query string as received, kept for a signed request (security/signing.py)
+    raw_path: str | None = None
+    raw_query: str | None = None
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())

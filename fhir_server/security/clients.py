@@ -46,6 +46,8 @@ class Client:
     scope: str
     organization: str | None
     disabled: bool = False
+    #: a signing secret is registered: its requests must be signed (signing.py)
+    signs: bool = False
 
     # -- authlib ClientMixin ---------------------------------------------------------------
     def get_client_id(self) -> str:
@@ -96,6 +98,7 @@ def _row_to_client(row: Any) -> Client:
         scope=row.scope,
         organization=row.organization,
         disabled=bool(row.disabled),
+        signs=row.signing_secret is not None,
     )
 
 

@@ -12,11 +12,14 @@ from sqlalchemy.engine import Engine
 
 from fhir_server.config import Settings
 from fhir_server.errors import FhirError
+from fhir_server.rest.messages import FhirRequest
 from fhir_server.security.authcode import Grants
 from fhir_server.security.clients import ClientStore, ensure_bootstrap
 from fhir_server.security.keys import SigningKeys
 from fhir_server.security.oauth import OAuthServer
 from fhir_server.security.sessions import Sessions
+from fhir_server.security.signatures import SignatureError
+from fhir_server.security.signing import RequestSigning, key_ring
 from fhir_server.security.tokens import InvalidToken, Principal, TokenService
 from fhir_server.security.users import UserStore
 
@@ -31,6 +34,22 @@ class Security:
     oauth: OAuthServer
     users: UserStore
     sessions: Sessions
+    signing: RequestSigning
+
+    def check_signature(self, principal: Principal, req: FhirRequest) -> None:
+        """401 unless a client that must sign its requests signed this one."""
+        if not principal.signed:
+            return
+        try:
+            self.signing.check(
+                principal.client_id, req.headers, req.method, req.raw_path or "", req.raw_query or "", req.body
+            )
+        except SignatureError as exc:
+            raise FhirError(
+                "unauthorized",
+                f"This client must sign its requests (X-Api-Key, X-Timestamp, X-Nonce, X-Signature): {exc}",
+                headers={"WWW-Authenticate": f'Bearer realm="{REALM}", error="invalid_request"'},
+            ) from None
 
     def authenticate(self, authorization: str | None) -> Principal:
         """The principal of an ``Authorization: Bearer`` header, or 401 saying what is wrong."""
@@ -73,4 +92,5 @@ def build_security(engine: Engine, settings: Settings, prepare: bool) -> Securit
             ensure_bootstrap(clients, settings.bootstrap_client)
     users = UserStore(engine)
     oauth = OAuthServer(clients, tokens, Grants(engine, users, keys))
-    return Security(clients, keys, tokens, oauth, users, Sessions(engine))
+    signing = RequestSigning(engine, key_ring(settings.data_dir))
+    return Security(clients, keys, tokens, oauth, users, Sessions(engine), signing)

@@ -54,6 +54,7 @@ class Principal:
     user: str | None = None  # fhirUser: "Practitioner/12"
     organization: str | None = None  # the tenant
     token_tail: str = ""  # the token's last 32 characters, for audit (BALP "Opaque")
+    signed: bool = False  # requests must carry a valid signature (signing.py)
 
 
 class TokenService:
@@ -97,6 +98,8 @@ class TokenService:
                 claims["organization"] = account.organization
         elif getattr(client, "organization", None):
             claims["organization"] = client.organization
+        if getattr(client, "signs", False):
+            claims["sig"] = True  # every request with this token must be signed (signing.py)
         key = self.keys.signing_key()
         return jwt.encode({"alg": ALG, "typ": "at+jwt", "kid": key.kid}, claims, key)
 
@@ -135,6 +138,7 @@ class TokenService:
                 user=claims.get("fhirUser"),
                 organization=claims.get("organization"),
                 token_tail=token[-32:],
+                signed=claims.get("sig") is True,
             )
             self._cache[token] = principal
             if len(self._cache) > self._cache_size:

@@ -269,6 +269,7 @@ auth_clients = Table(
     Column("organization", String(128), nullable=True),  # its institution (tenant), "Organization/<id>"
     Column("created_us", BigInteger, nullable=False),
     Column("disabled", Boolean, nullable=False),
+    Column("signing_secret", Text, nullable=True),  # encrypted (crypto.py); set: its requests must be signed
 )
 
 #: signing keys of access and id tokens; the newest active one signs, all published keys verify

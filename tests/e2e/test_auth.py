@@ -33,8 +33,10 @@ READER = ("reader", "reader-secret-1")
 
 
 class Secured:
-    def __init__(self, server: ServerProcess, backend_key: RSAKey) -> None:
+    def __init__(self, server: ServerProcess, backend_key: RSAKey, database_url: str, data: pathlib.Path) -> None:
         self.server = server
+        self.database_url = database_url
+        self.data = data
         self.base = server.base
         self.token_url = server.root + "/auth/token"
         self.backend_key = backend_key
@@ -75,7 +77,7 @@ def secured(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     _cli("clients", "add", *where, READER[0], "--secret", READER[1], "--scope", "system/Patient.rs")
     _cli("clients", "add", *where, "backend", "--jwks", str(jwks), "--scope", "system/*.read")
     server = ServerProcess(database_url, data, auth=True, args=("--bootstrap-client", ":".join(BOOT)))
-    yield Secured(server, key)
+    yield Secured(server, key, database_url, data)
     server.stop()
 
 
@@ -210,3 +212,26 @@ def test_capability_statement_names_the_oauth_endpoints(secured: Secured) -> Non
     assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
     uris = {e["url"]: e["valueUri"] for e in security["extension"][0]["extension"]}
     assert uris["token"] == secured.token_url
+
+
+def test_a_client_with_a_signing_secret_must_sign_every_request(secured: Secured) -> None:
+    from fhir_server.security.signatures import sign
+
+    where = ("--database-url", secured.database_url, "--data-dir", str(secured.data))
+    _cli("clients", "add", *where, "signer", "--secret", "signer-secret-1", "--scope", "system/Patient.rs")
+    made = subprocess.run([FHIR_SERVER, "clients", "signing-secret", *where, "signer"], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    secret = made.stdout.strip().encode()
+    token = secured.token(("signer", "signer-secret-1"), "system/Patient.rs")["access_token"]
+    unsigned = secured.get("Patient", token)
+    assert unsigned.status_code == 401 and "must sign" in unsigned.json()["issue"][0]["diagnostics"]
+    query = "name=王&_count=5"
+    headers = {"Authorization": f"Bearer {token}", "X-Api-Key": "signer"}
+    headers |= sign(secret, method="GET", path="/fhir/Patient", query=query, body=b"")
+    ok = requests.get(f"{secured.base}/Patient?{query}", headers=headers, timeout=10)
+    assert ok.status_code == 200, ok.text
+    replayed = requests.get(f"{secured.base}/Patient?{query}", headers=headers, timeout=10)
+    assert replayed.status_code == 401 and "nonce" in replayed.json()["issue"][0]["diagnostics"]
+    tampered = {**headers, **sign(secret, method="GET", path="/fhir/Patient", query=query, body=b"")}
+    assert requests.get(f"{secured.base}/Patient?name=other", headers=tampered, timeout=10).status_code == 401
