@@ -12,6 +12,7 @@ import math
 import sqlite3
 from collections.abc import Iterator
 
+import psycopg
 from psycopg.pq import Format
 from sqlalchemy import Connection, Engine, create_engine, event
 
@@ -48,7 +49,28 @@ def make_engine(url: str, pool_size: int = 20) -> Engine:
         if context is not None and context.execution_options.get(BINARY_RESULTS):
             cursor.format = Format.BINARY
 
+    @event.listens_for(engine, "handle_error")
+    def _lost_connection(context):  # type: ignore[no-untyped-def]
+        # A backend terminated under the pool (restart, failover, pg_terminate_backend) does not
+        # always fail with a message SQLAlchemy knows: psycopg may first report "another command
+        # is already in progress" on the dead connection. Treated as a disconnect, the pool is
+        # refilled and the request answered 503 instead of 500 (tests/storage/test_connection_loss.py).
+        original = context.original_exception
+        if isinstance(original, psycopg.OperationalError) and any(
+            marker in str(original) for marker in _LOST_CONNECTION
+        ):
+            context.is_disconnect = True
+
     return engine
+
+
+_LOST_CONNECTION = (
+    "another command is already in progress",
+    "terminating connection",
+    "server closed the connection",
+    "consuming input failed",
+    "sending query failed",
+)
 
 
 def _sqlite_engine(url: str) -> Engine:
