@@ -128,9 +128,11 @@ class RequestAuditor:
         res_id, version = req.res_id, req.vid
         if kind == "create" and status < 300:
             res_id, version = _created_id(resp)
-        query = "&".join(f"{k}={v}" for k, v in req.params) if kind.startswith(("search", "history")) else None
+        query = (
+            "&".join(f"{k}={v}" for k, v in req.params) if kind.startswith(("search", "history", "operation")) else None
+        )
         if kind == "operation":
-            query = "&".join(f"{k}={v}" for k, v in req.params) or None
+            query = query or None
         self._emit(
             balp.Interaction(
                 kind=kind,

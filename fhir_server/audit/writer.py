@@ -74,12 +74,14 @@ class AuditWriter:
         offsets = self._offsets()
         stored = 0
         for path in files:
-            stored += self._drain_file(path, offsets.get(path.name))
-        self._remove_finished(files)
+            stored += self._drain_file(path, offsets)
+        self._remove_finished(files, offsets)
         return stored
 
-    def _drain_file(self, path: pathlib.Path, offset: int | None) -> int:
+    def _drain_file(self, path: pathlib.Path, offsets: dict[str, int]) -> int:
+        """Store the complete lines of ``path`` past its offset; ``offsets`` follows the commits."""
         stored = 0
+        offset = offsets.get(path.name)
         position = offset or 0
         while True:
             with path.open("rb") as f:
@@ -109,15 +111,14 @@ class AuditWriter:
                     # spooled for the repository before the commit: a failed commit sends them
                     # again with the retry (at-least-once), a crash after it never loses them
                     self.forward([orjson.loads(with_id(int(i), c)) for i, (_, c) in zip(ids, rows, strict=True)])
-            position = new_position
+            position = offsets[path.name] = new_position
             stored += len(rows)
 
-    def _remove_finished(self, files: list[pathlib.Path]) -> None:
+    def _remove_finished(self, files: list[pathlib.Path], offsets: dict[str, int]) -> None:
         newest: dict[str, str] = {}
         for path in files:
             prefix, _ = _owner(path.name)
             newest[prefix] = max(newest.get(prefix, ""), path.name)
-        offsets = self._offsets()
         for path in files:
             prefix, pid = _owner(path.name)
             superseded = newest[prefix] != path.name

@@ -201,6 +201,8 @@ def resolve(method: str, path: str) -> tuple[Route, dict[str, str]]:
             continue
         shape_matched = True
         if route.method == method:
+            if "type" not in found and route.pattern and route.pattern[0][:1].isupper():
+                found["type"] = route.pattern[0]  # a route of one type ("AuditEvent", "Observation/$import-aecg")
             return route, found
     if shape_matched:
         raise FhirError("not-allowed", f"{method} is not supported on /{'/'.join(segments)}")
@@ -226,8 +228,6 @@ def run(
     """The route's handler (or ``call``), once the request's token allows it
     (security/access.py); its outcome, answer or failure, is audited (audit/interactions.py)."""
     bind(req, variables)
-    if req.res_type is None and route.pattern and route.pattern[0][:1].isupper():
-        req.res_type = route.pattern[0]  # a route for one type ("AuditEvent", "Observation/$import-aecg")
     try:
         access.check(ctx.principal, route, req)
         resp = call() if call is not None else route.handler(req, ctx)

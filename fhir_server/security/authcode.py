@@ -18,7 +18,6 @@ screen yet; docs/security.md says so).
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import secrets
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from joserfc.jwk import RSAKey
 from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.engine import Engine
 
+from fhir_server.security import digest
 from fhir_server.security.clients import Client
 from fhir_server.security.keys import ALG, SigningKeys
 from fhir_server.security.users import User, UserStore
@@ -45,10 +45,6 @@ ONLINE_US = 86_400 * 1_000_000
 #: the issuer and FHIR base of the request being served (the id_token's ``iss``, ``fhirUser``)
 request_urls: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar("request_urls", default=("", ""))
 CLIENT_AUTH = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
-
-
-def digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from authlib.oauth2 import AuthorizationServer as _AuthorizationServer
-from authlib.oauth2.rfc6749 import JsonRequest, OAuth2Payload, OAuth2Request
+from authlib.oauth2.rfc6749 import OAuth2Payload, OAuth2Request
 from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidRequestError, InvalidScopeError, OAuth2Error
 from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
@@ -233,9 +233,6 @@ class OAuthServer(_AuthorizationServer):  # type: ignore[misc]
 
     def create_oauth2_request(self, request: HttpRequest) -> OAuth2Request:
         return _Request(request)
-
-    def create_json_request(self, request: HttpRequest) -> JsonRequest:
-        raise NotImplementedError("no JSON endpoints")
 
     def handle_response(self, status: int, body: Any, headers: Any) -> tuple[int, Any, dict[str, str]]:
         return status, body, dict(headers)

@@ -8,22 +8,18 @@ was opened from and its expiry (8 hours).
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 
 from sqlalchemy import and_, delete, insert, select
 from sqlalchemy.engine import Engine
 
+from fhir_server.security import digest
 from fhir_server.storage.engine import begin_write
 from fhir_server.storage.schema import auth_sessions as S
 from fhir_server.util.clock import now_us
 
 LIFETIME_US = 8 * 3600 * 1_000_000
 COOKIE = "telefhir_session"
-
-
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
 
 
 class Sessions:
@@ -35,7 +31,7 @@ class Sessions:
         now = now_us()
         with begin_write(self.engine) as conn:
             conn.execute(delete(S).where(S.c.expires_us < now))
-            conn.execute(insert(S).values(session_hash=_hash(token), username=username, created_us=now,
+            conn.execute(insert(S).values(session_hash=digest(token), username=username, created_us=now,
                                           expires_us=now + LIFETIME_US, address=address))  # fmt: skip
         return token
 
@@ -45,7 +41,7 @@ class Sessions:
             return None
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(S.c.username).where(and_(S.c.session_hash == _hash(token), S.c.expires_us > now_us()))
+                select(S.c.username).where(and_(S.c.session_hash == digest(token), S.c.expires_us > now_us()))
             ).first()
         return str(row.username) if row is not None else None
 
@@ -54,7 +50,7 @@ class Sessions:
         username = self.user(token)
         if token:
             with begin_write(self.engine) as conn:
-                conn.execute(delete(S).where(S.c.session_hash == _hash(token)))
+                conn.execute(delete(S).where(S.c.session_hash == digest(token)))
         return username
 
     def close_all(self, username: str) -> None:

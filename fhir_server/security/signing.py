@@ -11,22 +11,20 @@ no longer be accepted), so a captured request cannot be replayed within the five
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 import secrets
 from datetime import UTC, datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
 
 from fhir_server.security import crypto
 from fhir_server.security.keyring import KeyRing
 from fhir_server.security.signatures import DEFAULT_MAX_SKEW, SignatureError, verify
+from fhir_server.security.tokens import first_use
 from fhir_server.storage.engine import begin_write
 from fhir_server.storage.schema import auth_clients as C
-from fhir_server.storage.schema import auth_revoked as R
 from fhir_server.util.clock import now_us
 
 ENV = "FHIR_SERVER_FIELD_KEYS"
@@ -61,11 +59,6 @@ class RequestSigning:
         self._secrets.pop(client_id, None)
         return secret
 
-    def requires(self, client_id: str) -> bool:
-        with self.engine.connect() as conn:
-            stored = conn.execute(select(C.c.signing_secret).where(C.c.client_id == client_id)).scalar()
-        return stored is not None
-
     def _secret(self, client_id: str) -> bytes | None:
         if client_id not in self._secrets:
             with self.engine.connect() as conn:
@@ -77,14 +70,8 @@ class RequestSigning:
 
     def _seen(self, key_id: str, nonce: str) -> bool:
         """Record a nonce for as long as its timestamp can be accepted; True if it was there."""
-        key = "nonce:" + hashlib.sha256(f"{key_id}\0{nonce}".encode()).hexdigest()[:58]
         expires = now_us() + 2 * int(DEFAULT_MAX_SKEW.total_seconds() * 1_000_000)
-        try:
-            with begin_write(self.engine) as conn:
-                conn.execute(insert(R).values(jti=key, expires_us=expires, revoked_us=0))
-        except IntegrityError:
-            return True
-        return False
+        return not first_use(self.engine, "nonce", f"{key_id}\0{nonce}", expires)
 
     def check(self, client_id: str, headers: dict[str, str], method: str, path: str, query: str, body: bytes) -> None:
         """Verify the request's signature for ``client_id``; ``SignatureError`` saying why not."""

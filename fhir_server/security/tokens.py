@@ -14,7 +14,6 @@ expire, so an assertion replayed to another worker is refused too (SMART Backend
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import time
 from collections import OrderedDict
@@ -27,6 +26,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from fhir_server.security import digest
 from fhir_server.security.keys import ALG, SigningKeys
 from fhir_server.security.scopes import ScopeError, ScopeSet
 from fhir_server.storage.engine import begin_write
@@ -177,10 +177,17 @@ class TokenService:
 
     def remember_assertion(self, client_id: str, jti: str, expires: int) -> bool:
         """False when this client assertion ``jti`` was seen before (a replay)."""
-        key = "assertion:" + hashlib.sha256(f"{client_id}\0{jti}".encode()).hexdigest()[:54]
-        try:
-            with begin_write(self.engine) as conn:
-                conn.execute(insert(R).values(jti=key, expires_us=expires * 1_000_000, revoked_us=0))
-        except IntegrityError:
-            return False
-        return True
+        return first_use(self.engine, "assertion", f"{client_id}\0{jti}", expires * 1_000_000)
+
+
+def first_use(engine: Engine, kind: str, value: str, expires_us: int) -> bool:
+    """Record ``value`` (a client assertion's jti, a signed request's nonce) until ``expires_us``;
+    False if it was recorded already — a replay, whichever worker saw it first. The rows share
+    ``auth_revoked`` (``revoked_us`` 0, so the revocation poll never loads them)."""
+    key = f"{kind}:{digest(value)}"[:64]
+    try:
+        with begin_write(engine) as conn:
+            conn.execute(insert(R).values(jti=key, expires_us=expires_us, revoked_us=0))
+    except IntegrityError:
+        return False
+    return True

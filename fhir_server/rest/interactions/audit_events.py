@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Select, select
 
-from fhir_server.audit.store import AuditStore
+from fhir_server.audit.store import AuditStore, serialize, with_id
 from fhir_server.context import RequestContext
 from fhir_server.errors import FhirError
 from fhir_server.rest.messages import FhirRequest, FhirResponse
@@ -136,7 +136,7 @@ def create(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
     assert resource is not None
     (event_id,) = _store(ctx).append([resource])
     location = f"{ctx.base_url}/AuditEvent/{event_id}"
-    content = _store(ctx).read(event_id) or ""
+    content = with_id(int(event_id), serialize(resource).decode())  # what was stored, without reading it back
     return FhirResponse(201, body=content.encode("utf-8"), headers={"Location": location})
 
 
