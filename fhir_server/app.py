@@ -28,8 +28,10 @@ from fhir_server.search.engine import SearchEngine
 from fhir_server.search.index import index_rows
 from fhir_server.search.registry import get_registry
 from fhir_server.search.reindex import JobRunner
+from fhir_server.security import grants
 from fhir_server.security.access import PUBLIC
 from fhir_server.security.service import Security, build_security
+from fhir_server.security.tenancy import RowAccessRules, access_for
 from fhir_server.security.tokens import Principal
 from fhir_server.storage.engine import make_engine
 from fhir_server.storage.migrate import ensure_schema
@@ -62,6 +64,8 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
         ensure_schema(engine)
     registry = get_registry()
     repo = Repository(engine, functools.partial(index_rows, registry=registry))
+    repo.row_access = RowAccessRules(registry)  # owner, patient, category, labels (security/tenancy.py)
+    grants.install(repo)  # who else may see a patient's data (security/grants.py)
     search_params = CustomSearchParameters(engine, registry, settings.search_param_refresh)
     search_params.refresh(force=True)  # the stored active SearchParameters, before any write is indexed
     repo.write_hooks["SearchParameter"] = search_params.on_write
@@ -110,6 +114,12 @@ def _auditor(
         token=token,
     )
     return RequestAuditor(recorder, requester, server, req.headers.get("x-request-id"))
+
+
+def _restriction(principal: Principal | None) -> Any:
+    """The request's access limits (security/tenancy.py); None when it may see everything."""
+    access = access_for(principal)
+    return None if access.platform else access
 
 
 def audit_spool(settings: Settings) -> pathlib.Path:
@@ -170,6 +180,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
             profiles=services.profiles,
             principal=principal,
             auditor=auditor,
+            access=_restriction(principal) if security is not None else None,
         )
 
     adapter.register(app, make_context, settings.bundle_slots)

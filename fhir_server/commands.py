@@ -183,6 +183,13 @@ def upgrade(database_url: str, data_dir: str) -> None:
     engine = make_engine(settings.resolved_database_url)
     run(engine)
     click.echo(f"database at revision {current_revision(engine)}")
+    from fhir_server.app import build_services
+    from fhir_server.security.backfill import backfill
+
+    services = build_services(settings, migrate=False)
+    done = backfill(services.repo)
+    if done:
+        click.echo(f"access columns computed for {done} stored resources")
 
 
 @db.command(context_settings=_ENV)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from fhir_server.audit.interactions import RequestAuditor
     from fhir_server.search.engine import SearchEngine
     from fhir_server.search.reindex import JobRunner
+    from fhir_server.security.tenancy import Access
     from fhir_server.security.tokens import Principal
     from fhir_server.validation.conformance import ProfileStore
 
@@ -40,6 +41,8 @@ class RequestContext:
     principal: Principal | None = None
     #: where this request's audit records go; None when audit is off (audit/)
     auditor: RequestAuditor | None = None
+    #: what the request may see and change (security/tenancy.py); None: everything
+    access: Access | None = None
 
     @contextmanager
     def session(self, write: bool = False) -> Iterator[Session]:
@@ -47,7 +50,7 @@ class RequestContext:
         if self.active_session is not None:
             yield self.active_session
             return
-        with self.repo.session(write=write) as sess:
+        with self.repo.session(write=write, access=self.access) as sess:
             yield sess
 
     def full_url(self, relative: str) -> str:
@@ -64,4 +67,5 @@ class RequestContext:
             self.profiles,
             self.principal,
             self.auditor,
+            self.access,
         )

@@ -19,6 +19,7 @@ ERROR_KINDS: dict[str, tuple[int, str]] = {
     "bad-request": (400, "invalid"),
     "unauthorized": (401, "login"),
     "forbidden": (403, "forbidden"),
+    "consent": (403, "security"),  # the patient's consent does not permit it
     "not-found": (404, "not-found"),
     "unknown-type": (404, "not-supported"),
     "not-allowed": (405, "not-supported"),  # interaction not supported on this route

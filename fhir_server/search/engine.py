@@ -59,6 +59,9 @@ class SearchEngine:
         """The WHERE conditions of a search, the compiled query, and its ``_contained`` mode."""
         mode = contained_mode(params)
         conds = [r.c.deleted.is_(False)]
+        visible = session.visible(r)
+        if visible is not None:  # what the request may see (security/tenancy.py)
+            conds.append(visible)
         if mode == "false":
             compiled = compile_query(self.registry, res_type, params, lenient, session, self)
             conds += compiled.filters
@@ -108,7 +111,13 @@ class SearchEngine:
         specs = includes.parse_includes(self.registry, params)
         total = None
         if want_total:
-            one = len(compiled.filters) == 1 and res_type and mode == "false" and compartment is None
+            one = (
+                len(compiled.filters) == 1
+                and res_type
+                and mode == "false"
+                and compartment is None
+                and session.access is None
+            )
             lookup = index_lookup(compiled.filters[0]) if one else None
             if lookup is not None:  # one index lookup: count its rids alone
                 table, lookup_conds = lookup

@@ -114,6 +114,9 @@ def _step(session: Session, spec: IncludeSpec, frontier: list[StoredVersion]) ->
         )
         if spec.source_type is not None:
             query = query.where(other.c.res_type == spec.source_type)
+    visible = session.visible(other)
+    if visible is not None:  # an include never brings in what the request may not see
+        query = query.where(visible)
     if spec.sps:
         query = query.where(ref.c.sp.in_(spec.sps))
     if spec.target_type is not None:

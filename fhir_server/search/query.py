@@ -472,7 +472,9 @@ class _Compiler:
             if pred is not None:
                 # the matching targets' ids, uncorrelated: the planner can find the few targets
                 # first and go to their referrers by the reference index
-                ids = select(target.c.res_id).where(target.c.res_type == target_type, target.c.deleted.is_(False), pred)
+                ids = select(target.c.res_id).where(
+                    target.c.res_type == target_type, target.c.deleted.is_(False), pred, *self._visible(target)
+                )
                 per_type.append(and_(ref.c.target_type == target_type, ref.c.target_id.in_(ids)))
         if not per_type:
             raise FhirError("invalid-param", f"{key}: no target type of {res_type}.{name} has a parameter {rest!r}")
@@ -515,9 +517,16 @@ class _Compiler:
                 ref.c.sp.in_(self.registry.stored_sps(param)),
                 source.c.deleted.is_(False),
                 pred,
+                *self._visible(source),
             )
             .correlate(res)
         )
+
+    def _visible(self, res: Any) -> list[ColumnElement[bool]]:
+        """The access predicate on a row a chain, ``_has`` or ``_list`` looks at: a condition
+        about another institution's rows must not be answerable either (security/tenancy.py)."""
+        pred = self.session.visible(res) if self.session is not None else None
+        return [] if pred is None else [pred]
 
     # -- plain parameters ---------------------------------------------------------------------
     def _param(
@@ -645,6 +654,7 @@ class _Compiler:
                 lst.c.res_type == "List",
                 lst.c.res_id.in_([unescape(v) for v in split_values(raw)]),
                 lst.c.deleted.is_(False),
+                *self._visible(lst),
                 ref.c.sp == item.sp,
                 ref.c.target_type == target_type,
                 ref.c.target_id == res.c.res_id,

@@ -9,10 +9,13 @@ CodeSystem, ValueSet or ConceptMap; ``$reindex`` needs every permission on every
 Batch and transaction Bundles are checked entry by entry, by the same function, as each entry
 runs (``rest/routes.py`` ``dispatch``).
 
-Why ``system`` scopes only for now: tokens are issued by the client-credentials grant, which
-grants system scopes alone; ``user`` and ``patient`` scopes need the tenant and compartment
-filters in the repository (issue 5, items 3 and 4) before they can be honoured, so a token
-carrying only those is refused rather than treated as wider than it is.
+Which scopes count: a client acting alone (client credentials) holds ``system/`` scopes; a
+person's token (authorization code) holds ``user/`` and ``patient/`` scopes, and ``system/``
+scopes in it grant nothing. A person is limited a second time by their account's roles
+(security/roles.py): the route check here asks whether the roles allow the letters on some
+category the type can have; the repository then filters reads to the categories the roles read
+and checks the category of each row written (security/tenancy.py). Administrative operations
+(``$reindex``) and the audit trail are the business of the roles that name them.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fhir_server.errors import FhirError
+from fhir_server.security import categories as cat
+from fhir_server.security.roles import Permissions, permissions
 
 if TYPE_CHECKING:
     from fhir_server.rest.messages import FhirRequest
@@ -59,14 +64,44 @@ def required(route: Route, req: FhirRequest) -> list[tuple[str, str]]:
 
 
 def check(principal: Principal | None, route: Route, req: FhirRequest) -> None:
-    """Raise 403 naming the scope that would allow the request; nothing when auth is off."""
+    """Raise 403 naming the scope (or role) that would allow the request; nothing when auth is off."""
     if principal is None or route.interaction in PUBLIC:
         return
+    contexts = ("user", "patient") if principal.person else ("system",)
+    perms = permissions(principal.roles) if principal.person else None
     for res_type, letters in required(route, req):
-        missing = [c for c in letters if not principal.scopes.allows("system", res_type, c)]
+        missing = [c for c in letters if not any(principal.scopes.allows(x, res_type, c) for x in contexts)]
         if missing:
             raise FhirError(
                 "forbidden",
                 f"The access token's scopes ({principal.scopes or 'none'}) do not allow "
-                f"{route.interaction} on {res_type}: it needs system/{res_type}.{''.join(missing)}",
+                f"{route.interaction} on {res_type}: it needs {contexts[0]}/{res_type}.{''.join(missing)}",
             )
+        if perms is not None:
+            _check_roles(perms, route, res_type, letters)
+
+
+def _check_roles(perms: Permissions, route: Route, res_type: str, letters: str) -> None:
+    if route.interaction in perms.operations:
+        return
+    if res_type == "AuditEvent":
+        refused = [c for c in letters if not (perms.audit and c in "rs")]
+    elif route.access == _ADMIN_ACCESS:
+        refused = list(letters)  # an administrative operation no role of the token names
+    else:
+        mask = cat.ALL if res_type == "*" else cat.possible(res_type, res_type in _compartment_types())
+        refused = [c for c in letters if not perms.allows(res_type, mask, c)]
+    if refused:
+        raise FhirError(
+            "forbidden",
+            f"Your roles ({', '.join(perms.roles) or 'none'}) do not allow {route.interaction} on {res_type}",
+        )
+
+
+_ADMIN_ACCESS = (("*", "cruds"),)
+
+
+def _compartment_types() -> frozenset[str]:
+    from fhir_server.search.registry import get_registry
+
+    return get_registry().compartment_types("Patient")

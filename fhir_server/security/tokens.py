@@ -55,6 +55,10 @@ class Principal:
     organization: str | None = None  # the tenant
     token_tail: str = ""  # the token's last 32 characters, for audit (BALP "Opaque")
     signed: bool = False  # requests must carry a valid signature (signing.py)
+    #: a person signed in (their account's roles decide with the scopes), not a client acting alone
+    person: bool = False
+    roles: tuple[str, ...] = ()  # the account's roles (security/roles.py)
+    patient: str | None = None  # the patient in context (SMART ``patient``): a Patient id
 
 
 class TokenService:
@@ -92,8 +96,11 @@ class TokenService:
         }
         account = getattr(user, "user", None)  # authcode.AccountUser: a person logged in
         if account is not None:
+            claims["roles"] = list(account.roles)  # present, even empty: the token is a person's
             if account.fhir_user:
                 claims["fhirUser"] = account.fhir_user
+                if account.fhir_user.startswith("Patient/"):
+                    claims["patient"] = account.fhir_user.split("/", 1)[1]
             if account.organization:
                 claims["organization"] = account.organization
         elif getattr(client, "organization", None):
@@ -139,6 +146,9 @@ class TokenService:
                 organization=claims.get("organization"),
                 token_tail=token[-32:],
                 signed=claims.get("sig") is True,
+                person=isinstance(claims.get("roles"), list),
+                roles=tuple(str(r) for r in claims.get("roles") or ()),
+                patient=claims.get("patient") if isinstance(claims.get("patient"), str) else None,
             )
             self._cache[token] = principal
             if len(self._cache) > self._cache_size:

@@ -100,6 +100,7 @@ from sqlalchemy import and_, case, delete, insert, null, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from fhir_server.security import roles as known_roles
 from fhir_server.storage.engine import begin_write
 from fhir_server.storage.schema import auth_users as U
 from fhir_server.util.clock import now_us
@@ -329,7 +330,9 @@ def _parse_roles(roles: Iterable[str]) -> tuple[str, ...]:
     for role in roles:
         if not _ROLE.fullmatch(role):
             raise ValueError(f"not a role code (letters, digits, '.', '_', ':', '-'; at most 64): {role!r}")
-    return tuple(dict.fromkeys(roles))
+        if not known_roles.known(role):
+            raise ValueError(f"unknown role {role!r}: one of {', '.join(known_roles.ROLES)}")
+    return tuple(dict.fromkeys(known_roles.ALIASES.get(r, r) for r in roles))
 
 
 def _check_fhir_user(fhir_user: str | None) -> str | None:

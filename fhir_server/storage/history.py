@@ -7,6 +7,8 @@ shown, so deep pages cost the same as the first and stay correct while new versi
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import Select, func, literal_column, or_, select, tuple_, union_all
 
 from fhir_server.storage.schema import resource_history, resources
@@ -35,7 +37,11 @@ def history_query(
     at_range: tuple[int, int] | None,
     before: tuple[int, int, int] | None,
     count: int,
+    visible: Any = None,
 ) -> Select:  # type: ignore[type-arg]
+    """``visible``: the access predicate on ``resources`` (security/tenancy.py); a version is
+    shown when the resource's current row passes it, so a deleted resource's history stays
+    guarded by the columns its deletion marker kept."""
     if at_range is None:
         v = _versions(res_type, res_id, since_us)
     else:
@@ -62,6 +68,8 @@ def history_query(
         if since_us is not None:
             v = select(*v.c).where(v.c.updated_us >= since_us).subquery("vs")
     q = select(v.c.rid, v.c.res_type, v.c.res_id, v.c.version, v.c.updated_us, v.c.deleted, v.c.method, v.c.content)
+    if visible is not None:
+        q = q.where(v.c.rid.in_(select(resources.c.rid).where(visible)))
     if before is not None:
         b_upd, b_rid, b_ver = before
         q = q.where(

@@ -36,6 +36,13 @@ Indexer = Callable[[dict[str, Any], int], IndexRows]
 #: Called before a resource of a given type is created, updated (``resource`` set) or deleted
 #: (``resource`` None) with ``(session, res_id, resource, current)``; may raise ``FhirError``.
 WriteHook = Callable[["Session", str, "dict[str, Any] | None", "StoredVersion | None"], None]
+#: Called after a resource of a given type was written in a session, with ``(session, written,
+#: previous)`` (``previous`` None for a create); may raise ``FhirError`` to roll the write back.
+AfterWrite = Callable[["Session", "StoredVersion", "StoredVersion | None"], None]
+#: Computes the access columns of a row being written: ``(session, stamped resource, index rows,
+#: current)`` → an object with ``tenant``, ``patient``, ``category``, ``labels``, ``minor_until_us``
+#: (security/tenancy.py provides it).
+RowAccessRule = Callable[["Session", "dict[str, Any]", "IndexRows", "StoredVersion | None"], Any]
 
 
 @dataclass(slots=True)
@@ -51,6 +58,12 @@ class StoredVersion:
     method: str
     content: bytes | None
     idx_mask: int = 0
+    # the access columns (security/tenancy.py); a history version carries none of its own
+    tenant: str | None = None
+    patient: str | None = None
+    category: int = 0
+    labels: int = 0
+    minor_until_us: int | None = None
 
     @property
     def etag(self) -> str:
@@ -84,6 +97,11 @@ CURRENT_COLUMNS = (
     resources.c.method,
     resources.c.content,
     resources.c.idx_mask,
+    resources.c.tenant,
+    resources.c.patient,
+    resources.c.category,
+    resources.c.labels,
+    resources.c.minor_until_us,
 )
 
 
@@ -94,7 +112,8 @@ _READ_CURRENT = f"SELECT {', '.join(c.name for c in CURRENT_COLUMNS)} FROM resou
 # (search/reindex.py) changed the mask meanwhile, rows in a table the writer does not know of
 # would be left behind, so that is a conflict like a concurrent update.
 _UPDATE_CURRENT = (
-    "UPDATE resources SET version = ?, updated_us = ?, deleted = ?, method = ?, content = ?, idx_mask = ? "
+    "UPDATE resources SET version = ?, updated_us = ?, deleted = ?, method = ?, content = ?, idx_mask = ?, "
+    "tenant = ?, patient = ?, category = ?, labels = ?, minor_until_us = ? "
     "WHERE rid = ? AND version = ? AND idx_mask = ?"
 )
 _HISTORY_COLS = "rid, version, res_type, res_id, updated_us, deleted, method, content"
@@ -157,11 +176,31 @@ class Session:
     #: conformance resources written in this transaction by canonical url, for its later writes
     #: (a profile a later entry of the same Bundle claims); lookups elsewhere see committed ones
     conformance: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: what the request may see and change (security/tenancy.py ``Access``); None: everything
+    access: Any = None
+    #: run, once per key, after the last write and before the commit (e.g. rebuilding a
+    #: patient's grants once a Bundle has stored all its requests and consents)
+    before_commit: dict[Any, Callable[[], None]] = field(default_factory=dict)
+    #: per-transaction memory of the access rules: Patient id -> what rows about it inherit,
+    #: and the (patient, institution) pairs whose consent to collection was checked
+    patient_facts: dict[str, Any] = field(default_factory=dict)
+    consent_checked: set[tuple[str, str]] = field(default_factory=set)
+
+    def visible(self, res: Any = resources) -> Any:
+        """The access predicate on a ``resources`` row or alias, or None when unrestricted."""
+        return None if self.access is None else self.access.visible(res)
 
     # -- reads ---------------------------------------------------------------------------
     def read_current(self, res_type: str, res_id: str) -> StoredVersion | None:
         """The latest version (possibly a deletion marker), or None if it never existed."""
         self.flush()
+        visible = self.visible()
+        if visible is not None:
+            query = select(*CURRENT_COLUMNS).where(
+                resources.c.res_type == res_type, resources.c.res_id == res_id, visible
+            )
+            found = self.conn.execute(query.execution_options(**{BINARY_RESULTS: True})).first()
+            return row_to_version(found) if found else None
         # On the driver's cursor: SQLAlchemy's result set-up cost more than the query (read benchmark).
         driver = self.conn.connection.driver_connection
         if self.repo.postgres:  # binary results: content without hex decoding (storage/engine.py)
@@ -190,6 +229,9 @@ class Session:
             return []
         self.flush()
         query = select(*CURRENT_COLUMNS).where(resources.c.rid.in_(list(rids)))
+        visible = self.visible()
+        if visible is not None:
+            query = query.where(visible)
         rows = self.conn.execute(query.execution_options(**{BINARY_RESULTS: True})).all()
         by_rid = {r.rid: row_to_version(r) for r in rows}
         return [by_rid[r] for r in rids if r in by_rid]
@@ -211,13 +253,28 @@ class Session:
         stamped = stamp(resource, res_id, 1, updated)
         rid = self._allocate_rid()
         index = self.repo.indexer(stamped, rid)
-        version = StoredVersion(rid, res_type, res_id, 1, updated, False, method, fjson.dumps(stamped))
-        version.idx_mask = _mask(index)
+        row = self._row_access(stamped, index, None)
+        version = StoredVersion(
+            rid, res_type, res_id, 1, updated, False, method, fjson.dumps(stamped), _mask(index), *_columns(row)
+        )
         self.pending.append(_PendingCreate(version, index))
         self.created_ids.add((res_type, res_id))
+        self._after_write(version, None)
         if len(self.pending) >= self.repo.flush_size:
             self.flush()
         return version
+
+    def _row_access(self, stamped: dict[str, Any], index: IndexRows, current: StoredVersion | None) -> Any:
+        """The new row's access columns, once the request is allowed to write it."""
+        row = self.repo.row_access(self, stamped, index, current)
+        if self.access is not None:
+            self.access.check_write(self, stamped["resourceType"], row, current)
+        return row
+
+    def _after_write(self, version: StoredVersion, previous: StoredVersion | None) -> None:
+        hook = self.repo.after_write.get(version.res_type)
+        if hook is not None:
+            hook(self, version, previous)
 
     def _before_write(
         self, res_type: str, res_id: str, resource: dict[str, Any] | None, current: StoredVersion | None
@@ -237,41 +294,45 @@ class Session:
         updated = max(now_us(), current.updated_us + 1)
         stamped = stamp(resource, current.res_id, new_version, updated)
         index = self.repo.indexer(stamped, current.rid)
+        row = self._row_access(stamped, index, current)
         content = fjson.dumps(stamped)
-        new_mask = _mask(index)
-        self._replace(current, new_version, updated, method, False, content, new_mask)
+        version = StoredVersion(
+            current.rid, current.res_type, current.res_id, new_version, updated, False, method, content,
+            _mask(index), *_columns(row),
+        )  # fmt: skip
+        self._replace(current, version)
         insert_many(self.conn, [(INDEX_TABLES[name], rows) for name, rows in index.items()])
-        return StoredVersion(
-            current.rid, current.res_type, current.res_id, new_version, updated, False, method, content, new_mask
-        )
+        self._after_write(version, current)
+        return version
 
     def delete(self, current: StoredVersion) -> StoredVersion:
         """Mark ``current`` deleted: a new version without content; history is kept."""
         self._require_writable()
+        if self.access is not None:
+            self.access.check_delete(current.res_type, current)
         self._before_write(current.res_type, current.res_id, None, current)
         self.flush()
-        new_version = current.version + 1
         updated = max(now_us(), current.updated_us + 1)
-        self._replace(current, new_version, updated, "DELETE", True, None, 0)
-        return StoredVersion(current.rid, current.res_type, current.res_id, new_version, updated, True, "DELETE", None)
+        # the deletion marker keeps the access columns: its history stays as guarded as it was
+        version = StoredVersion(
+            current.rid, current.res_type, current.res_id, current.version + 1, updated, True, "DELETE", None, 0,
+            current.tenant, current.patient, current.category, current.labels, current.minor_until_us,
+        )  # fmt: skip
+        self._replace(current, version)
+        self._after_write(version, current)
+        return version
 
-    def _replace(
-        self,
-        current: StoredVersion,
-        new_version: int,
-        updated: int,
-        method: str,
-        deleted: bool,
-        content: bytes | None,
-        idx_mask: int,
-    ) -> None:
-        """Move ``current`` to history, store the new version and drop its old index rows.
+    def _replace(self, current: StoredVersion, new: StoredVersion) -> None:
+        """Move ``current`` to history, store ``new`` in its place and drop its old index rows.
 
         On PostgreSQL this is one statement (one round trip); the history row is inserted only
         if the optimistic ``WHERE version = n`` matched, so its row count tells a conflict.
         """
         c = current
-        new_values = (new_version, updated, deleted, method, content, idx_mask, c.rid, c.version, c.idx_mask)
+        new_values = (
+            new.version, new.updated_us, new.deleted, new.method, new.content, new.idx_mask, *_columns(new),
+            c.rid, c.version, c.idx_mask,
+        )  # fmt: skip
         old_values = (c.version, c.res_type, c.res_id, c.updated_us, c.deleted, c.method, c.content)
         stale = [t for name, t in INDEX_TABLES.items() if c.idx_mask & INDEX_BITS[name]]
         if self.repo.postgres:
@@ -313,7 +374,10 @@ class Session:
         index_rows: IndexRows = {}
         for item in pending:
             v = item.version
-            rows.append((v.rid, v.res_type, v.res_id, v.version, v.updated_us, False, v.method, v.idx_mask, v.content))
+            rows.append(
+                (v.rid, v.res_type, v.res_id, v.version, v.updated_us, False, v.method, v.idx_mask, v.content,
+                 v.tenant, v.patient, v.category, v.labels, v.minor_until_us)
+            )  # fmt: skip
             for name, irows in item.index.items():
                 if irows:
                     index_rows.setdefault(name, []).extend(irows)
@@ -339,8 +403,13 @@ class Session:
         self.flush()
         from fhir_server.storage.history import history_query
 
-        query = history_query(res_type, res_id, since_us, at_range, before, count)
+        query = history_query(res_type, res_id, since_us, at_range, before, count, self.visible())
         return [row_to_version(r) for r in self.conn.execute(query).all()]
+
+
+def _columns(row: Any) -> tuple[Any, ...]:
+    """The access columns of a row (a ``RowAccess`` or a ``StoredVersion``), in table order."""
+    return (row.tenant, row.patient, row.category, row.labels, row.minor_until_us)
 
 
 def _mask(index: IndexRows) -> int:
@@ -365,10 +434,18 @@ class Repository:
         self.write_hooks: dict[str, WriteHook] = {}
         #: run before every write of any type, after its type's hook (e.g. declared profiles)
         self.write_checks: list[WriteHook] = []
+        #: resource type -> hook run after each write of that type (security/grants.py)
+        self.after_write: dict[str, AfterWrite] = {}
+        #: the access columns of each row written (security/tenancy.py); the default makes
+        #: every row the platform's own, of no category: visible to unrestricted access only
+        self.row_access: RowAccessRule = _platform_row
 
     @contextmanager
-    def session(self, write: bool = False) -> Iterator[Session]:
-        """One database transaction; commits on success, rolls back on any exception."""
+    def session(self, write: bool = False, access: Any = None) -> Iterator[Session]:
+        """One database transaction; commits on success, rolls back on any exception.
+
+        ``access`` (security/tenancy.py) limits what the session's reads see and its writes may
+        change; None: unrestricted (the server's own work)."""
         with self.engine.connect() as conn:
             if self.postgres and not write:
                 # No BEGIN/COMMIT round trips: under READ COMMITTED every statement takes its
@@ -377,9 +454,13 @@ class Repository:
             conn.info[WRITE_FLAG] = write
             try:
                 with conn.begin():
-                    sess = Session(self, conn, write)
+                    sess = Session(self, conn, write, access=access)
                     yield sess
                     if write:
+                        sess.flush()
+                        while sess.before_commit:
+                            _key, task = sess.before_commit.popitem()
+                            task()
                         sess.flush()
             finally:
                 conn.info[WRITE_FLAG] = False
@@ -410,6 +491,19 @@ class Repository:
             if res_type:
                 q = q.where(resources.c.res_type == res_type)
             return int(s.conn.execute(q).scalar_one())
+
+
+@dataclass(frozen=True)
+class _PlatformRow:
+    tenant: str | None = None
+    patient: str | None = None
+    category: int = 0
+    labels: int = 0
+    minor_until_us: int | None = None
+
+
+def _platform_row(session: Session, resource: dict[str, Any], index: IndexRows, current: StoredVersion | None) -> Any:
+    return _PlatformRow()
 
 
 __all__ = ["Repository", "Session", "StoredVersion", "IndexRows", "new_id", "stamp"]

@@ -45,6 +45,17 @@ resources = Table(
     #: bit i set = the resource has rows in the i-th index table (skip needless deletes)
     Column("idx_mask", Integer, nullable=False, default=0),
     Column("content", LargeBinary, nullable=True),
+    # -- who may see it (security/tenancy.py); kept on a deletion marker, so history stays guarded
+    #: the owning institution's Organization id; None: the platform's own (or shared catalogue)
+    Column("tenant", String(64), nullable=True),
+    #: the Patient id the resource is about (its own id for a Patient), for grants and compartments
+    Column("patient", String(64), nullable=True),
+    #: one bit of security/categories.py: which of the standard's data categories it is
+    Column("category", Integer, nullable=False, default=0),
+    #: bits of security/labels.py (minor, infectious disease, restricted), its patient's included
+    Column("labels", Integer, nullable=False, default=0),
+    #: when its patient turns 18 (µs); until then it is a minor's data
+    Column("minor_until_us", BigInteger, nullable=True),
     Index("ux_resources_type_id", "res_type", "res_id", unique=True),
     Index("ix_resources_type_updated", "res_type", "updated_us"),
     Index("ix_resources_updated", "updated_us"),
@@ -393,4 +404,25 @@ audit_spool_offsets = Table(
     metadata,
     Column("name", String(200), primary_key=True),
     Column("offset", BigInteger, nullable=False),
+)
+
+
+# -- tenancy (issue 5; fhir_server/security/grants.py) -----------------------------------------
+#: who may see another institution's data about a patient, derived from the requests
+#: (ServiceRequest) and consents (Consent) that share it; rebuilt for a patient whenever one of
+#: those changes, and read by the SQL visibility filter (security/tenancy.py)
+access_grants = Table(
+    "access_grants",
+    metadata,
+    Column("grantee", String(64), nullable=False),  # the Organization id that may see
+    Column("patient", String(64), nullable=False),  # whose data
+    Column("grantor", String(64), nullable=False),  # the Organization id whose data (resources.tenant)
+    Column("categories", Integer, nullable=False),  # security/categories.py bits
+    Column("labels", Integer, nullable=False),  # security/labels.py bits it may include
+    Column("start_us", BigInteger, nullable=False),
+    Column("end_us", BigInteger, nullable=False),  # exclusive; 2**62: open
+    Column("since_us", BigInteger, nullable=False),  # only rows written since (0: all)
+    Column("source", String(200), nullable=False),  # "ServiceRequest/<id>" or "Consent/<id>"
+    Index("ix_access_grants_lookup", "grantee", "patient", "grantor"),
+    Index("ix_access_grants_patient", "patient"),
 )

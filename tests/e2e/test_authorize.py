@@ -113,10 +113,15 @@ def test_code_flow_with_pkce_gives_tokens_and_an_id_token(launch: Launch) -> Non
     access = jwt.decode(token["access_token"], launch.jwks()).claims
     assert access["sub"] == "alice" and access["fhirUser"] == "Practitioner/p1"
     assert access["organization"] == "Organization/o1"
-    # user/ scopes are not honoured until the tenant filters exist: refused, never widened
-    resp = requests.get(launch.server.base + "/Patient", headers={"Authorization": f"Bearer {token['access_token']}"},
-                        timeout=10)  # fmt: skip
-    assert resp.status_code == 403
+    assert access["roles"] == ["expert"]
+    # user/ scopes, within the institution's data and the roles: o1 has stored nothing yet
+    bearer = {"Authorization": f"Bearer {token['access_token']}"}
+    resp = requests.get(launch.server.base + "/Patient", headers=bearer, timeout=10)
+    assert resp.status_code == 200 and resp.json().get("entry", []) == []
+    resp = requests.get(launch.server.base + "/Patient/$reindex", headers=bearer, timeout=10)
+    assert resp.status_code in (403, 404, 405)
+    resp = requests.delete(launch.server.base + "/Patient?name=x", headers=bearer, timeout=10)
+    assert resp.status_code == 403  # user/*.rs: no delete
 
 
 def test_refresh_tokens_rotate(launch: Launch) -> None:

@@ -159,7 +159,8 @@ def test_create_get_list_and_administer(store, engine, name):
     [
         ("fhir_user", "Device/1", "fhirUser"),
         ("organization", "Patient/5", "Organization/"),
-        ("roles", ("ok", "bad role"), "role code"),
+        ("roles", ("expert", "bad role"), "role code"),
+        ("roles", ("expert", "wizard"), "unknown role"),
         ("allowed_networks", ("10.1.2.3/16",), "not a network"),
         ("allowed_networks", ("example.org",), "not a network"),
     ],

@@ -129,7 +129,7 @@ def _transaction(entries: list[Entry], ctx: RequestContext, representation: bool
     responses: dict[int, dict[str, Any]] = {}
     auditor = ctx.auditor.buffered() if ctx.auditor is not None else None
     try:
-        with ctx.repo.session(write=True) as session:
+        with ctx.repo.session(write=True, access=ctx.access) as session:
             tctx = ctx.child(session)
             tctx.auditor = auditor
             mapping = _assign_identities(entries, tctx, session)
@@ -330,7 +330,7 @@ def _batch(entries: list[Entry], ctx: RequestContext, representation: bool) -> d
     out = []
     for entry in entries:
         try:
-            with ctx.repo.session() as session:
+            with ctx.repo.session(access=ctx.access) as session:
                 _rewrite_references([entry], created, ctx.child(session), session)
             req = _entry_request(entry, "return=representation" if representation else "return=minimal")
             resp = dispatch(req, entry.path, ctx)

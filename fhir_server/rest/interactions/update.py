@@ -1,8 +1,10 @@
 """update: ``PUT [base]/[type]/[id]`` and conditional update ``PUT [base]/[type]?[search]``.
 
 http://hl7.org/fhir/R4/http.html#update and #cond-update. Update-as-create with a client id
-is supported; ``If-Match`` gives optimistic locking (412 on mismatch) and a concurrent change
-between read and write is a 409.
+is supported for the platform's own clients (an institution's would learn which ids another
+institution uses: it gets a 404 and creates with POST, docs/conformance.md); ``If-Match``
+gives optimistic locking (412 on mismatch) and a concurrent change between read and write is
+a 409.
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
                 "bad-request", f"The id {body_id!r} in the body does not match {res_id!r} in the URL", f"{res_type}.id"
             )
         current = session.read_current(res_type, res_id)
+        if current is None and ctx.access is not None:
+            # Update-as-create with an id of the client's choosing would answer "taken" for an id
+            # another institution uses, and so tell that it exists: institutions create with POST.
+            raise FhirError(
+                "not-found",
+                f"{res_type}/{res_id} is not known; an institution's resources get their ids from the "
+                "server: create with POST (with If-None-Exist for idempotency)",
+            )
         return _store(req, ctx, session, current, resource, res_id)
 
 
@@ -45,7 +55,9 @@ def _conditional(
     match = single_match(ctx, session, res_type, req.search_params())
     body_id = resource.get("id")
     if match is None:
-        return _store(req, ctx, session, None, resource, body_id or new_id())
+        # a create: an institution's resources get ids from the server (see _store)
+        chosen = body_id if ctx.access is None else None
+        return _store(req, ctx, session, None, resource, chosen or new_id())
     if body_id is not None and body_id != match.res_id:
         raise FhirError(
             "bad-request",

@@ -1,0 +1,52 @@
+"""Tenancy: each resource's owner, patient, data category and security labels; access grants.
+
+Why columns on ``resources``: access control is a SQL filter (ARCHITECTURE.md), so what it
+decides on must be in the row that every search, include, chain and history query already reads
+(security/tenancy.py). ``access_grants`` holds who may see another institution's data about a
+patient, derived from requests and consents (security/grants.py).
+
+Rows stored before this revision get category 0, which no filter admits but the platform's own
+access; ``fhir-server db upgrade`` computes their columns after the schema change
+(security/backfill.py).
+
+Revision ID: 0013
+Revises: 0012
+Create Date: 2026-12-07 10:30:00.000000
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0013"
+down_revision = "0012"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("resources", sa.Column("tenant", sa.String(64), nullable=True))
+    op.add_column("resources", sa.Column("patient", sa.String(64), nullable=True))
+    op.add_column("resources", sa.Column("category", sa.Integer(), nullable=False, server_default="0"))
+    op.add_column("resources", sa.Column("labels", sa.Integer(), nullable=False, server_default="0"))
+    op.add_column("resources", sa.Column("minor_until_us", sa.BigInteger(), nullable=True))
+    op.create_table(
+        "access_grants",
+        sa.Column("grantee", sa.String(64), nullable=False),
+        sa.Column("patient", sa.String(64), nullable=False),
+        sa.Column("grantor", sa.String(64), nullable=False),
+        sa.Column("categories", sa.Integer(), nullable=False),
+        sa.Column("labels", sa.Integer(), nullable=False),
+        sa.Column("start_us", sa.BigInteger(), nullable=False),
+        sa.Column("end_us", sa.BigInteger(), nullable=False),
+        sa.Column("since_us", sa.BigInteger(), nullable=False),
+        sa.Column("source", sa.String(200), nullable=False),
+    )
+    op.create_index("ix_access_grants_lookup", "access_grants", ["grantee", "patient", "grantor"])
+    op.create_index("ix_access_grants_patient", "access_grants", ["patient"])
+
+
+def downgrade() -> None:
+    op.drop_table("access_grants")
+    with op.batch_alter_table("resources") as batch:
+        for column in ("minor_until_us", "labels", "category", "patient", "tenant"):
+            batch.drop_column(column)
