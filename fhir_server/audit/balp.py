@@ -470,15 +470,16 @@ def _agents(rule: _Rule, requester: Requester, server: Server) -> list[dict[str,
     user = _user_agent(rule, requester)
     if user is not None:
         agents.append(user)
-        if requester.organization:
-            # BALP SAML/OAuth Comprehensive agent[userorg]: the user's organisation, not a requestor.
-            agents.append(
-                {
-                    "type": {"coding": [_coding(_USER_ORG)]},
-                    "who": {"reference": requester.organization},
-                    "requestor": False,
-                }
-            )
+    if requester.organization:
+        # BALP SAML/OAuth Comprehensive agent[userorg]: the user's organisation, not a requestor;
+        # also for an institution's own system acting without a user (whose audit trail it is).
+        agents.append(
+            {
+                "type": {"coding": [_coding(_USER_ORG)]},
+                "who": {"reference": requester.organization},
+                "requestor": False,
+            }
+        )
     return agents
 
 

@@ -55,7 +55,10 @@ def chain_hash(previous: str, seq: int, content: str) -> str:
 #: every stored record's JSON starts so; its id (the record's number) is put in when it is read
 PREFIX = '{"resourceType":"AuditEvent",'
 #: the search columns, in table order, between ``seq`` and ``content``
-COLUMNS = ("recorded_us", "type_code", "subtype_code", "action", "outcome", "patient", "agent", "address", "entity")
+COLUMNS = (
+    "recorded_us", "type_code", "subtype_code", "action", "outcome", "patient", "agent", "address", "entity",
+    "organization",
+)  # fmt: skip
 
 
 def serialize(event: dict[str, Any]) -> bytes:
@@ -99,6 +102,14 @@ def columns(event: dict[str, Any], recorded_us: int | None = None) -> tuple[Any,
     requestor = next((a for a in agents if a.get("requestor")), agents[0] if agents else {})
     who = requestor.get("who") or {}
     client = next((a for a in agents if (a.get("network") or {}).get("address")), {})
+    institution = next(
+        (
+            (a.get("who") or {}).get("reference")
+            for a in agents
+            if any(c.get("code") == "PROV" for c in (a.get("type") or {}).get("coding") or [])
+        ),
+        None,
+    )
     return (
         recorded_us if recorded_us is not None else _instant_us(event["recorded"]),
         str((event.get("type") or {}).get("code", ""))[:64],
@@ -109,6 +120,7 @@ def columns(event: dict[str, Any], recorded_us: int | None = None) -> tuple[Any,
         (who.get("reference") or (who.get("identifier") or {}).get("value") or who.get("display") or None),
         (client.get("network") or {}).get("address"),
         data[:256] if data else None,
+        institution[:128] if isinstance(institution, str) else None,
     )
 
 
@@ -149,12 +161,15 @@ class AuditStore:
         return ids
 
     # -- reading -----------------------------------------------------------------------------
-    def read(self, event_id: str) -> str | None:
-        """One record as an AuditEvent (JSON), or None."""
+    def read(self, event_id: str, where: Any = None) -> str | None:
+        """One record as an AuditEvent (JSON), or None (also when it fails ``where``)."""
         if not event_id.isdigit():
             return None
+        query = select(T.c.content).where(T.c.seq == int(event_id))
+        if where is not None:
+            query = query.where(where)
         with self.engine.connect() as conn:
-            content = conn.execute(select(T.c.content).where(T.c.seq == int(event_id))).scalar()
+            content = conn.execute(query).scalar()
         return with_id(int(event_id), content) if content is not None else None
 
     def count(self) -> int:

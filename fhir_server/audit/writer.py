@@ -29,7 +29,7 @@ import orjson
 from sqlalchemy import delete, insert, select, update
 
 from fhir_server.audit.recorder import spool_prefix
-from fhir_server.audit.store import PREFIX, AuditStore, with_id
+from fhir_server.audit.store import COLUMNS, PREFIX, AuditStore, with_id
 from fhir_server.storage.engine import begin_write
 from fhir_server.storage.schema import audit_spool_offsets as O
 
@@ -96,7 +96,9 @@ class AuditWriter:
                 try:
                     if not tab or not content.startswith(PREFIX.encode()):
                         raise ValueError("not a spool line")
-                    rows.append((tuple(orjson.loads(head)), content.decode("utf-8")))
+                    cols = tuple(orjson.loads(head))
+                    cols += (None,) * (len(COLUMNS) - len(cols))  # a line spooled before a column was added
+                    rows.append((cols, content.decode("utf-8")))
                 except ValueError:  # orjson.JSONDecodeError and UnicodeDecodeError are ValueErrors
                     log.error("audit spool %s: an unreadable line after byte %d was skipped", path.name, position)
             new_position = position + end

@@ -31,6 +31,7 @@ from fhir_server.rest.operations import (
     aecg_import,
     assess_constitution,
     deidentify,
+    everything,
     expand,
     lookup,
     meridian_interpretation,
@@ -144,6 +145,15 @@ ROUTES: tuple[Route, ...] = (
         aecg_import.handle,
         raw_body=True,
         access=(("Observation", "c"), ("DocumentReference", "c"), ("Binary", "c")),
+    ),
+    # the patient's record: rest/operations/everything.py
+    Route(
+        "$everything",
+        "instance",
+        "GET",
+        ("Patient", "{id}", "$everything"),
+        everything.handle,
+        access=(("Patient", "r"), ("*", "s")),
     ),
     # de-identification (R25): rest/operations/deidentify.py
     Route("$deidentify", "instance", "GET", ("{type}", "{id}", "$deidentify"), deidentify.instance, access=_READ),

@@ -100,10 +100,14 @@ class SearchEngine:
         lenient: bool = False,
         want_total: bool = False,
         compartment: tuple[str, str] | None = None,
+        where: list[Any] | None = None,
     ) -> SearchPage:
-        """One page of matches; ``compartment`` is (type, id) for ``Patient/123/Observation``."""
+        """One page of matches; ``compartment`` is (type, id) for ``Patient/123/Observation``;
+        ``where``: more conditions on the ``resources`` row (an operation's own selection)."""
         session.flush()
         conds, compiled, mode = self._base(session, res_type, params, lenient, compartment)
+        if where:
+            conds = [*conds, *where]
         warnings = compiled.warnings
         keys = sorting.parse_sort(self.registry, res_type, _param(params, "_sort"))
         if mode != "false" and any(k.table is not None for k in keys):
@@ -117,6 +121,7 @@ class SearchEngine:
                 and mode == "false"
                 and compartment is None
                 and session.access is None
+                and not where
             )
             lookup = index_lookup(compiled.filters[0]) if one else None
             if lookup is not None:  # one index lookup: count its rids alone

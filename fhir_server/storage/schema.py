@@ -381,11 +381,14 @@ audit_events = Table(
     Column("agent", String(256), nullable=True),  # the requester: user, else client id
     Column("address", String(64), nullable=True),  # the client's network address
     Column("entity", String(256), nullable=True),  # entity[data].what reference
+    #: the requester's institution ("Organization/<id>"): whose audit trail the record is part of
+    Column("organization", String(128), nullable=True),
     Column("content", Text, nullable=False),  # the AuditEvent JSON, with its id
     Column("hash", String(64), nullable=False),  # sha256(prev hash + content), hex
     Index("ix_audit_events_recorded", "recorded_us"),
     Index("ix_audit_events_patient", "patient", "recorded_us"),
     Index("ix_audit_events_agent", "agent", "recorded_us"),
+    Index("ix_audit_events_organization", "organization", "recorded_us"),
 )
 
 #: where verification of the chain starts once older records were purged by policy

@@ -150,6 +150,7 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             ("a-expert", A, ("expert",), "Practitioner/pr-a"),
             ("a-op", A, ("operator",), None),
             ("a-admin", A, ("leading-institution-admin",), None),
+            ("a-auditor", A, ("auditor",), None),
             ("b-expert", B, ("expert",), "Practitioner/pr-b"),
             ("sup", S, ("supervisor",), None),
             ("ops", S, ("operations",), None),
@@ -489,3 +490,52 @@ def test_a_resident_sees_their_own_records_in_every_institution(world: World) ->
     assert {w.oa, w.oa_lab, w.ob_pa} <= seen and w.ob not in seen
     assert w.get("resident", f"Observation/{w.ob}").status_code == 404
     assert w.get("resident", f"Patient/{w.pa}").status_code == 200
+
+
+# -- the audit trail ----------------------------------------------------------------------------
+def _audit_event(**extra: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110110"},
+        "recorded": "2026-12-07T10:00:00Z",
+        "outcome": "0",
+        "agent": [{"who": {"display": "modality"}, "requestor": True}],
+        "source": {"observer": {"display": "pacs"}},
+        **extra,
+    }
+
+
+def test_each_institution_reads_its_own_audit_trail(world: World) -> None:
+    w = world
+    a_event = w.call("a", "POST", "AuditEvent", _audit_event()).get_json()["id"]
+    b_event = w.call("b", "POST", "AuditEvent", _audit_event()).get_json()["id"]
+    forged = _audit_event()
+    forged["agent"].append(
+        {"type": {"coding": [{"code": "PROV"}]}, "who": {"reference": f"Organization/{A}"}, "requestor": False}
+    )
+    resp = w.call("b", "POST", "AuditEvent", forged)
+    assert resp.status_code == 403  # B cannot write into A's trail
+    assert w.get("b", f"AuditEvent/{a_event}").status_code == 404
+    assert w.get("a", f"AuditEvent/{a_event}").status_code == 200
+    assert w.ids("a-auditor", "AuditEvent") == {a_event}
+    assert {a_event, b_event} <= w.ids("sup", "AuditEvent")
+    assert w.get("a-expert", "AuditEvent").status_code == 403  # not an auditor
+
+
+def test_everything_is_the_patients_record_as_far_as_the_request_may_see(world: World) -> None:
+    w = world
+    assert w.get("b", f"Patient/{w.pa}/$everything").status_code == 404
+    own = w.all_ids("b", f"Patient/{w.pb}/$everything")
+    assert {w.pb, w.ob} <= own and w.oa_pb not in own
+    seen: set[str] = set()
+    resp = w.get("a", f"Patient/{w.pa}/$everything?_count=2")
+    while True:
+        body = resp.get_json()
+        seen |= {e["resource"]["id"] for e in body.get("entry", []) if e["search"]["mode"] == "match"}
+        nxt = [link["url"] for link in body["link"] if link["relation"] == "next"]
+        if not nxt:
+            break
+        resp = w.get("a", nxt[0].split("/fhir/", 1)[1])
+    assert {w.pa, w.oa, w.oa_lab} <= seen and w.ob_pa not in seen
+    assert w.ids("a", f"Patient/{w.pa}/$everything?_type=Patient") == {w.pa}
+    assert w.get("a", f"Patient/{w.pa}/$everything?start=2020").status_code == 400

@@ -20,9 +20,10 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, select
+from sqlalchemy import Select, false, select
 
-from fhir_server.audit.store import AuditStore, serialize, with_id
+from fhir_server.audit.balp import ROLE_CLASS
+from fhir_server.audit.store import COLUMNS, AuditStore, columns, serialize, with_id
 from fhir_server.context import RequestContext
 from fhir_server.errors import FhirError
 from fhir_server.rest.messages import FhirRequest, FhirResponse
@@ -50,8 +51,19 @@ def _store(ctx: RequestContext) -> AuditStore:
     return AuditStore(ctx.repo.engine)
 
 
+def _trail(ctx: RequestContext) -> Any:
+    """Whose records the request may see: an institution its own (the records of requests made
+    for it), the platform and a supervisor every institution's (security/tenancy.py)."""
+    access = ctx.access
+    if access is None or access.cross_tenant:
+        return None
+    if access.organization is None:
+        return false()
+    return T.c.organization == f"Organization/{access.organization}"
+
+
 def read(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
-    content = _store(ctx).read(req.res_id or "")
+    content = _store(ctx).read(req.res_id or "", _trail(ctx))
     if content is None:
         raise FhirError("not-found", f"AuditEvent/{req.res_id} is not in the audit store")
     return FhirResponse(200, body=content.encode("utf-8"))
@@ -89,6 +101,9 @@ def _int(name: str, raw: str, limit: int) -> int:
 
 def search(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
     query: Select[Any] = select(T.c.seq, T.c.content)
+    trail = _trail(ctx)
+    if trail is not None:
+        query = query.where(trail)
     count, offset, newest_first = ctx.settings.default_count, 0, True
     for name, raw in req.params:
         if name == "_count":
@@ -134,10 +149,30 @@ def create(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
     resource = req.resource
     check_resource(resource, "AuditEvent")
     assert resource is not None
+    if ctx.access is not None:
+        resource = _own_trail(resource, ctx.access.organization)
     (event_id,) = _store(ctx).append([resource])
     location = f"{ctx.base_url}/AuditEvent/{event_id}"
     content = with_id(int(event_id), serialize(resource).decode())  # what was stored, without reading it back
     return FhirResponse(201, body=content.encode("utf-8"), headers={"Location": location})
+
+
+def _own_trail(event: dict[str, Any], organization: str | None) -> dict[str, Any]:
+    """An institution feeds records into its own audit trail only: one that names another
+    institution is refused, one that names none is given the feeding institution."""
+    if organization is None:
+        raise FhirError("forbidden", "Only an institution or the platform may feed audit records")
+    mine = f"Organization/{organization}"
+    named = columns(event)[COLUMNS.index("organization")]
+    if named not in (None, mine):
+        raise FhirError("forbidden", f"This AuditEvent names {named}: an institution may only feed its own records")
+    if named is None:
+        userorg = {"type": {"coding": [_USERORG_CODING]}, "who": {"reference": mine}, "requestor": False}
+        event = {**event, "agent": [*(event.get("agent") or []), userorg]}
+    return event
+
+
+_USERORG_CODING = {"system": ROLE_CLASS, "code": "PROV", "display": "healthcare provider"}
 
 
 def refuse(req: FhirRequest, ctx: RequestContext) -> FhirResponse:

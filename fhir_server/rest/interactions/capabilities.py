@@ -25,6 +25,7 @@ OPERATIONS = {
     "interpret-meridian": "http://fhir.telefhir.cn/OperationDefinition/interpret-meridian",
     "import-aecg": "http://fhir.telefhir.cn/OperationDefinition/import-aecg",
     "deidentify": "http://fhir.telefhir.cn/OperationDefinition/deidentify",
+    "everything": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
     # "Type/name": an operation whose definition differs by resource type (profiles/operationdefinition-*.json)
     "CodeSystem/lookup": "http://fhir.telefhir.cn/OperationDefinition/codesystem-lookup",
     "CodeSystem/validate-code": "http://fhir.telefhir.cn/OperationDefinition/codesystem-validate-code",

@@ -63,15 +63,15 @@ def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
     if page.has_previous and page.versions:
         before = Cursor(page.keys[0], page.versions[0].rid, before=True)
         links.append(("previous", page_link(ctx.base_url, path, query + [("_cursor", encode_cursor(before))])))
-    entries = [_entry(ctx, v, "match", summary, elements) for v in page.versions]
-    entries += [_entry(ctx, v, "include", summary, elements) for v in page.included]
+    entries = [entry(ctx, v, "match", summary, elements) for v in page.versions]
+    entries += [entry(ctx, v, "include", summary, elements) for v in page.included]
     if page.warnings:
         outcome = operation_outcome(Issue("warning", "not-supported", w) for w in page.warnings)
         entries.append({"resource": outcome, "search": {"mode": "outcome"}})
     return FhirResponse(200, resource=bundle("searchset", entries, links, total))
 
 
-def _entry(
+def entry(
     ctx: RequestContext, v: StoredVersion, mode: str, summary: str | None, elements: list[str] | None
 ) -> dict[str, Any]:
     # Stored bytes are spliced in as they are unless _summary/_elements ask for less.

@@ -3,7 +3,8 @@
 Why columns on ``resources``: access control is a SQL filter (ARCHITECTURE.md), so what it
 decides on must be in the row that every search, include, chain and history query already reads
 (security/tenancy.py). ``access_grants`` holds who may see another institution's data about a
-patient, derived from requests and consents (security/grants.py).
+patient, derived from requests and consents (security/grants.py). An audit record names the
+requester's institution, whose audit trail it belongs to (rest/interactions/audit_events.py).
 
 Rows stored before this revision get category 0, which no filter admits but the platform's own
 access; ``fhir-server db upgrade`` computes their columns after the schema change
@@ -43,9 +44,14 @@ def upgrade() -> None:
     )
     op.create_index("ix_access_grants_lookup", "access_grants", ["grantee", "patient", "grantor"])
     op.create_index("ix_access_grants_patient", "access_grants", ["patient"])
+    op.add_column("audit_events", sa.Column("organization", sa.String(128), nullable=True))
+    op.create_index("ix_audit_events_organization", "audit_events", ["organization", "recorded_us"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_audit_events_organization", "audit_events")
+    with op.batch_alter_table("audit_events") as batch:
+        batch.drop_column("organization")
     op.drop_table("access_grants")
     with op.batch_alter_table("resources") as batch:
         for column in ("minor_until_us", "labels", "category", "patient", "tenant"):
