@@ -67,8 +67,8 @@ def of_resource(resource: dict[str, Any]) -> int:
 
 def minor_until_us(patient: dict[str, Any]) -> int | None:
     """When a Patient turns 18 (µs since the epoch, UTC midnight of the birthday), or None when
-    the birth date is unknown. A partial date counts from its earliest possible day is wrong in
-    the unsafe direction, so ``2010`` counts from the end of 2010 and ``2010-05`` from May 31."""
+    the birth date is unknown. A partial date is read as its latest possible day, the safe side:
+    ``2010`` as 31 December 2010, ``2010-05`` as 31 May 2010."""
     raw = patient.get("birthDate")
     if not isinstance(raw, str) or len(raw) < 4 or not raw[:4].isdigit():
         return None
