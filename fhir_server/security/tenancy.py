@@ -103,19 +103,26 @@ class Access:
             return or_(and_(c.patient == self.patient, *_in(c.category, self.readable)), catalogue)
         branches: list[ColumnElement[bool]] = [catalogue]
         if self.organization is not None:
-            own = [c.tenant == self.organization, *_in(c.category, self.readable & ~cat.CATALOGUE)]
-            if self.clearance != lab.ALL:
-                own.append(_bits(c.labels, lab.ALL & ~self.clearance) == 0)
-            if not self.minors:
-                own.append(_not_minor(c, at))
-            branches.append(and_(*own))
-            branches.append(self._granted(res, at))
+            limits = self._clearance(c, at)  # the roles' limits, in its own data and in shared data
+            branches.append(
+                and_(c.tenant == self.organization, *_in(c.category, self.readable & ~cat.CATALOGUE), *limits)
+            )
+            branches.append(and_(self._granted(res, at), *limits))
         if self.cross_tenant:
             branches.append(and_(_bits(c.category, self.cross_tenant) != 0, c.labels == 0, _not_minor(c, at)))
         scope = or_(*branches)
         if self.patient is not None:  # patient/ scopes with a patient in context
             return and_(or_(c.patient == self.patient, catalogue), scope)
         return scope
+
+    def _clearance(self, c: Any, at: int) -> list[ColumnElement[bool]]:
+        """The labelled rows the roles are not cleared for, left out."""
+        limits = []
+        if self.clearance != lab.ALL:
+            limits.append(_bits(c.labels, lab.ALL & ~self.clearance) == 0)
+        if not self.minors:
+            limits.append(_not_minor(c, at))
+        return limits
 
     def _granted(self, res: Any, at: int) -> ColumnElement[bool]:
         """Another institution's row about a patient, while a grant for it is in force."""
@@ -263,7 +270,7 @@ def _access(
         patient=patient if patient_only else None,
         readable=readable,
         cross_tenant=perms.cross_tenant,
-        clearance=perms.clearance,
+        clearance=perms.clearance | (lab.MINOR if perms.minors else 0),
         minors=perms.minors,
         roles=perms,
         collects=True,

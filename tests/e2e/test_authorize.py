@@ -21,50 +21,22 @@ from joserfc.jwk import KeySet
 from requests_oauthlib import OAuth2Session
 
 from tests.conftest import ServerProcess
+from tests.smart import REDIRECT, SmartApp
 
 FHIR_SERVER = str(pathlib.Path(sys.executable).with_name("fhir-server"))
-REDIRECT = "http://127.0.0.1:9/callback"  # never fetched: the test reads the Location header
 SCOPE = ["openid", "fhirUser", "offline_access", "user/*.rs"]
 BOOT = ("boot", "boot-secret-1")
 PASSWORD = "Str0ng-passw0rd!"
 
 
-class Launch:
+class Launch(SmartApp):
     def __init__(self, server: ServerProcess, bob_totp: str) -> None:
+        super().__init__(server.root, server.base, "app", SCOPE)
         self.server = server
-        self.authorize_url = server.root + "/auth/authorize"
-        self.token_url = server.root + "/auth/token"
         self.bob_totp = bob_totp
 
-    def oauth(self) -> OAuth2Session:
-        return OAuth2Session(client_id="app", redirect_uri=REDIRECT, scope=SCOPE, pkce="S256")
-
-    def login(
-        self, browser: requests.Session, url: str, username: str, password: str, totp: str = ""
-    ) -> requests.Response:
-        page = browser.get(url, allow_redirects=False)
-        assert page.status_code == 200 and "Sign in" in page.text, page.text
-        continuation = re.search(r'name="continue" value="([^"]*)"', page.text).group(1)  # type: ignore[union-attr]
-        form = {
-            "continue": continuation.replace("&amp;", "&"),
-            "username": username,
-            "password": password,
-            "totp": totp,
-        }
-        return browser.post(self.server.root + "/auth/login", data=form, allow_redirects=False)
-
-    def code_flow(self, username: str = "alice", totp: str = "") -> tuple[OAuth2Session, dict]:
-        session = self.oauth()
-        url, _state = session.authorization_url(self.authorize_url, aud=self.server.base)
-        browser = requests.Session()
-        logged_in = self.login(browser, url, username, PASSWORD, totp)
-        assert logged_in.status_code == 303, logged_in.text
-        back = browser.get(self.server.root + "/auth/" + logged_in.headers["Location"], allow_redirects=False)
-        assert back.status_code == 302 and back.headers["Location"].startswith(REDIRECT), back.text
-        token = session.fetch_token(
-            self.token_url, authorization_response=back.headers["Location"], include_client_id=True
-        )
-        return session, token
+    def code_flow(self, username: str = "alice", totp: str = "") -> tuple[OAuth2Session, dict]:  # type: ignore[override]
+        return super().code_flow(username, PASSWORD, totp)
 
     def jwks(self) -> KeySet:
         return KeySet.import_key_set(requests.get(self.server.root + "/auth/jwks", timeout=10).json())

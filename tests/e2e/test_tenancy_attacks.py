@@ -1,0 +1,237 @@
+"""The cross-tenant attack suite against a real server: two institutions, real OAuth clients.
+
+Institution clients get their tokens with authlib's OAuth2Session (client credentials); people
+sign in through the login page with a SMART app (requests-oauthlib, authorization code + PKCE,
+tests/smart.py). Searches go through fhirpy, a real FHIR client. Two worker processes serve, so
+a grant written by one is honoured by the other. The in-process suite (tests/rest/test_tenancy.py)
+tries every search feature in more detail; brute force and audit tampering are in
+tests/e2e/test_authorize.py and tests/e2e/test_audit.py.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from authlib.integrations.requests_client import OAuth2Session
+from fhirpy import SyncFHIRClient
+
+from tests.conftest import ServerProcess
+from tests.smart import REDIRECT, SmartApp
+
+FHIR_SERVER = str(pathlib.Path(sys.executable).with_name("fhir-server"))
+BOOT = ("boot", "boot-secret-1")
+PASSWORD = "Str0ng-passw0rd!"
+SCOPE = ["openid", "fhirUser", "user/*.cruds"]
+HIV = [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HIV"}]
+
+
+class Network:
+    def __init__(self, server: ServerProcess, a: str, b: str) -> None:
+        self.server = server
+        self.a, self.b = a, b
+        self.app = SmartApp(server.root, server.base, "app", SCOPE)
+        self.sessions: dict[str, requests.Session] = {}
+
+    def client_session(self, client_id: str) -> requests.Session:
+        session = OAuth2Session(client_id, f"{client_id}-secret-1", scope="system/*.*")
+        session.fetch_token(self.server.root + "/auth/token", grant_type="client_credentials")
+        return session
+
+    def user_session(self, username: str) -> requests.Session:
+        _, token = self.app.code_flow(username, PASSWORD)
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {token['access_token']}"
+        return session
+
+    def fhirpy(self, who: str) -> SyncFHIRClient:
+        token = self.sessions[who].headers.get("Authorization") or f"Bearer {self.sessions[who].token['access_token']}"
+        return SyncFHIRClient(self.server.base, authorization=token)
+
+    def call(self, who: str, method: str, path: str, body: Any = None) -> requests.Response:
+        headers = {"Content-Type": "application/fhir+json"} if body is not None else {}
+        data = json.dumps(body) if body is not None else None
+        return self.sessions[who].request(method, f"{self.server.base}/{path}", data=data, headers=headers, timeout=15)
+
+    def create(self, who: str, resource: dict[str, Any]) -> str:
+        resp = self.call(who, "POST", resource["resourceType"], resource)
+        assert resp.status_code == 201, resp.text
+        return str(resp.json()["id"])
+
+
+def _cli(*args: str) -> None:
+    result = subprocess.run([FHIR_SERVER, *args], capture_output=True, text=True, timeout=120, input=PASSWORD + "\n")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(autouse=True)
+def _plain_http_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
+    monkeypatch.setenv("AUTHLIB_INSECURE_TRANSPORT", "1")
+
+
+def _consent(patient: str, *permits: tuple[str, str | None, list[dict[str, str]] | None]) -> dict[str, Any]:
+    provisions = []
+    for action, actor, labels in permits:
+        prov: dict[str, Any] = {"type": "permit", "action": [{"coding": [{"code": action}]}]}
+        if actor:
+            prov["actor"] = [{"role": {"text": "recipient"}, "reference": {"reference": f"Organization/{actor}"}}]
+        if labels:
+            prov["securityLabel"] = labels
+        provisions.append(prov)
+    return {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{patient}"},
+        "provision": {"type": "deny", "provision": provisions},
+    }
+
+
+def _observation(patient: str, code: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://example.org/test", "code": code}]},
+        "subject": {"reference": f"Patient/{patient}"},
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def network(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    data = tmp_path_factory.mktemp("tenancy-e2e")
+    where = ("--database-url", database_url, "--data-dir", str(data))
+    a, b = f"a-{uuid.uuid4().hex[:8]}", f"b-{uuid.uuid4().hex[:8]}"
+    for client, org in (("a-sys", a), ("b-sys", b)):
+        _cli(
+            "clients", "add", *where, client, "--secret", f"{client}-secret-1", "--scope", "system/*.*",
+            "--organization", f"Organization/{org}",
+        )  # fmt: skip
+    _cli("clients", "add", *where, "app", "--auth-method", "none", "--grant-type", "authorization_code",
+         "--redirect-uri", REDIRECT, "--scope", " ".join(SCOPE))  # fmt: skip
+    for username, org, role in (("a-doc", a, "requesting-doctor"), ("b-expert", b, "expert"), ("b-op", b, "operator")):
+        _cli(
+            "users",
+            "add",
+            *where,
+            username,
+            "--password-stdin",
+            "--organization",
+            f"Organization/{org}",
+            "--role",
+            role,
+        )
+    server = ServerProcess(database_url, data, workers=2, auth=True, args=("--bootstrap-client", ":".join(BOOT)))
+    net = Network(server, a, b)
+    try:
+        net.sessions["boot"] = net.client_session("boot")
+        for org in (a, b):
+            resp = net.call(
+                "boot", "PUT", f"Organization/{org}", {"resourceType": "Organization", "id": org, "name": org}
+            )
+            assert resp.status_code == 201, resp.text
+        net.sessions["a"] = net.client_session("a-sys")
+        net.sessions["b"] = net.client_session("b-sys")
+        yield net
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def records(network: Network) -> dict[str, str]:
+    """A's patient with an observation, and B's patient; B also records something about A's."""
+    n = network
+    ids: dict[str, str] = {}
+    ids["pa"] = n.create("a", {"resourceType": "Patient", "name": [{"family": "Zhang"}]})
+    n.create("a", _consent(ids["pa"], ("collect", None, None)))
+    ids["oa"] = n.create("a", _observation(ids["pa"], "X"))
+    ids["pb"] = n.create("b", {"resourceType": "Patient", "name": [{"family": "Li"}]})
+    n.create("b", _consent(ids["pb"], ("collect", None, None)))
+    ids["ob"] = n.create("b", _observation(ids["pb"], "X"))
+    ids["ob_pa"] = n.create("b", _observation(ids["pa"], "X"))
+    return ids
+
+
+def test_an_institution_client_cannot_reach_another_institutions_data(
+    network: Network, records: dict[str, str]
+) -> None:
+    n, r = network, records
+    b = n.fhirpy("b")
+    assert {o.id for o in b.resources("Observation").search(code="X").fetch_all()} == {r["ob"], r["ob_pa"]}
+    assert b.resources("Patient").search(name="Zhang").fetch_all() == []
+    assert b.resources("Observation").search(**{"subject:Patient.name": "Zhang"}).fetch_all() == []
+    assert {p.id for p in b.resources("Patient").search(**{"_has:Observation:subject:code": "X"}).fetch_all()} == {r["pb"]}
+    found = b.resources("Observation").search(_id=r["ob_pa"]).include("Observation", "subject").fetch_raw()
+    assert [e["resource"]["id"] for e in found.entry] == [r["ob_pa"]]
+    for path in (
+        f"Observation/{r['oa']}",
+        f"Observation/{r['oa']}/_history/1",
+        f"Patient/{r['pa']}",
+        f"Patient/{r['pa']}/$everything",
+    ):
+        assert n.call("b", "GET", path).status_code == 404, path
+    assert n.call("b", "PUT", f"Observation/{r['oa']}", _observation(r["pb"], "X") | {"id": r["oa"]}).status_code == 404
+    history = n.call("b", "GET", "Observation/_history").json()
+    assert r["oa"] not in {e["resource"]["id"] for e in history.get("entry", []) if "resource" in e}
+    assert {o.id for o in n.fhirpy("a").resources("Observation").search(code="X").fetch_all()} == {r["oa"]}
+
+
+def test_a_consultation_shares_with_the_invited_institutions_experts(network: Network, records: dict[str, str]) -> None:
+    n, r = network, records
+    n.sessions["a-doc"] = n.user_session("a-doc")
+    n.sessions["b-expert"] = n.user_session("b-expert")
+    n.sessions["b-op"] = n.user_session("b-op")
+    pc = n.create("a-doc", {"resourceType": "Patient", "name": [{"family": "Wang"}]})
+    hiv = _consent(pc, ("collect", None, None))
+    n.create("a-doc", hiv)
+    oc = n.create("a-doc", _observation(pc, "X"))
+    labelled = n.create("a-doc", _observation(pc, "H", meta={"security": HIV}))
+    request = {
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "code": {"text": "teleconsultation"},
+        "subject": {"reference": f"Patient/{pc}"},
+        "performer": [{"reference": f"Organization/{n.b}"}],
+    }
+    refused = n.call("a-doc", "POST", "ServiceRequest", request)
+    assert refused.status_code == 403 and refused.json()["issue"][0]["code"] == "security"
+    n.create("a-doc", _consent(pc, ("disclose", n.b, None), ("disclose", n.b, HIV)))
+    sr = n.create("a-doc", request)
+    assert n.call("b-expert", "GET", f"Observation/{oc}").status_code == 200
+    assert n.call("b-expert", "GET", f"Observation/{labelled}").status_code == 200
+    assert n.call("b-op", "GET", f"Observation/{oc}").status_code == 200
+    assert n.call("b-op", "GET", f"Observation/{labelled}").status_code == 404  # no clearance for HIV
+    # B's expert may read but not change A's records
+    changed = n.call("b-expert", "GET", f"Observation/{oc}").json() | {"status": "amended"}
+    assert n.call("b-expert", "PUT", f"Observation/{oc}", changed).status_code == 403
+    revoked = n.call("a-doc", "GET", f"ServiceRequest/{sr}").json() | {"status": "revoked"}
+    assert n.call("a-doc", "PUT", f"ServiceRequest/{sr}", revoked).status_code == 200
+    assert n.call("b-expert", "GET", f"Observation/{oc}").status_code == 404
+    assert n.call("b", "GET", f"Observation/{r['oa']}").status_code == 404
+
+
+def test_a_refused_attempt_is_in_the_attackers_audit_trail_only(network: Network, records: dict[str, str]) -> None:
+    n, r = network, records
+    assert n.call("b", "GET", f"Observation/{r['oa']}").status_code == 404
+    deadline = time.time() + 10
+    while True:
+        found = n.call("b", "GET", f"AuditEvent?entity=Observation/{r['oa']}&outcome=4&_count=50").json()
+        if found.get("entry") or time.time() > deadline:
+            break
+        time.sleep(0.3)
+    assert found.get("entry"), "the refused read was not recorded"
+    theirs = n.call("a", "GET", f"AuditEvent?entity=Observation/{r['oa']}&outcome=4&_count=50").json()
+    assert theirs.get("entry", []) == []
