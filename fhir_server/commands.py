@@ -90,6 +90,13 @@ def cli(log_level: str) -> None:
 @click.option("--audit-client-cert", default=None, help="our certificate for the audit repository (mutual TLS)")
 @click.option("--audit-client-key", default=None, help="the key of --audit-client-cert")
 @click.option(
+    "--audit-interval",
+    default=_DEFAULTS.audit_interval,
+    show_default=True,
+    type=click.FloatRange(min=0.01, max=60),
+    help="seconds between the audit writer's passes: how soon a record can be searched (each pass has a cost)",
+)
+@click.option(
     "--audit",
     type=click.Choice(["on", "off"]),
     default="on",
@@ -117,6 +124,7 @@ def serve(
     audit_repository_ca: str | None,
     audit_client_cert: str | None,
     audit_client_key: str | None,
+    audit_interval: float,
     audit: str,
 ) -> None:
     """Serve FHIR over HTTP."""
@@ -144,6 +152,7 @@ def serve(
         audit_repository_ca=audit_repository_ca,
         audit_client_cert=audit_client_cert,
         audit_client_key=audit_client_key,
+        audit_interval=audit_interval,
     )
     if audit_repository:
         from fhir_server.audit.export import repository_target

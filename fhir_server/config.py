@@ -61,7 +61,7 @@ class Settings:
     #: BALP audit records of every interaction (audit/); off only as a development flag
     audit: bool = True
     #: seconds between the audit writer's passes over the workers' spools
-    audit_interval: float = 0.2
+    audit_interval: float = 0.5
     #: ITI-20 export: ``tls://host:port`` (RFC 5425) or ``udp://host:port`` (RFC 5426); None: off
     audit_repository: str | None = None
     #: CA of the repository's certificate; our client certificate and key for it (ITI-19)

@@ -48,9 +48,11 @@ class NoDelayHandler(WSGIHandler):
 
     def get_environ(self) -> dict[str, Any]:
         environ: dict[str, Any] = super().get_environ()
-        cert = peer_certificate(self.socket)
-        if cert is not None:  # a verified client certificate (mutual TLS, ITI-19)
-            environ["telefhir.client_cert_subject"] = subject_name(cert)
+        if not hasattr(self, "_cert_subject"):  # once per connection: the certificate stays
+            cert = peer_certificate(self.socket)
+            self._cert_subject = subject_name(cert) if cert is not None else None
+        if self._cert_subject is not None:  # a verified client certificate (mutual TLS, ITI-19)
+            environ["telefhir.client_cert_subject"] = self._cert_subject
         return environ
 
     def read_requestline(self) -> str:
@@ -93,6 +95,10 @@ def run_worker(settings: Settings, sock: socket.socket) -> None:
     server = WSGIServer(
         sock, app, handler_class=NoDelayHandler, log=access, error_log=logging.getLogger("fhir_server.wsgi"), **tls
     )
+    # One connection per wake-up: gevent takes up to 100 pending connections at once, so the
+    # worker that woke first kept every keep-alive connection of a client's pool while the
+    # others idled (security benchmark: one of two workers at 0.9 core, the other at 0).
+    server.max_accept = 1
 
     def stop() -> None:
         log.info("worker %d stopping", os.getpid())

@@ -157,6 +157,8 @@ class ServerProcess:
             str(workers),
             "--auth",
             "on" if auth else "off",
+            "--audit-interval",
+            "0.1",  # tests read their audit records at once
             *args,
         ]
         self.proc = subprocess.Popen(

@@ -35,6 +35,7 @@ entity patterns without a profile claim; login and logout are DICOM "User Authen
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -315,6 +316,18 @@ def _check(interaction: Interaction, requester: Requester, server: Server) -> _R
     if interaction.resource_id is not None and interaction.resource_type is None:
         raise ValueError("resource_id given without resource_type")
 
+    try:
+        _check_parties(requester, server)
+    except TypeError:  # unhashable: a list where a tuple belongs; checked uncached, it says so
+        _check_parties.__wrapped__(requester, server)
+        raise
+    return rule
+
+
+@functools.lru_cache(maxsize=1024)
+def _check_parties(requester: Requester, server: Server) -> None:
+    """The requester and server checks, once per pair: a request's events share them, and a
+    client's requests repeat them (both are frozen; a failed check is not cached)."""
     _text(requester.client_id, "client_id")
     _text(requester.user, "user")
     _text(requester.user_display, "user_display")
@@ -329,7 +342,6 @@ def _check(interaction: Interaction, requester: Requester, server: Server) -> _R
     _text(server.base_url, "server base_url")
     _text(server.address, "server address")
     _text(server.site, "server site")
-    return rule
 
 
 # --------------------------------------------------------------------------- public helpers
@@ -385,11 +397,16 @@ def _coding(c: _Coding) -> dict[str, str]:
 
 def _network(address: str) -> dict[str, str]:
     """AuditEvent.agent.network: type 2 IP Address for an IP, else 1 Machine Name (R4 network-type)."""
+    return {"address": address, "type": _network_type(address)}
+
+
+@functools.lru_cache(maxsize=4096)
+def _network_type(address: str) -> str:
     try:
         ipaddress.ip_address(address.strip("[]"))
     except ValueError:
-        return {"address": address, "type": "1"}
-    return {"address": address, "type": "2"}
+        return "1"
+    return "2"
 
 
 def _recorded(when: datetime) -> str:
@@ -419,12 +436,7 @@ def _event(
     if description:
         event["outcomeDesc"] = description
     event["agent"] = _agents(rule, requester, server)
-    source: dict[str, Any] = {}
-    if server.site:
-        source["site"] = server.site
-    source["observer"] = {"display": server.name}
-    source["type"] = [{"system": SECURITY_SOURCE_TYPE, "code": "4", "display": "Application Server"}]
-    event["source"] = source
+    event["source"] = _source(server)
     entities = _entities(rule, interaction, server, patient)
     if entities:
         event["entity"] = entities
@@ -432,6 +444,17 @@ def _event(
     if profiles:
         return {"resourceType": "AuditEvent", "meta": {"profile": profiles}, **event}
     return event
+
+
+@functools.lru_cache(maxsize=64)
+def _source(server: Server) -> dict[str, Any]:
+    """AuditEvent.source of every event this server records (shared, never changed)."""
+    source: dict[str, Any] = {}
+    if server.site:
+        source["site"] = server.site
+    source["observer"] = {"display": server.name}
+    source["type"] = [{"system": SECURITY_SOURCE_TYPE, "code": "4", "display": "Application Server"}]
+    return source
 
 
 def _outcome_description(interaction: Interaction, outcome: str) -> str | None:
@@ -447,7 +470,11 @@ def _outcome_description(interaction: Interaction, outcome: str) -> str | None:
     return f"HTTP {interaction.status} {phrase}"
 
 
+@functools.lru_cache(maxsize=1024)
 def _agents(rule: _Rule, requester: Requester, server: Server) -> list[dict[str, Any]]:
+    """The agents of an event; the same for every event of one kind by one requester at one
+    server, so built once (a keep-alive client repeats them on every request) and shared by the
+    events: they are read and serialised, never changed."""
     client: dict[str, Any] = {"type": {"coding": [_coding(rule.client)]}}
     if requester.client_id:
         client["who"] = {"identifier": {"system": CLIENT_ID_SYSTEM, "value": requester.client_id}}

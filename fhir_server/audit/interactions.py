@@ -72,6 +72,9 @@ def patients_of(kind: str, req: FhirRequest, resp: FhirResponse | None) -> tuple
     elif req.resource is not None:
         found += _patient_of(req.resource)
     if resp is not None and kind in ("read", "vread", "create", "update", "patch") and not found:
+        stored = resp.version
+        if stored is not None and stored.patient is not None:  # the row knows it: no parse of the body
+            return (f"Patient/{stored.patient}",) if balp.PATIENT_RE.fullmatch(f"Patient/{stored.patient}") else ()
         resource = resp.resource
         if resource is None and resp.body:
             try:

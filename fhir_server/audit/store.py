@@ -157,7 +157,7 @@ class AuditStore:
             previous = chain_hash(previous, seq, content)
             out.append((seq, *cols, content, previous))
             ids.append(str(seq))
-        insert_many(conn, [(T, out)])  # COPY on PostgreSQL: audit is written on every request
+        insert_many(conn, [(T, out)], copy=True)  # COPY on PostgreSQL: audit is written on every request
         return ids
 
     # -- reading -----------------------------------------------------------------------------

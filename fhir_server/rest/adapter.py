@@ -8,6 +8,7 @@ handlers only ever see :class:`FhirRequest` and return :class:`FhirResponse`.
 from __future__ import annotations
 
 import gzip
+import itertools
 import logging
 import re
 import threading
@@ -207,7 +208,13 @@ def _request_id(given: str | None) -> str:
     """The client's X-Request-Id if it is a plain token (it goes into audit records), else ours."""
     if given and _REQUEST_ID.fullmatch(given):
         return given
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
+
+
+#: ours: unique without a random number per request (os.urandom was 2% of a read): a random
+#: prefix per process and a counter
+_ID_PREFIX = uuid.uuid4().hex[:20]
+_ID_COUNTER = itertools.count(1)
 
 
 def _form(body: bytes) -> list[tuple[str, str]]:

@@ -33,7 +33,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, and_, exists, false, or_, select, text
+from sqlalchemy import BigInteger, ColumnElement, and_, bindparam, exists, false, or_, select, text
 
 from fhir_server.errors import FhirError
 from fhir_server.security import categories as cat
@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
 FOREVER_US = 2**62
 _G = access_grants
+#: the time of the request, as a bind parameter computed when a statement runs
+NOW = bindparam("access_now", callable_=now_us, type_=BigInteger)
 
 
 @dataclass(frozen=True)
@@ -90,13 +92,27 @@ class Access:
     collects: bool = False
     #: may write conformance and terminology resources (the catalogue beyond the directory)
     curates: bool = False
+    #: statements built from this access, kept with it (an Access lives as long as its token's
+    #: shape is in use: :func:`access_for` caches them)
+    cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     # -- reading -------------------------------------------------------------------------
     def visible(self, res: Any, at_us: int | None = None) -> ColumnElement[bool] | None:
-        """The predicate on a ``resources`` row (or alias) ``res``; None: no restriction."""
+        """The predicate on a ``resources`` row (or alias) ``res``; None: no restriction.
+
+        The time it compares grants and birthdays with is the statement's execution time (a
+        bind parameter computed then), unless ``at_us`` fixes it; the predicate on ``resources``
+        itself is built once and reused."""
         if self.platform:
             return None
-        at = now_us() if at_us is None else at_us
+        if res is resources and at_us is None:
+            pred = self.cache.get("resources")
+            if pred is None:
+                pred = self.cache["resources"] = self._visible(res, NOW)
+            return pred  # type: ignore[no-any-return]
+        return self._visible(res, NOW if at_us is None else at_us)
+
+    def _visible(self, res: Any, at: Any) -> ColumnElement[bool]:
         c = res.c
         catalogue = c.category == cat.CATALOGUE if self.readable & cat.CATALOGUE else false()
         if self.own_records:  # a resident: their own rows in every institution
@@ -115,7 +131,7 @@ class Access:
             return and_(or_(c.patient == self.patient, catalogue), scope)
         return scope
 
-    def _clearance(self, c: Any, at: int) -> list[ColumnElement[bool]]:
+    def _clearance(self, c: Any, at: Any) -> list[ColumnElement[bool]]:
         """The labelled rows the roles are not cleared for, left out."""
         limits = []
         if self.clearance != lab.ALL:
@@ -124,7 +140,7 @@ class Access:
             limits.append(_not_minor(c, at))
         return limits
 
-    def _granted(self, res: Any, at: int) -> ColumnElement[bool]:
+    def _granted(self, res: Any, at: Any) -> ColumnElement[bool]:
         """Another institution's row about a patient, while a grant for it is in force."""
         c = res.c
         conds = [
@@ -211,7 +227,7 @@ def _in(column: Any, mask: int) -> list[ColumnElement[bool]]:
     return [_bits(column, mask) != 0]
 
 
-def _not_minor(c: Any, at: int) -> ColumnElement[bool]:
+def _not_minor(c: Any, at: Any) -> ColumnElement[bool]:
     return and_(
         _bits(c.labels, lab.MINOR) == 0,
         or_(c.minor_until_us.is_(None), c.minor_until_us <= at),

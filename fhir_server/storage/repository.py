@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy import Connection, Engine, bindparam, select, text
 
 from fhir_server.errors import FhirError
 from fhir_server.formats import json as fjson
@@ -194,15 +194,15 @@ class Session:
     def read_current(self, res_type: str, res_id: str) -> StoredVersion | None:
         """The latest version (possibly a deletion marker), or None if it never existed."""
         self.flush()
-        visible = self.visible()
-        if visible is not None:
-            query = select(*CURRENT_COLUMNS).where(
-                resources.c.res_type == res_type, resources.c.res_id == res_id, visible
-            )
-            found = self.conn.execute(query.execution_options(**{BINARY_RESULTS: True})).first()
-            return row_to_version(found) if found else None
         # On the driver's cursor: SQLAlchemy's result set-up cost more than the query (read benchmark).
         driver = self.conn.connection.driver_connection
+        if self.access is not None:  # the same SQL with the access predicate, compiled once per access
+            sql, params = self.repo.read_statement(self.access, res_type, res_id)
+            if self.repo.postgres:
+                row = driver.execute(sql, params, binary=True).fetchone()
+            else:
+                row = driver.execute(sql, params).fetchone()
+            return row_to_version(row) if row else None
         if self.repo.postgres:  # binary results: content without hex decoding (storage/engine.py)
             row = driver.execute(_pyformat(_READ_CURRENT), (res_type, res_id), binary=True).fetchone()
         else:
@@ -466,6 +466,28 @@ class Repository:
                 conn.info[WRITE_FLAG] = False
         for callback in sess.after_commit:  # committed, connection returned to the pool
             callback()
+
+    def read_statement(self, access: Any, res_type: str, res_id: str) -> tuple[str, Any]:
+        """Driver SQL and parameters of a read by type and id under ``access``'s predicate.
+
+        Compiled once per access and kept with it: building and compiling the predicate cost
+        more than running it (scripts/bench/security, institution reads)."""
+        key = ("read_current", self.engine.dialect.name)
+        compiled = access.cache.get(key)
+        if compiled is None:
+            stmt = select(*CURRENT_COLUMNS).where(
+                resources.c.res_type == bindparam("read_type"),
+                resources.c.res_id == bindparam("read_id"),
+                access.visible(resources),
+            )
+            done = stmt.compile(dialect=self.engine.dialect)
+            fixed = {k: v for k, v in done.params.items() if k not in ("read_type", "read_id", "access_now")}
+            compiled = access.cache[key] = (done.string, done.positiontup, fixed)
+        sql, order, fixed = compiled
+        values = {**fixed, "read_type": res_type, "read_id": res_id, "access_now": now_us()}
+        if order is not None:  # a positional paramstyle (SQLite's qmark)
+            return sql, tuple(values[name] for name in order)
+        return sql, values
 
     def take_rid(self, conn: Connection) -> int:
         """A rid from this process's block of the PostgreSQL sequence (one round trip per block).

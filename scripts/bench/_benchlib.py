@@ -118,6 +118,7 @@ class Server:
     port: int
     data_dir: pathlib.Path
     log_path: pathlib.Path
+    database_url: str = ""
 
     @property
     def base(self) -> str:
@@ -166,12 +167,12 @@ class Server:
 BOOTSTRAP = ("bench", "bench-secret-1")
 
 
-def access_token(port: int, scope: str = "system/*.*") -> str:
-    """A client-credentials token of ``BOOTSTRAP`` from a secure server."""
+def access_token(port: int, scope: str = "system/*.*", client: tuple[str, str] = BOOTSTRAP) -> str:
+    """A client-credentials token of ``client`` (the bootstrap client by default) from a secure server."""
     import base64
     import urllib.parse
 
-    auth = base64.b64encode(":".join(BOOTSTRAP).encode()).decode()
+    auth = base64.b64encode(":".join(client).encode()).decode()
     conn = http.client.HTTPConnection(HOST, port, timeout=30)
     body = urllib.parse.urlencode({"grant_type": "client_credentials", "scope": scope})
     conn.request("POST", "/auth/token", body=body, headers={
@@ -219,13 +220,13 @@ def fhir_server(
     ]
     if secure:
         cmd += ["--bootstrap-client", ":".join(BOOTSTRAP)]
-    if database_url:
-        cmd += ["--database-url", database_url]
+    database_url = database_url or f"sqlite:///{data_dir / 'fhir.db'}"
+    cmd += ["--database-url", database_url]
     log_path = data_dir / "server.log"
     log = open(log_path, "wb")
     env = {**os.environ, "FHIR_SERVER_LOG_LEVEL": "WARNING"}
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    server = Server(proc, port, data_dir, log_path)
+    server = Server(proc, port, data_dir, log_path, database_url)
     try:
         wait_http(f"http://{HOST}:{port}/healthz", proc=proc)
         if workers > 1:  # every worker imports the app after the fork: wait until all answer

@@ -40,7 +40,7 @@ class Audited:
 
     def events(self, **params: str) -> list[dict]:
         """AuditEvents by ITI-81 search, after the workers' batches reached the store."""
-        time.sleep(0.6)  # twice the batching interval (0.2 s) and then some
+        time.sleep(0.4)  # the writer stores every 0.1 s in tests (--audit-interval)
         resp = self.call("GET", "AuditEvent", params={"_count": "1000", **params})
         assert resp.status_code == 200, resp.text
         return [e["resource"] for e in resp.json().get("entry", [])]
