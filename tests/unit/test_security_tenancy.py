@@ -161,3 +161,14 @@ def test_shares_are_the_actors_of_permit_provisions() -> None:
     share = _consent({"type": "deny", "provision": [_permit("access", B, period={"start": "2026-01-01"})]})
     assert consent.shares(share) == [(B, {"start": "2026-01-01"})]
     assert consent.shares(_consent(_permit("access", B), status="draft")) == []
+
+
+def test_the_roles_table_of_the_security_docs_is_the_code() -> None:
+    columns = [cat.PATIENT, cat.CLINICAL, cat.EXAMINATION, cat.IMAGING, cat.TREATMENT, cat.CONSULTATION,
+               cat.ADMINISTRATIVE, cat.CATALOGUE]  # fmt: skip
+    doc = (ROOT / "docs" / "security.md").read_text()
+    for code, role in roles.ROLES.items():
+        perms = roles.permissions([code])
+        letters = " | ".join(perms.letters.get(c, "") or "–" for c in columns)
+        cleared = labels.describe(role.clearance | (labels.MINOR if role.minors else 0))
+        assert f"| `{code}` {role.display} | {letters} | {cleared} |" in doc, code
