@@ -197,7 +197,12 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
             auditor = RequestAuditor(recorder, requester, _server(base_url(settings), settings.host), None)
             auditor.authentication(kind, status, detail)
 
-        auth_http.register(app, security, lambda: base_url(settings), audit_auth)
+        def can_see(principal: Principal, res_type: str, res_id: str) -> bool:
+            with services.repo.session(access=_restriction(principal)) as session:
+                found = session.read_current(res_type, res_id)
+            return found is not None and not found.deleted
+
+        auth_http.register(app, security, lambda: base_url(settings), audit_auth, can_see)
 
     @app.before_request
     def _start() -> None:

@@ -41,10 +41,11 @@ class SmartApp:
         }
         return browser.post(self.root + "/auth/login", data=form, allow_redirects=False)
 
-    def code_flow(self, username: str, password: str, totp: str = "") -> tuple[OAuth2Session, dict]:
-        """Sign ``username`` in and exchange the code: the app's session and its token."""
+    def code_flow(self, username: str, password: str, totp: str = "", **params: str) -> tuple[OAuth2Session, dict]:
+        """Sign ``username`` in and exchange the code: the app's session and its token.
+        ``params``: more authorization request parameters (an EHR launch's ``launch``)."""
         session = self.oauth()
-        url, _state = session.authorization_url(self.authorize_url, aud=self.base)
+        url, _state = session.authorization_url(self.authorize_url, aud=self.base, **params)
         browser = requests.Session()
         logged_in = self.login(browser, url, username, password, totp)
         assert logged_in.status_code == 303, logged_in.text

@@ -2,8 +2,9 @@
 
 URLs (ARCHITECTURE.md contracts): ``/fhir/.well-known/smart-configuration`` (SMART App Launch 2
 §2.1, "well-known"), and under ``/auth``: ``authorize`` (with the login page), ``login``,
-``logout``, ``token``, ``introspect``, ``revoke``, ``jwks``. Like ``adapter.py`` this is the only
-place these endpoints meet Flask; the protocol is in the core.
+``logout``, ``token``, ``introspect``, ``revoke``, ``jwks``, ``launch`` (an EHR's launch
+context). Like ``adapter.py`` this is the only place these endpoints meet Flask; the protocol is
+in the core.
 
 The login page is plain HTML (bilingual, no script, no outside resources) served with a strict
 Content-Security-Policy and ``X-Frame-Options: DENY`` (no clickjacking of the form); its session
@@ -21,11 +22,14 @@ from typing import Any
 import orjson
 from flask import Flask, Response, request
 
+from fhir_server.errors import FhirError
 from fhir_server.security.authcode import AccountUser
+from fhir_server.security.launch import CONTEXT_KEYS
 from fhir_server.security.oauth import ASSERTION_ALGORITHMS, HttpRequest
 from fhir_server.security.scopes import IDENTITY_SCOPES
 from fhir_server.security.service import Security
 from fhir_server.security.sessions import COOKIE
+from fhir_server.security.tokens import Principal
 from fhir_server.security.users import LoginOutcome
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -68,10 +72,18 @@ def smart_configuration(root: str) -> dict[str, Any]:
         "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
-        "scopes_supported": ["system/*.*", "system/*.cruds", "system/*.read", "system/*.rs", *sorted(IDENTITY_SCOPES)],
+        "scopes_supported": [
+            *(f"{ctx}/*.{p}" for ctx in ("system", "user", "patient") for p in ("*", "cruds", "read", "rs")),
+            *sorted(IDENTITY_SCOPES),
+        ],
         "response_types_supported": ["code"],
         "capabilities": [
             "launch-standalone",
+            "launch-ehr",
+            "context-ehr-patient",
+            "context-ehr-encounter",
+            "permission-patient",
+            "permission-user",
             "client-public",
             "client-confidential-symmetric",
             "client-confidential-asymmetric",
@@ -120,7 +132,18 @@ def _page(body: str, status: int = 200) -> Response:
     return out
 
 
-def register(app: Flask, security: Security, fhir_base: Callable[[], str], audit: AuditAuth | None = None) -> None:
+#: whether a principal may see a resource (type, id): the launch context must be one the
+#: launching person can see
+CanSee = Callable[[Principal, str, str], bool]
+
+
+def register(
+    app: Flask,
+    security: Security,
+    fhir_base: Callable[[], str],
+    audit: AuditAuth | None = None,
+    can_see: CanSee | None = None,
+) -> None:
     oauth = security.oauth
 
     def root() -> str:
@@ -135,6 +158,13 @@ def register(app: Flask, security: Security, fhir_base: Callable[[], str], audit
         username = security.sessions.user(request.cookies.get(COOKIE))
         account = security.users.get(username) if username else None
         user = AccountUser(account) if account is not None and not account.disabled else None
+        launch = request.args.get("launch")
+        if user is not None and launch and security.launches.context(launch, user.user.username) is None:
+            return _page(
+                "<!doctype html><title>Error</title><p>The launch context is unknown, has expired, or was "
+                "made for another person: open the app again from the EHR.</p>",
+                400,
+            )
         decision = oauth.authorization(_http_request(), user)
         if decision.error:
             return _page(f"<!doctype html><title>Error</title><p>{html.escape(decision.error)}</p>", 400)
@@ -173,6 +203,26 @@ def register(app: Flask, security: Security, fhir_base: Callable[[], str], audit
         out = _page("<!doctype html><title>Signed out</title><p>已退出 / Signed out.</p>")
         out.delete_cookie(COOKIE, path="/auth")
         return out
+
+    @app.post("/auth/launch")
+    def launch() -> Response:
+        """An EHR asks for a launch id naming the patient (and encounter) in front of the person
+        signed in to it (security/launch.py)."""
+        try:
+            principal = security.authenticate(request.headers.get("Authorization"))
+        except FhirError as err:
+            return _json(401, {"error": "invalid_token", "error_description": err.diagnostics}, err.headers)
+        if not principal.person:
+            return _json(403, {"error": "access_denied", "error_description": "a launch is made by a person's token"})
+        values = request.get_json(silent=True) if request.is_json else request.form
+        context = {k: str(values[k]) for k in CONTEXT_KEYS if isinstance(values, dict) and values.get(k)}
+        patient = context.get("patient")
+        if not patient or (can_see is not None and not can_see(principal, "Patient", patient)):
+            return _json(400, {"error": "invalid_request", "error_description": "patient: a Patient id you can see"})
+        encounter = context.get("encounter")
+        if encounter and can_see is not None and not can_see(principal, "Encounter", encounter):
+            return _json(400, {"error": "invalid_request", "error_description": "encounter: an Encounter you can see"})
+        return _json(201, {"launch": security.launches.create(principal.subject, context)}, _NO_STORE)
 
     @app.get("/fhir/.well-known/smart-configuration")
     def smart() -> Response:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextvars
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -33,6 +33,7 @@ from sqlalchemy.engine import Engine
 from fhir_server.security import digest
 from fhir_server.security.clients import Client
 from fhir_server.security.keys import ALG, SigningKeys
+from fhir_server.security.launch import LaunchContexts
 from fhir_server.security.users import User, UserStore
 from fhir_server.storage.engine import begin_write
 from fhir_server.storage.schema import auth_codes as CODES
@@ -49,9 +50,11 @@ CLIENT_AUTH = ["client_secret_basic", "client_secret_post", "private_key_jwt", "
 
 @dataclass(frozen=True)
 class AccountUser:
-    """A user account as authlib's grants see it."""
+    """A user account as authlib's grants see it, with the launch context its tokens carry."""
 
     user: User
+    #: SMART launch context (security/launch.py): ``patient``, ``encounter``
+    context: dict[str, Any] = field(default_factory=dict)
 
     def get_user_id(self) -> str:
         return self.user.username
@@ -113,13 +116,18 @@ class _Refresh:
 class Grants:
     """The database side of the code and refresh grants, shared by the grant classes."""
 
-    def __init__(self, engine: Engine, users: UserStore, keys: SigningKeys) -> None:
+    def __init__(self, engine: Engine, users: UserStore, keys: SigningKeys, launches: LaunchContexts) -> None:
         self.engine = engine
         self.users = users
         self.keys = keys
+        self.launches = launches
 
     def save_code(self, code: str, client_id: str, username: str, request: Any, amr: list[str]) -> None:
         payload = request.payload.data
+        context: dict[str, Any] = {"auth_time": int(time.time()), "amr": amr}
+        launch = payload.get("launch")
+        if launch and "launch" in (request.scope or "").split():
+            context["launch"] = self.launches.context(launch, username) or {}
         with begin_write(self.engine) as conn:
             conn.execute(delete(CODES).where(CODES.c.expires_us < now_us()))
             conn.execute(
@@ -132,7 +140,7 @@ class Grants:
                     code_challenge=payload.get("code_challenge"),
                     code_challenge_method=payload.get("code_challenge_method"),
                     nonce=payload.get("nonce"),
-                    context=orjson.dumps({"auth_time": int(time.time()), "amr": amr}).decode(),
+                    context=orjson.dumps(context).decode(),
                     expires_us=now_us() + CODE_LIFETIME_US,
                     used=False,
                 )
@@ -169,11 +177,13 @@ class Grants:
             ).first()
         return found is not None
 
-    def account(self, username: str) -> AccountUser | None:
+    def account(self, username: str, launch: dict[str, Any] | None = None) -> AccountUser | None:
         user = self.users.get(username)
-        return AccountUser(user) if user is not None and not user.disabled else None
+        return AccountUser(user, dict(launch or {})) if user is not None and not user.disabled else None
 
-    def save_refresh(self, token: str, client_id: str, username: str | None, scope: str) -> None:
+    def save_refresh(
+        self, token: str, client_id: str, username: str | None, scope: str, launch: dict[str, Any] | None = None
+    ) -> None:
         lifetime = OFFLINE_US if "offline_access" in scope.split() else ONLINE_US
         with begin_write(self.engine) as conn:
             conn.execute(
@@ -182,7 +192,7 @@ class Grants:
                     client_id=client_id,
                     username=username,
                     scope=scope,
-                    context="{}",
+                    context=orjson.dumps({"launch": launch or {}}).decode(),
                     created_us=now_us(),
                     expires_us=now_us() + lifetime,
                     revoked=False,
@@ -217,7 +227,7 @@ def make_code_grant(grants: Grants) -> type[AuthorizationCodeGrant]:
         def authenticate_user(self, authorization_code: _Code) -> AccountUser | None:
             if not grants.use_code(authorization_code):
                 return None  # used meanwhile by a concurrent request: a code works once
-            return grants.account(authorization_code.row.username)
+            return grants.account(authorization_code.row.username, authorization_code.context.get("launch"))
 
     return CodeGrant
 
@@ -235,7 +245,8 @@ def make_refresh_grant(grants: Grants) -> type[RefreshTokenGrant]:
 
         def authenticate_user(self, credential: _Refresh) -> AccountUser | None:
             username = credential.row.username
-            return grants.account(username) if username else None
+            launch = orjson.loads(credential.row.context).get("launch")
+            return grants.account(username, launch) if username else None
 
         def revoke_old_credential(self, credential: _Refresh) -> None:
             grants.revoke_refresh(credential)

@@ -226,7 +226,10 @@ class OAuthServer(_AuthorizationServer):  # type: ignore[misc]
         a refresh token is stored as its hash."""
         if token.get("refresh_token"):
             user = request.user.get_user_id() if request.user is not None else None
-            self.grants.save_refresh(token["refresh_token"], request.client.get_client_id(), user, token["scope"])
+            launch = getattr(request.user, "context", None)
+            self.grants.save_refresh(
+                token["refresh_token"], request.client.get_client_id(), user, token["scope"], launch
+            )
 
     def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
         """No signals: audit records are written by the HTTP glue, which knows the outcome."""
@@ -259,6 +262,11 @@ class OAuthServer(_AuthorizationServer):  # type: ignore[misc]
         status, body, headers = self.create_token_response(request)
         if isinstance(body, dict) and body.get("refresh_token", "") is None:
             del body["refresh_token"]  # none was asked for
+        if isinstance(body, dict) and body.get("access_token"):
+            claims = self.tokens.decode(body["access_token"]) or {}
+            for key in ("patient", "encounter"):  # SMART: the launch context beside the token
+                if key in claims:
+                    body[key] = claims[key]
         return status, body, headers
 
     def authorization(self, request: HttpRequest, user: AccountUser | None) -> Authorization:

@@ -16,6 +16,7 @@ from fhir_server.rest.messages import FhirRequest
 from fhir_server.security.authcode import Grants
 from fhir_server.security.clients import ClientStore, ensure_bootstrap
 from fhir_server.security.keys import SigningKeys
+from fhir_server.security.launch import LaunchContexts
 from fhir_server.security.oauth import OAuthServer
 from fhir_server.security.sessions import Sessions
 from fhir_server.security.signatures import SignatureError
@@ -35,6 +36,7 @@ class Security:
     users: UserStore
     sessions: Sessions
     signing: RequestSigning
+    launches: LaunchContexts
 
     def check_signature(self, principal: Principal, req: FhirRequest) -> None:
         """401 unless a client that must sign its requests signed this one."""
@@ -91,6 +93,7 @@ def build_security(engine: Engine, settings: Settings, prepare: bool) -> Securit
         if settings.bootstrap_client:
             ensure_bootstrap(clients, settings.bootstrap_client)
     users = UserStore(engine)
-    oauth = OAuthServer(clients, tokens, Grants(engine, users, keys))
+    launches = LaunchContexts(engine)
+    oauth = OAuthServer(clients, tokens, Grants(engine, users, keys, launches))
     signing = RequestSigning(engine, key_ring(settings.data_dir))
-    return Security(clients, keys, tokens, oauth, users, Sessions(engine), signing)
+    return Security(clients, keys, tokens, oauth, users, Sessions(engine), signing, launches)

@@ -101,6 +101,11 @@ class TokenService:
                 claims["fhirUser"] = account.fhir_user
                 if account.fhir_user.startswith("Patient/"):
                     claims["patient"] = account.fhir_user.split("/", 1)[1]
+            launched = getattr(user, "context", None) or {}
+            if "launch" in scope.split():  # SMART EHR launch context (security/launch.py)
+                for key in ("patient", "encounter"):
+                    if launched.get(key) and key not in claims:
+                        claims[key] = launched[key]
             if account.organization:
                 claims["organization"] = account.organization
         elif getattr(client, "organization", None):

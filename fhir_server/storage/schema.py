@@ -355,6 +355,16 @@ auth_refresh_tokens = Table(
     Column("revoked", Boolean, nullable=False),
 )
 
+#: SMART EHR launch contexts (``POST /auth/launch``), by the hash of the opaque launch id
+auth_launches = Table(
+    "auth_launches",
+    metadata,
+    Column("launch_hash", String(64), primary_key=True),
+    Column("username", String(128), nullable=False),  # who launched: only they may use it
+    Column("context", Text, nullable=False),  # JSON: patient, encounter
+    Column("expires_us", BigInteger, nullable=False),
+)
+
 #: browser login sessions (the login page's cookie), by the hash of the session id
 auth_sessions = Table(
     "auth_sessions",

@@ -31,6 +31,7 @@ FHIR_SERVER = str(pathlib.Path(sys.executable).with_name("fhir-server"))
 BOOT = ("boot", "boot-secret-1")
 PASSWORD = "Str0ng-passw0rd!"
 SCOPE = ["openid", "fhirUser", "user/*.cruds"]
+LAUNCH_SCOPE = ["launch", "patient/*.rs", "openid", "fhirUser"]
 HIV = [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HIV"}]
 
 
@@ -120,7 +121,7 @@ def network(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "--organization", f"Organization/{org}",
         )  # fmt: skip
     _cli("clients", "add", *where, "app", "--auth-method", "none", "--grant-type", "authorization_code",
-         "--redirect-uri", REDIRECT, "--scope", " ".join(SCOPE))  # fmt: skip
+         "--redirect-uri", REDIRECT, "--scope", " ".join(SCOPE + LAUNCH_SCOPE))  # fmt: skip
     for username, org, role in (("a-doc", a, "requesting-doctor"), ("b-expert", b, "expert"), ("b-op", b, "operator")):
         _cli(
             "users",
@@ -236,3 +237,33 @@ def test_a_refused_attempt_is_in_the_attackers_audit_trail_only(network: Network
     assert found.get("entry"), "the refused read was not recorded"
     theirs = n.call("a", "GET", f"AuditEvent?entity=Observation/{r['oa']}&outcome=4&_count=50").json()
     assert theirs.get("entry", []) == []
+
+
+def test_an_ehr_launch_limits_the_app_to_the_patient_in_context(network: Network, records: dict[str, str]) -> None:
+    n, r = network, records
+    n.sessions.setdefault("a-doc", n.user_session("a-doc"))
+    px = n.create("a-doc", {"resourceType": "Patient", "name": [{"family": "Zhou"}]})
+    n.create("a-doc", _consent(px, ("collect", None, None)))
+    ox = n.create("a-doc", _observation(px, "X"))
+    ehr = n.sessions["a-doc"]
+    refused = ehr.post(n.server.root + "/auth/launch", json={"patient": r["pb"]}, timeout=10)
+    assert refused.status_code == 400  # B's patient: not one the launching doctor can see
+    launch = ehr.post(n.server.root + "/auth/launch", json={"patient": px}, timeout=10)
+    assert launch.status_code == 201, launch.text
+    app = SmartApp(n.server.root, n.server.base, "app", LAUNCH_SCOPE)
+    _, token = app.code_flow("a-doc", PASSWORD, launch=launch.json()["launch"])
+    assert token["patient"] == px
+    bearer = {"Authorization": f"Bearer {token['access_token']}"}
+    found = requests.get(f"{n.server.base}/Observation?code=X", headers=bearer, timeout=10).json()
+    assert {e["resource"]["id"] for e in found.get("entry", [])} == {ox}
+    assert requests.get(f"{n.server.base}/Observation/{r['oa']}", headers=bearer, timeout=10).status_code == 404
+    assert requests.post(f"{n.server.base}/Observation", json=_observation(px, "Y"), headers=bearer,
+                         timeout=10).status_code == 403  # patient/*.rs: read only  # fmt: skip
+    # the launch works for the person who asked for it only
+    other = SmartApp(n.server.root, n.server.base, "app", LAUNCH_SCOPE)
+    session = other.oauth()
+    url, _ = session.authorization_url(other.authorize_url, launch=launch.json()["launch"])
+    browser = requests.Session()
+    logged_in = other.login(browser, url, "b-expert", PASSWORD)
+    back = browser.get(n.server.root + "/auth/" + logged_in.headers["Location"], allow_redirects=False)
+    assert back.status_code == 400 and "launch context" in back.text

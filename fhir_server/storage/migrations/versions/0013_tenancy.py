@@ -5,6 +5,7 @@ decides on must be in the row that every search, include, chain and history quer
 (security/tenancy.py). ``access_grants`` holds who may see another institution's data about a
 patient, derived from requests and consents (security/grants.py). An audit record names the
 requester's institution, whose audit trail it belongs to (rest/interactions/audit_events.py).
+``auth_launches`` holds SMART EHR launch contexts (security/launch.py).
 
 Rows stored before this revision get category 0, which no filter admits but the platform's own
 access; ``fhir-server db upgrade`` computes their columns after the schema change
@@ -45,10 +46,18 @@ def upgrade() -> None:
     op.create_index("ix_access_grants_lookup", "access_grants", ["grantee", "patient", "grantor"])
     op.create_index("ix_access_grants_patient", "access_grants", ["patient"])
     op.add_column("audit_events", sa.Column("organization", sa.String(128), nullable=True))
+    op.create_table(
+        "auth_launches",
+        sa.Column("launch_hash", sa.String(64), primary_key=True),
+        sa.Column("username", sa.String(128), nullable=False),
+        sa.Column("context", sa.Text(), nullable=False),
+        sa.Column("expires_us", sa.BigInteger(), nullable=False),
+    )
     op.create_index("ix_audit_events_organization", "audit_events", ["organization", "recorded_us"])
 
 
 def downgrade() -> None:
+    op.drop_table("auth_launches")
     op.drop_index("ix_audit_events_organization", "audit_events")
     with op.batch_alter_table("audit_events") as batch:
         batch.drop_column("organization")
