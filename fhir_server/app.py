@@ -30,7 +30,9 @@ from fhir_server.search.registry import get_registry
 from fhir_server.search.reindex import JobRunner
 from fhir_server.security import grants
 from fhir_server.security.access import PUBLIC
+from fhir_server.security.fields import FieldCrypto
 from fhir_server.security.service import Security, build_security
+from fhir_server.security.signing import key_ring
 from fhir_server.security.tenancy import RowAccessRules, access_for
 from fhir_server.security.tokens import Principal
 from fhir_server.storage.engine import make_engine
@@ -63,7 +65,14 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
     if migrate:
         ensure_schema(engine)
     registry = get_registry()
-    repo = Repository(engine, functools.partial(index_rows, registry=registry))
+    ring = key_ring(settings.data_dir)
+    fields = FieldCrypto(ring)  # people's identifiers, contacts, streets encrypted at rest (R24)
+
+    def indexer(resource: dict[str, Any], rid: int) -> Any:
+        return index_rows(fields.index_view(resource), rid, registry=registry)  # blind indexes, no clear values
+
+    repo = Repository(engine, indexer)
+    repo.fields = fields
     repo.row_access = RowAccessRules(registry)  # owner, patient, category, labels (security/tenancy.py)
     grants.install(repo)  # who else may see a patient's data (security/grants.py)
     search_params = CustomSearchParameters(engine, registry, settings.search_param_refresh)
@@ -86,7 +95,7 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
         settle=settings.search_param_refresh,
         poll_interval=settings.job_poll_interval,
     )
-    security = build_security(engine, settings, prepare=migrate) if settings.auth else None
+    security = build_security(engine, settings, prepare=migrate, ring=ring) if settings.auth else None
     audit = AuditStore(engine) if settings.audit else None
     return Services(settings, repo, search, search_params, jobs, profiles, security, audit)
 

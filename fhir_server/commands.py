@@ -592,3 +592,80 @@ def clients_signing_secret(database_url: str, data_dir: str, client_id: str) -> 
         raise click.ClickException(str(exc)) from None
     click.echo(secret)
     click.echo(f"(shown once; tokens issued to {client_id} from now on need signed requests)", err=True)
+
+
+@cli.group()
+def keys() -> None:
+    """Field encryption keys: status, rotation, re-encryption, retirement (docs/security.md)."""
+
+
+def _ring(data_dir: str):  # type: ignore[no-untyped-def]
+    from fhir_server.security.signing import key_ring
+
+    return key_ring(pathlib.Path(data_dir))
+
+
+@keys.command("status", context_settings=_ENV)
+@_database_option
+@_data_dir_option
+def keys_status(database_url: str, data_dir: str) -> None:
+    """Each data key: created, current or retired, and how many stored values it encrypts."""
+    from fhir_server.security.reencrypt import values_by_key
+
+    ring = _ring(data_dir)
+    counts = values_by_key(_migrated_engine(database_url, data_dir))
+    for key in ring.data_keys:
+        state = "current" if key.kid == ring.current.kid else ("retired" if key.retired else "old")
+        click.echo(f"{key.kid}\t{key.created.isoformat()}\t{state}\t{counts.get(key.kid, 0)} values")
+    unknown = sorted(set(counts) - {k.kid for k in ring.data_keys})
+    for kid in unknown:
+        click.echo(f"{kid}\t-\tNOT IN THE KEY RING\t{counts[kid]} values")
+    if ring.rotation_due():
+        click.echo("rotation due: the current key is 90 days old (fhir-server keys rotate)")
+    if unknown:
+        sys.exit(1)
+
+
+@keys.command("rotate", context_settings=_ENV)
+@_data_dir_option
+def keys_rotate(data_dir: str) -> None:
+    """Add a data key that encrypts from now on (R24: at least every 90 days); then reencrypt."""
+    from fhir_server.security.keyring import KeyRingError
+
+    try:
+        kid = _ring(data_dir).rotate()
+    except KeyRingError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"current data key: {kid} (servers pick it up within 5 s; then run `fhir-server keys reencrypt`)")
+
+
+@keys.command("reencrypt", context_settings=_ENV)
+@_database_option
+@_data_dir_option
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def keys_reencrypt(database_url: str, data_dir: str, progress: bool) -> None:
+    """Move every stored encrypted value to the current key (resumable: run it again)."""
+    from tqdm import tqdm
+
+    from fhir_server.security.reencrypt import reencrypt_all
+
+    bar = tqdm(unit=" rows", disable=not progress)
+    done = reencrypt_all(_migrated_engine(database_url, data_dir), _ring(data_dir), progress=bar.update)
+    bar.close()
+    click.echo(f"re-encrypted {done.changed} of {done.rows} rows")
+
+
+@keys.command("retire", context_settings=_ENV)
+@_database_option
+@_data_dir_option
+@click.argument("kid")
+def keys_retire(database_url: str, data_dir: str, kid: str) -> None:
+    """Mark a data key retired once no stored value uses it."""
+    from fhir_server.security.keyring import KeyRingError
+    from fhir_server.security.reencrypt import retire
+
+    try:
+        retire(_migrated_engine(database_url, data_dir), _ring(data_dir), kid)
+    except (KeyRingError, LookupError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"retired {kid}")

@@ -135,11 +135,14 @@ def serve(settings: Settings) -> None:
     from fhir_server.storage.engine import refresh_statistics
 
     # the schema and the packaged conformance resources, once, before workers start
-    engine = build_services(settings).repo.engine
+    services = build_services(settings)
+    engine = services.repo.engine
     refresh_statistics(engine)
     engine.dispose()
     _preload()
     writer = start_audit_writer(settings) if settings.audit else None  # before listening: it holds no socket
+    if _rotate_field_keys(services.repo.fields.ring):
+        start_reencryption(settings)
     try:
         sock = listen(settings.host, settings.port)
         if settings.workers <= 1:
@@ -149,6 +152,40 @@ def serve(settings: Settings) -> None:
     finally:
         if writer is not None:
             stop_process(writer)
+
+
+def _rotate_field_keys(ring: Any) -> bool:
+    """R24: a data key encrypts for 90 days at most; rotated at start when due (a read-only ring,
+    given by the environment, is the operator's to rotate: only a warning)."""
+    if not ring.rotation_due():
+        return False
+    if ring.read_only:
+        log.warning("the field encryption key is 90 days old: rotate it (FHIR_SERVER_FIELD_KEYS is read-only)")
+        return False
+    kid = ring.rotate()
+    log.warning("field encryption key rotated (now %s); re-encrypting stored values in the background", kid)
+    return True
+
+
+def start_reencryption(settings: Settings) -> int:
+    """Fork a process that moves stored values to the current field key (security/reencrypt.py)."""
+    pid = os.fork()
+    if pid:
+        return pid
+    try:
+        from fhir_server.security.reencrypt import reencrypt_all
+        from fhir_server.security.signing import key_ring
+        from fhir_server.storage.engine import make_engine
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        engine = make_engine(settings.resolved_database_url, pool_size=1)
+        done = reencrypt_all(engine, key_ring(settings.data_dir))
+        log.info("re-encryption finished: %d of %d rows rewritten", done.changed, done.rows)
+        engine.dispose()
+    except Exception:  # noqa: BLE001 - logged; `fhir-server keys reencrypt` finishes the job
+        log.exception("re-encryption failed; run `fhir-server keys reencrypt`")
+    finally:
+        os._exit(0)
 
 
 def start_audit_writer(settings: Settings) -> int:
@@ -250,6 +287,8 @@ def _supervise(settings: Settings, sock: socket.socket) -> None:
         except ChildProcessError:
             break
         if pid:
+            if pid not in children:
+                continue  # another child of ours (the re-encryption pass) ended: not a worker
             children.discard(pid)
             if not stopping:
                 log.warning("worker %d exited (status %d); starting another", pid, status)

@@ -20,6 +20,12 @@ import pytest
 import requests
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# One field key ring for every server of the run (security/fields.py): the e2e modules share a
+# database but not a data folder, and a server cannot read what another ring encrypted.
+if "FHIR_SERVER_FIELD_KEYS" not in os.environ:
+    from fhir_server.security.keyring import KeyRing
+
+    os.environ["FHIR_SERVER_FIELD_KEYS"] = KeyRing.generate().to_json()
 SHARED_DATA = ROOT.parent / "shared" / "data"
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 

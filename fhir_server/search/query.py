@@ -76,6 +76,11 @@ def split_values(raw: str) -> list[str]:
     return [v.replace("\\,", ",") for v in _ESCAPED_SPLIT.split(raw)]
 
 
+def _escape(value: str) -> str:
+    """The inverse of :func:`unescape` (commas are escaped where values are joined)."""
+    return value.replace("\\", "\\\\").replace("|", "\\|").replace("$", "\\$")
+
+
 def unescape(value: str) -> str:
     return value.replace("\\$", "$").replace("\\|", "|").replace("\\\\", "\\")
 
@@ -577,6 +582,7 @@ class _Compiler:
         sp = param.sp
         if param.type == "composite":
             return self._composite(res, param, raw, key)
+        raw = self._blinded(param, modifier, raw)
         if modifier == "missing":
             if raw not in ("true", "false"):
                 raise FhirError("invalid-param", f"{key} must be true or false")
@@ -597,6 +603,29 @@ class _Compiler:
             ident_sp = hashing.modifier_sp(param.resource_type, param.code, "identifier")
             return or_(*[token_predicate(res, ident_sp, key, None, v) for v in split_values(raw)])
         return or_(*[_value(res, param.type, sp, key, modifier, v) for v in split_values(raw)])
+
+    def _blinded(self, param: Any, modifier: str | None, raw: str) -> str:
+        """The values of a parameter over an encrypted field (a person's identifier or contact
+        point) as the index holds them: blind indexes (security/fields.py); exact match only."""
+        fields = self.session.repo.fields if self.session is not None else None
+        path = fields.blinded_path(param.resource_type, param.code) if fields is not None else None
+        if path is None or modifier not in (None, "not", "of-type"):
+            return raw
+        out = []
+        for value in split_values(raw):
+            if modifier == "of-type":  # system|code|value: the value is the identifier's
+                parts = re.split(r"(?<!\\)\|", value)
+                if len(parts) == 3 and parts[2]:
+                    parts[2] = fields.blind(param.resource_type, path, unescape(parts[2]))
+                out.append("|".join(parts))
+                continue
+            system, code, has_bar = split_token(value)
+            if code is None:
+                out.append(value)
+                continue
+            blind = fields.blind(param.resource_type, path, code)
+            out.append(f"{_escape(system or '')}|{blind}" if has_bar else blind)
+        return ",".join(v.replace(",", "\\,") for v in out)
 
     def _composite(self, res: Any, param: Any, raw: str, key: str) -> ColumnElement[bool]:
         comp = composite.resolve(param, self.registry)

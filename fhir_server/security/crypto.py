@@ -311,6 +311,19 @@ def reencrypt_resource(ring: KeyRing, resource: dict[str, Any]) -> tuple[dict[st
     return _transform(resource, to_current)
 
 
+def blind_resource(ring: KeyRing, resource: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``resource`` whose sensitive values (clear or tokens) are their blind indexes,
+    with purpose ``"<type>.<path>"``: what the search index is computed from, so that no clear
+    value reaches an index table and a search by ``blind_index`` of the query value matches."""
+    res_type = resource.get("resourceType")
+
+    def blind(value: str, aad: str) -> str:
+        clear = decrypt(ring, value, aad) if is_token(value) else value
+        return blind_index(ring, clear, f"{res_type}.{aad.rsplit('#', 1)[1]}")
+
+    return _transform(resource, blind)[0]
+
+
 def _walk(node: Any, steps: list[str]) -> Iterator[str]:
     if isinstance(node, list):
         for item in node:

@@ -15,6 +15,7 @@ from fhir_server.errors import FhirError
 from fhir_server.rest.messages import FhirRequest
 from fhir_server.security.authcode import Grants
 from fhir_server.security.clients import ClientStore, ensure_bootstrap
+from fhir_server.security.keyring import KeyRing
 from fhir_server.security.keys import SigningKeys
 from fhir_server.security.launch import LaunchContexts
 from fhir_server.security.oauth import OAuthServer
@@ -82,7 +83,7 @@ class Security:
             ) from None
 
 
-def build_security(engine: Engine, settings: Settings, prepare: bool) -> Security:
+def build_security(engine: Engine, settings: Settings, prepare: bool, ring: KeyRing | None = None) -> Security:
     """``prepare``: in the process that starts the server (before workers fork), make sure a
     signing key exists and the bootstrap client is registered."""
     clients = ClientStore(engine)
@@ -95,5 +96,5 @@ def build_security(engine: Engine, settings: Settings, prepare: bool) -> Securit
     users = UserStore(engine)
     launches = LaunchContexts(engine)
     oauth = OAuthServer(clients, tokens, Grants(engine, users, keys, launches))
-    signing = RequestSigning(engine, key_ring(settings.data_dir))
+    signing = RequestSigning(engine, ring or key_ring(settings.data_dir))
     return Security(clients, keys, tokens, oauth, users, Sessions(engine), signing, launches)

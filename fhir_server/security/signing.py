@@ -39,7 +39,7 @@ def key_ring(data_dir: pathlib.Path) -> KeyRing:
     return KeyRing.open(pathlib.Path(data_dir) / "keys" / "field-keys.json")
 
 
-def _aad(client_id: str) -> str:
+def secret_aad(client_id: str) -> str:
     return f"auth_clients/{client_id}#signing_secret"
 
 
@@ -53,7 +53,7 @@ class RequestSigning:
         """A fresh secret for ``client_id`` (replacing any other), to be shown once."""
         secret = secrets.token_urlsafe(32)
         with begin_write(self.engine) as conn:
-            stored = crypto.encrypt(self.ring, secret, _aad(client_id))
+            stored = crypto.encrypt(self.ring, secret, secret_aad(client_id))
             if not conn.execute(update(C).where(C.c.client_id == client_id).values(signing_secret=stored)).rowcount:
                 raise LookupError(f"no client {client_id!r}")
         self._secrets.pop(client_id, None)
@@ -65,7 +65,7 @@ class RequestSigning:
                 stored = conn.execute(select(C.c.signing_secret).where(C.c.client_id == client_id)).scalar()
             if stored is None:
                 return None
-            self._secrets[client_id] = crypto.decrypt(self.ring, stored, _aad(client_id)).encode()
+            self._secrets[client_id] = crypto.decrypt(self.ring, stored, secret_aad(client_id)).encode()
         return self._secrets[client_id]
 
     def _seen(self, key_id: str, nonce: str) -> bool:

@@ -64,6 +64,13 @@ class StoredVersion:
     category: int = 0
     labels: int = 0
     minor_until_us: int | None = None
+    #: the bytes as stored when they differ from ``content`` (people's sensitive fields are
+    #: encrypted at rest: security/fields.py); None: ``content`` is what is stored
+    stored: bytes | None = None
+
+    @property
+    def stored_content(self) -> bytes | None:
+        return self.stored if self.stored is not None else self.content
 
     @property
     def etag(self) -> str:
@@ -202,12 +209,12 @@ class Session:
                 row = driver.execute(sql, params, binary=True).fetchone()
             else:
                 row = driver.execute(sql, params).fetchone()
-            return row_to_version(row) if row else None
+            return self.repo.reveal(row_to_version(row)) if row else None
         if self.repo.postgres:  # binary results: content without hex decoding (storage/engine.py)
             row = driver.execute(_pyformat(_READ_CURRENT), (res_type, res_id), binary=True).fetchone()
         else:
             row = driver.execute(_READ_CURRENT, (res_type, res_id)).fetchone()
-        return row_to_version(row) if row else None
+        return self.repo.reveal(row_to_version(row)) if row else None
 
     def read_version(self, res_type: str, res_id: str, version: int) -> StoredVersion | None:
         current = self.read_current(res_type, res_id)
@@ -221,7 +228,7 @@ class Session:
                 h.c.rid, h.c.res_type, h.c.res_id, h.c.version, h.c.updated_us, h.c.deleted, h.c.method, h.c.content
             ).where(h.c.rid == current.rid, h.c.version == version)
         ).first()
-        return row_to_version(row) if row else None
+        return self.repo.reveal(row_to_version(row)) if row else None
 
     def read_many(self, rids: Sequence[int]) -> list[StoredVersion]:
         """Current versions for ``rids``, in the given order (one query)."""
@@ -233,7 +240,7 @@ class Session:
         if visible is not None:
             query = query.where(visible)
         rows = self.conn.execute(query.execution_options(**{BINARY_RESULTS: True})).all()
-        by_rid = {r.rid: row_to_version(r) for r in rows}
+        by_rid = {r.rid: self.repo.reveal(row_to_version(r)) for r in rows}
         return [by_rid[r] for r in rids if r in by_rid]
 
     # -- writes --------------------------------------------------------------------------
@@ -255,8 +262,9 @@ class Session:
         index = self.repo.indexer(stamped, rid)
         row = self._row_access(stamped, index, None)
         version = StoredVersion(
-            rid, res_type, res_id, 1, updated, False, method, fjson.dumps(stamped), _mask(index), *_columns(row)
-        )
+            rid, res_type, res_id, 1, updated, False, method, fjson.dumps(stamped), _mask(index), *_columns(row),
+            stored=self.repo.seal(stamped),
+        )  # fmt: skip
         self.pending.append(_PendingCreate(version, index))
         self.created_ids.add((res_type, res_id))
         self._after_write(version, None)
@@ -298,7 +306,7 @@ class Session:
         content = fjson.dumps(stamped)
         version = StoredVersion(
             current.rid, current.res_type, current.res_id, new_version, updated, False, method, content,
-            _mask(index), *_columns(row),
+            _mask(index), *_columns(row), stored=self.repo.seal(stamped),
         )  # fmt: skip
         self._replace(current, version)
         insert_many(self.conn, [(INDEX_TABLES[name], rows) for name, rows in index.items()])
@@ -330,10 +338,10 @@ class Session:
         """
         c = current
         new_values = (
-            new.version, new.updated_us, new.deleted, new.method, new.content, new.idx_mask, *_columns(new),
+            new.version, new.updated_us, new.deleted, new.method, new.stored_content, new.idx_mask, *_columns(new),
             c.rid, c.version, c.idx_mask,
         )  # fmt: skip
-        old_values = (c.version, c.res_type, c.res_id, c.updated_us, c.deleted, c.method, c.content)
+        old_values = (c.version, c.res_type, c.res_id, c.updated_us, c.deleted, c.method, c.stored_content)
         stale = [t for name, t in INDEX_TABLES.items() if c.idx_mask & INDEX_BITS[name]]
         if self.repo.postgres:
             deletes = "".join(f", d_{t.name} AS (DELETE FROM {t.name} WHERE rid = %s)" for t in stale)
@@ -375,7 +383,7 @@ class Session:
         for item in pending:
             v = item.version
             rows.append(
-                (v.rid, v.res_type, v.res_id, v.version, v.updated_us, False, v.method, v.idx_mask, v.content,
+                (v.rid, v.res_type, v.res_id, v.version, v.updated_us, False, v.method, v.idx_mask, v.stored_content,
                  v.tenant, v.patient, v.category, v.labels, v.minor_until_us)
             )  # fmt: skip
             for name, irows in item.index.items():
@@ -404,7 +412,7 @@ class Session:
         from fhir_server.storage.history import history_query
 
         query = history_query(res_type, res_id, since_us, at_range, before, count, self.visible())
-        return [row_to_version(r) for r in self.conn.execute(query).all()]
+        return [self.repo.reveal(row_to_version(r)) for r in self.conn.execute(query).all()]
 
 
 def _columns(row: Any) -> tuple[Any, ...]:
@@ -439,6 +447,21 @@ class Repository:
         #: the access columns of each row written (security/tenancy.py); the default makes
         #: every row the platform's own, of no category: visible to unrestricted access only
         self.row_access: RowAccessRule = _platform_row
+        #: field encryption at rest (security/fields.py ``FieldCrypto``); None: content as given
+        self.fields: Any = None
+
+    def seal(self, stamped: dict[str, Any]) -> bytes | None:
+        """What to store for a resource when it differs from its JSON (encrypted fields)."""
+        if self.fields is None or stamped["resourceType"] not in self.fields.types:
+            return None
+        return fjson.dumps(self.fields.seal(stamped))
+
+    def reveal(self, version: StoredVersion) -> StoredVersion:
+        """A version read from the database, its encrypted fields in clear for every caller."""
+        if self.fields is not None and version.content is not None and version.res_type in self.fields.types:
+            version.stored = version.content
+            version.content = self.fields.reveal(version.content)
+        return version
 
     @contextmanager
     def session(self, write: bool = False, access: Any = None) -> Iterator[Session]:
