@@ -479,7 +479,7 @@ def users() -> None:
 def _user_store(database_url: str, data_dir: str):  # type: ignore[no-untyped-def]
     from fhir_server.security.users import UserStore
 
-    return UserStore(_migrated_engine(database_url, data_dir))
+    return UserStore(_migrated_engine(database_url, data_dir), ring=_ring(data_dir))
 
 
 def _password(from_stdin: bool) -> str:
@@ -581,11 +581,9 @@ def users_remove(store, username) -> None:  # type: ignore[no-untyped-def]
 @click.argument("client_id")
 def clients_signing_secret(database_url: str, data_dir: str, client_id: str) -> None:
     """Make CLIENT_ID sign every request (API key + HMAC signature); prints its new secret once."""
-    from fhir_server.security.signing import RequestSigning, key_ring
+    from fhir_server.security.signing import RequestSigning
 
-    signing = RequestSigning(
-        _migrated_engine(database_url, data_dir), key_ring(_settings(database_url, data_dir).data_dir)
-    )
+    signing = RequestSigning(_migrated_engine(database_url, data_dir), _ring(data_dir))
     try:
         secret = signing.new_secret(client_id)
     except LookupError as exc:

@@ -3,7 +3,7 @@
 Why a job of its own: after a rotation (``KeyRing.rotate``) new writes use the new key, but the
 values already stored stay under the old one until rewritten; a key may be retired (and later
 destroyed) only once nothing uses it. The job walks the current rows and the history rows of the
-types with encrypted fields, and the clients' signing secrets, in key order, a batch per
+types with encrypted fields, the accounts' TOTP secrets and the clients' signing secrets, in key order, a batch per
 transaction: resumable by running it again (a value already under the current key is left as it
 is), and safe beside the server (a current row changed meanwhile is skipped: its writer already
 used the current key).
@@ -22,8 +22,9 @@ from fhir_server.formats import json as fjson
 from fhir_server.security import crypto
 from fhir_server.security.keyring import KeyRing, KeyRingError
 from fhir_server.security.signing import secret_aad
+from fhir_server.security.users import totp_aad
 from fhir_server.storage.engine import begin_write
-from fhir_server.storage.schema import auth_clients, resource_history, resources
+from fhir_server.storage.schema import auth_clients, auth_users, resource_history, resources
 
 _KID = re.compile(rb"enc1\.([A-Za-z0-9_-]{1,64})\.")
 TYPES = tuple(sorted(crypto.SENSITIVE_PATHS))
@@ -69,6 +70,16 @@ def reencrypt_all(
             if progress is not None:
                 progress(len(rows))
     with begin_write(engine) as conn:
+        for username, secret in conn.execute(
+            select(auth_users.c.username, auth_users.c.totp_secret).where(auth_users.c.totp_secret.is_not(None))
+        ).all():
+            aad = totp_aad(username)
+            fresh = (
+                crypto.reencrypt(ring, secret, aad) if crypto.is_token(secret) else crypto.encrypt(ring, secret, aad)
+            )
+            if fresh is not None:
+                conn.execute(update(auth_users).where(auth_users.c.username == username).values(totp_secret=fresh))
+                done.changed += 1
         for client_id, secret in conn.execute(
             select(auth_clients.c.client_id, auth_clients.c.signing_secret).where(
                 auth_clients.c.signing_secret.is_not(None)
@@ -97,6 +108,9 @@ def values_by_key(engine: Engine) -> Counter[str]:
             select(auth_clients.c.signing_secret).where(auth_clients.c.signing_secret.is_not(None))
         ):
             found[crypto.token_kid(secret)] += 1
+        for (secret,) in conn.execute(select(auth_users.c.totp_secret).where(auth_users.c.totp_secret.is_not(None))):
+            if crypto.is_token(secret):
+                found[crypto.token_kid(secret)] += 1
     return found
 
 

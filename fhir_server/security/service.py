@@ -93,8 +93,9 @@ def build_security(engine: Engine, settings: Settings, prepare: bool, ring: KeyR
         keys.ensure_current()
         if settings.bootstrap_client:
             ensure_bootstrap(clients, settings.bootstrap_client)
-    users = UserStore(engine)
+    ring = ring or key_ring(settings.data_dir)
+    users = UserStore(engine, ring=ring)
     launches = LaunchContexts(engine)
     oauth = OAuthServer(clients, tokens, Grants(engine, users, keys, launches))
-    signing = RequestSigning(engine, ring or key_ring(settings.data_dir))
+    signing = RequestSigning(engine, ring)
     return Security(clients, keys, tokens, oauth, users, Sessions(engine), signing, launches)

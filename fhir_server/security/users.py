@@ -100,7 +100,9 @@ from sqlalchemy import and_, case, delete, insert, null, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from fhir_server.security import crypto
 from fhir_server.security import roles as known_roles
+from fhir_server.security.keyring import KeyRing
 from fhir_server.storage.engine import begin_write
 from fhir_server.storage.schema import auth_users as U
 from fhir_server.util.clock import now_us
@@ -323,6 +325,11 @@ def _parse_networks(networks: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(parsed))
 
 
+def totp_aad(username: str) -> str:
+    """Where an encrypted TOTP secret belongs (its AES-GCM associated data, security/crypto.py)."""
+    return f"auth_users/{username}#totp_secret"
+
+
 def _parse_roles(roles: Iterable[str]) -> tuple[str, ...]:
     if isinstance(roles, str):
         raise TypeError("roles is a sequence of role codes, not one string")
@@ -374,8 +381,11 @@ class UserStore:
         clock: Callable[[], int] = now_us,
         hasher: PasswordHasher | None = None,
         totp_issuer: str = "telefhir",
+        ring: KeyRing | None = None,
     ) -> None:
         self.engine = engine
+        #: encrypts TOTP secrets at rest (security/crypto.py); None: stored in base32
+        self.ring = ring
         self.password_policy = password_policy
         self.lockout = lockout
         self.clock = clock
@@ -500,7 +510,8 @@ class UserStore:
         user's authenticator app (shown as a QR code or typed in)."""
         name = normalise_username(username)
         secret = pyotp.random_base32()  # 32 characters = 160 bits
-        self._change(name, totp_secret=secret, totp_last_step=None)
+        stored = crypto.encrypt(self.ring, secret, totp_aad(name)) if self.ring is not None else secret
+        self._change(name, totp_secret=stored, totp_last_step=None)
         return pyotp.TOTP(secret, digits=TOTP_DIGITS, interval=TOTP_STEP_SECONDS).provisioning_uri(
             name=name, issuer_name=self.totp_issuer
         )
@@ -586,6 +597,15 @@ class UserStore:
             if self._dummy_hash is None:
                 self._dummy_hash = self.hasher.hash(secrets.token_urlsafe(16))
         self._verify(self._dummy_hash, password[:MAX_PASSWORD_INPUT])
+
+    def _totp_secret(self, row: Any) -> str:
+        """The account's TOTP secret in clear (encrypted at rest; older rows hold base32)."""
+        stored = str(row.totp_secret)
+        if crypto.is_token(stored):
+            if self.ring is None:
+                raise RuntimeError("TOTP secrets are encrypted: this store needs the field key ring")
+            return crypto.decrypt(self.ring, stored, totp_aad(row.username))
+        return stored
 
     def _totp_step(self, secret: str, code: str, now: int) -> int | None:
         """The step whose code ``code`` is, within ±``TOTP_WINDOW`` of now; None if none.
@@ -702,7 +722,7 @@ class UserStore:
                 return LoginResult(
                     LoginOutcome.TOTP_REQUIRED, user, None, "Enter the one-time code from your authenticator app."
                 )
-            step = self._totp_step(row.totp_secret, totp, now)
+            step = self._totp_step(self._totp_secret(row), totp, now)
             if step is None or not self._claim_step(row.username, step):
                 return self._count_failure(
                     row,

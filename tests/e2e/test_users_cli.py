@@ -8,6 +8,7 @@ import sys
 
 import pyotp
 
+from fhir_server.security.signing import key_ring
 from fhir_server.security.users import LoginOutcome, UserStore
 from fhir_server.storage.engine import make_engine
 
@@ -30,7 +31,11 @@ def test_users_lifecycle(tmp_path: pathlib.Path) -> None:
     assert weak.returncode == 1 and "at least 10" in weak.stderr
     uri = _run(tmp_path, "users", "totp", "alice").stdout.strip()
     assert uri.startswith("otpauth://totp/telefhir:alice")
-    store = UserStore(make_engine(f"sqlite:///{tmp_path / 'fhir.db'}"))
+    engine = make_engine(f"sqlite:///{tmp_path / 'fhir.db'}")
+    with engine.connect() as conn:  # the secret is stored encrypted, not in base32
+        (stored,) = conn.exec_driver_sql("SELECT totp_secret FROM auth_users WHERE username = 'alice'").one()
+    assert stored.startswith("enc1.") and pyotp.parse_uri(uri).secret not in stored
+    store = UserStore(engine, ring=key_ring(tmp_path))
     code = pyotp.parse_uri(uri).now()
     assert store.login("alice", "Str0ng-passw0rd!", totp=code, address="10.0.0.1").outcome == LoginOutcome.OK
     for _ in range(5):

@@ -61,16 +61,16 @@ class Store:
         with self.services.repo.engine.connect() as conn:
             return conn.execute(text(sql)).all()
 
-    def keys(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if k != "FHIR_SERVER_FIELD_KEYS"}
-        where = (
-            ("--data-dir", str(self.data))
-            if args[0] == "rotate"
-            else ("--database-url", self.url, "--data-dir", str(self.data))
-        )
-        return subprocess.run(
-            [FHIR_SERVER, "keys", *args, *where], capture_output=True, text=True, timeout=120, env=env
-        )
+        where: tuple[str, ...] = ("--data-dir", str(self.data))
+        if args[:2] != ("keys", "rotate"):
+            where = ("--database-url", self.url, *where)
+        cmd = [FHIR_SERVER, *args[:2], *where, *args[2:]]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, input=stdin)
+
+    def keys(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.cli("keys", *args)
 
     def ids(self, query: str) -> set[str]:
         body = self.client.get(f"/fhir/Patient?{query}").get_json()
@@ -139,6 +139,8 @@ def test_history_is_encrypted_too(store: Store, pid: str) -> None:
 
 
 def test_rotation_then_reencryption_then_retirement(store: Store, pid: str) -> None:
+    added = store.cli("users", "add", "nurse", "--password-stdin", stdin="Str0ng-passw0rd!\n")
+    assert added.returncode == 0 and store.cli("users", "totp", "nurse").returncode == 0, added.stderr
     before = store.keys("status")
     assert before.returncode == 0, before.stderr
     old_kid = before.stdout.split("\t", 1)[0]
@@ -158,3 +160,5 @@ def test_rotation_then_reencryption_then_retirement(store: Store, pid: str) -> N
     assert store.ids(f"identifier={ID_CARD}") == {pid}
     for (content,) in store.raw("SELECT content FROM resources WHERE res_type = 'Patient'"):
         assert f"enc1.{old_kid}." not in bytes(content).decode()
+    ((totp,),) = store.raw("SELECT totp_secret FROM auth_users WHERE username = 'nurse'")
+    assert totp.startswith("enc1.") and not totp.startswith(f"enc1.{old_kid}.")
