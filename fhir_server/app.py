@@ -30,6 +30,8 @@ from fhir_server.search.registry import get_registry
 from fhir_server.search.reindex import JobRunner
 from fhir_server.security import grants
 from fhir_server.security.access import PUBLIC
+from fhir_server.security.deid_key import deidentify_key
+from fhir_server.security.egress import Egress
 from fhir_server.security.fields import FieldCrypto
 from fhir_server.security.service import Security, build_security
 from fhir_server.security.signing import key_ring
@@ -73,6 +75,7 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
 
     repo = Repository(engine, indexer)
     repo.fields = fields
+    repo.egress = Egress(deidentify_key(settings.data_dir))  # another institution's data, de-identified
     repo.row_access = RowAccessRules(registry)  # owner, patient, category, labels (security/tenancy.py)
     grants.install(repo)  # who else may see a patient's data (security/grants.py)
     search_params = CustomSearchParameters(engine, registry, settings.search_param_refresh)

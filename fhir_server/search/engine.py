@@ -153,7 +153,7 @@ class SearchEngine:
         if before:
             rows.reverse()
         width = len(CURRENT_COLUMNS)
-        versions = [session.repo.reveal(row_to_version(row[:width])) for row in rows]
+        versions = [session.present(row_to_version(row[:width])) for row in rows]
         page = SearchPage(
             versions,
             [list(row[width:]) for row in rows],

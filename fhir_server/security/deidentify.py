@@ -139,6 +139,10 @@ class DeidContext:
 
     key: bytes = field(repr=False)
     scope: str
+    #: keep resource ids and references as they are: the platform's own view of another
+    #: institution's data (security/egress.py), where ids are the server's random UUIDs and the
+    #: reader must be able to follow references; an exchange that leaves the platform pseudonymizes them
+    keep_links: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, bytes):
@@ -839,7 +843,7 @@ class _Deidentifier:
 
     def _pseudonymize_id(self, rule: Rule, elem: Element, value: Any, path: str, where: str) -> Any:
         owner = self.owners[-1]
-        if owner.contained:
+        if owner.contained or self.ctx.keep_links:
             return value
         return pseudonym(self.ctx, owner.type, _string(value, where))
 
@@ -890,7 +894,7 @@ class _Deidentifier:
 
     def _location(self, url: str, where: str) -> str:
         """A reference, fullUrl, request url or location with its ids and search values pseudonymized."""
-        if url.startswith("#"):
+        if url.startswith("#") or self.ctx.keep_links:
             return url
         if url[:9].lower() == "urn:uuid:":
             return f"urn:uuid:{_pseudonym_uuid(self.ctx, 'uuid', url[9:].lower())}"

@@ -158,6 +158,14 @@ class Access:
             conds.append(_bits(c.category, self.readable) != 0)
         return and_(c.patient.is_not(None), exists(select(text("1")).select_from(_G).where(*conds).correlate(res)))
 
+    def receiver(self, res_tenant: str | None, category: int) -> str | None:
+        """The institution a row reaches when it is another institution's (shared with this one
+        or overseen): it is de-identified for it (security/egress.py); None when the row is the
+        request's own, the catalogue, or the request is the platform's or a patient's own."""
+        if self.platform or self.own_records or category == cat.CATALOGUE or self.organization is None:
+            return None
+        return None if res_tenant == self.organization else self.organization
+
     # -- writing -------------------------------------------------------------------------
     def check_write(self, session: Session, res_type: str, row: RowAccess, current: StoredVersion | None) -> None:
         """403 unless this request may write ``row`` over ``current`` (None: a create)."""

@@ -197,6 +197,16 @@ class Session:
         """The access predicate on a ``resources`` row or alias, or None when unrestricted."""
         return None if self.access is None else self.access.visible(res)
 
+    def present(self, version: StoredVersion) -> StoredVersion:
+        """A version read from the database as the request may have it: its encrypted fields in
+        clear, and, when it is another institution's, de-identified (security/egress.py)."""
+        version = self.repo.reveal(version)
+        if self.access is not None and version.content is not None and self.repo.egress is not None:
+            receiver = self.access.receiver(version.tenant, version.category)
+            if receiver is not None:
+                version.content = self.repo.egress(version.content, receiver)
+        return version
+
     # -- reads ---------------------------------------------------------------------------
     def read_current(self, res_type: str, res_id: str) -> StoredVersion | None:
         """The latest version (possibly a deletion marker), or None if it never existed."""
@@ -209,12 +219,12 @@ class Session:
                 row = driver.execute(sql, params, binary=True).fetchone()
             else:
                 row = driver.execute(sql, params).fetchone()
-            return self.repo.reveal(row_to_version(row)) if row else None
+            return self.present(row_to_version(row)) if row else None
         if self.repo.postgres:  # binary results: content without hex decoding (storage/engine.py)
             row = driver.execute(_pyformat(_READ_CURRENT), (res_type, res_id), binary=True).fetchone()
         else:
             row = driver.execute(_READ_CURRENT, (res_type, res_id)).fetchone()
-        return self.repo.reveal(row_to_version(row)) if row else None
+        return self.present(row_to_version(row)) if row else None
 
     def read_version(self, res_type: str, res_id: str, version: int) -> StoredVersion | None:
         current = self.read_current(res_type, res_id)
@@ -228,7 +238,7 @@ class Session:
                 h.c.rid, h.c.res_type, h.c.res_id, h.c.version, h.c.updated_us, h.c.deleted, h.c.method, h.c.content
             ).where(h.c.rid == current.rid, h.c.version == version)
         ).first()
-        return self.repo.reveal(row_to_version(row)) if row else None
+        return self.present(_guarded_like(row_to_version(row), current)) if row else None
 
     def read_many(self, rids: Sequence[int]) -> list[StoredVersion]:
         """Current versions for ``rids``, in the given order (one query)."""
@@ -240,7 +250,7 @@ class Session:
         if visible is not None:
             query = query.where(visible)
         rows = self.conn.execute(query.execution_options(**{BINARY_RESULTS: True})).all()
-        by_rid = {r.rid: self.repo.reveal(row_to_version(r)) for r in rows}
+        by_rid = {r.rid: self.present(row_to_version(r)) for r in rows}
         return [by_rid[r] for r in rids if r in by_rid]
 
     # -- writes --------------------------------------------------------------------------
@@ -412,7 +422,26 @@ class Session:
         from fhir_server.storage.history import history_query
 
         query = history_query(res_type, res_id, since_us, at_range, before, count, self.visible())
-        return [self.repo.reveal(row_to_version(r)) for r in self.conn.execute(query).all()]
+        versions = [row_to_version(r) for r in self.conn.execute(query).all()]
+        if self.access is not None and versions:  # a version is guarded as its resource is now
+            r = resources
+            rids = list({v.rid for v in versions})
+            rows = self.conn.execute(select(r.c.rid, *ACCESS_COLUMNS).where(r.c.rid.in_(rids))).all()
+            now = {row.rid: row for row in rows}
+            versions = [_guarded_like(v, now[v.rid]) if v.rid in now else v for v in versions]
+        return [self.present(v) for v in versions]
+
+
+ACCESS_COLUMNS = (resources.c.tenant, resources.c.patient, resources.c.category, resources.c.labels,
+                  resources.c.minor_until_us)  # fmt: skip
+
+
+def _guarded_like(version: StoredVersion, current: Any) -> StoredVersion:
+    """A history version with the access columns of its resource's current row (history rows
+    carry none of their own: access follows the resource as it is now)."""
+    version.tenant, version.patient, version.category = current.tenant, current.patient, current.category
+    version.labels, version.minor_until_us = current.labels, current.minor_until_us
+    return version
 
 
 def _columns(row: Any) -> tuple[Any, ...]:
@@ -449,6 +478,9 @@ class Repository:
         self.row_access: RowAccessRule = _platform_row
         #: field encryption at rest (security/fields.py ``FieldCrypto``); None: content as given
         self.fields: Any = None
+        #: de-identification of another institution's data, (content, receiver) -> content
+        #: (security/egress.py); None: shared data is shown as stored
+        self.egress: Callable[[bytes, str], bytes] | None = None
 
     def seal(self, stamped: dict[str, Any]) -> bytes | None:
         """What to store for a resource when it differs from its JSON (encrypted fields)."""

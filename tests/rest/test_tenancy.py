@@ -539,3 +539,44 @@ def test_everything_is_the_patients_record_as_far_as_the_request_may_see(world: 
     assert {w.pa, w.oa, w.oa_lab} <= seen and w.ob_pa not in seen
     assert w.ids("a", f"Patient/{w.pa}/$everything?_type=Patient") == {w.pa}
     assert w.get("a", f"Patient/{w.pa}/$everything?start=2020").status_code == 400
+
+
+def test_shared_data_reaches_another_institution_de_identified(world: World) -> None:
+    w = world
+    ph = w.post(
+        "a",
+        patient(
+            "Qianshi",
+            birthDate="1961-07-15",
+            identifier=[{"system": "urn:oid:2.16.156.10011.1.3", "value": "110105196107150026"}],
+            telecom=[{"system": "phone", "value": "13800138000"}],
+            address=[{"line": ["建国路88号"], "city": "北京市", "district": "朝阳区"}],
+        ),
+    )
+    w.post("a", consent(ph, permit("collect"), permit("disclose", B), permit("access", C)))
+    oh = w.post("a", observation(ph, "X", note=[{"text": "患者电话13800138000，身份证110105196107150026"}]))
+    w.post("a", request(ph, [f"Organization/{B}"]))
+    own = w.get("a", f"Patient/{ph}").get_json()
+    assert own["name"][0]["family"] == "Qianshi" and own["telecom"][0]["value"] == "13800138000"
+    seen = w.get("b", f"Patient/{ph}").get_json()
+    assert seen["id"] == ph  # ids and references stay: B follows them
+    assert "Qianshi" not in str(seen) and "13800138000" not in str(seen) and "建国路" not in str(seen)
+    assert seen["birthDate"] == "1961" and seen["address"][0]["city"] == "北京市"
+    assert seen["identifier"][0]["value"] != "110105196107150026"
+    assert any(label.get("code") == "PSEUDED" for label in seen["meta"]["security"])
+    again = w.ids("b", f"Patient?_id={ph}")  # the same view by search
+    assert again == {ph}
+    searched = w.get("b", f"Patient?_id={ph}").get_json()["entry"][0]["resource"]
+    assert searched["identifier"][0]["value"] == seen["identifier"][0]["value"]  # stable for B
+    note = w.get("b", f"Observation/{oh}").get_json()["note"][0]["text"]
+    assert "13800138000" not in note and "110105196107150026" not in note
+    assert w.get("b", f"Observation/{oh}").get_json()["subject"]["reference"] == f"Patient/{ph}"
+    for_c = w.get("c", f"Patient/{ph}").get_json()  # shared with C by consent: C's own pseudonyms
+    assert for_c["identifier"][0]["value"] not in (seen["identifier"][0]["value"], "110105196107150026")
+    # A's own history stays as stored
+    changed = own | {"gender": "male"}
+    assert w.call("a", "PUT", f"Patient/{ph}", changed).status_code == 200
+    assert w.get("a", f"Patient/{ph}/_history/1").get_json()["name"][0]["family"] == "Qianshi"
+    history = w.get("a", f"Patient/{ph}/_history").get_json()
+    assert all(e["resource"]["name"][0]["family"] == "Qianshi" for e in history["entry"])
+    assert "Qianshi" not in str(w.get("b", f"Patient/{ph}/_history").get_json())
