@@ -33,6 +33,7 @@ from fhir_server.rest.operations import (
     deidentify,
     everything,
     expand,
+    export_abroad,
     lookup,
     meridian_interpretation,
     subsumes,
@@ -155,6 +156,9 @@ ROUTES: tuple[Route, ...] = (
         everything.handle,
         access=(("Patient", "r"), ("*", "s")),
     ),
+    # data sent abroad and its ledger (R28): rest/operations/export_abroad.py
+    Route("$export-abroad", "system", "POST", ("$export-abroad",), export_abroad.export, access=(("*", "rs"),)),
+    Route("$export-ledger", "system", "GET", ("$export-ledger",), export_abroad.ledger, access=(("AuditEvent", "s"),)),
     # de-identification (R25): rest/operations/deidentify.py
     Route("$deidentify", "instance", "GET", ("{type}", "{id}", "$deidentify"), deidentify.instance, access=_READ),
     Route("$deidentify", "instance", "POST", ("{type}", "{id}", "$deidentify"), deidentify.instance, access=_READ),

@@ -86,8 +86,8 @@ def _check_roles(perms: Permissions, route: Route, res_type: str, letters: str) 
         return
     if res_type == "AuditEvent":
         refused = [c for c in letters if not (perms.audit and c in "rs")]
-    elif route.access == _ADMIN_ACCESS:
-        refused = list(letters)  # an administrative operation no role of the token names
+    elif route.interaction in NAMED_OPERATIONS:
+        refused = list(letters)  # an operation only a role that names it may run
     else:
         mask = cat.ALL if res_type == "*" else cat.possible(res_type, res_type in _compartment_types())
         refused = [c for c in letters if not perms.allows(res_type, mask, c)]
@@ -98,7 +98,9 @@ def _check_roles(perms: Permissions, route: Route, res_type: str, letters: str) 
         )
 
 
-_ADMIN_ACCESS = (("*", "cruds"),)
+#: operations a person may run only with a role that names them (security/roles.py ``operations``):
+#: administration, and sending data abroad (an institution's act, not a person's)
+NAMED_OPERATIONS = frozenset({"$reindex", "$export-abroad"})
 
 
 def _compartment_types() -> frozenset[str]:

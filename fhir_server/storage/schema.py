@@ -439,3 +439,26 @@ access_grants = Table(
     Index("ix_access_grants_lookup", "grantee", "patient", "grantor"),
     Index("ix_access_grants_patient", "patient"),
 )
+
+
+#: the ledger of data sent abroad (R28, 001 §8.5 数据出境台账): what, to whom, where, why, under
+#: which measures and security assessment; appended by ``$export-abroad``, never changed
+export_ledger = Table(
+    "export_ledger",
+    metadata,
+    Column("export_id", String(64), primary_key=True),
+    Column("recorded_us", BigInteger, nullable=False),
+    Column("organization", String(128), nullable=True),  # the exporting institution; None: the platform
+    Column("requester", String(256), nullable=False),  # the client (and user) that asked
+    Column("recipient", Text, nullable=False),
+    Column("country", String(8), nullable=False),  # ISO 3166-1 alpha-2
+    Column("purpose", Text, nullable=False),
+    Column("assessment", Text, nullable=False),  # the security assessment that allowed it
+    Column("measures", Text, nullable=False),
+    Column("content", Text, nullable=False),  # what was sent: resource counts by type
+    Column("patients", Integer, nullable=False),
+    Column("resources", Integer, nullable=False),
+    Column("digest", String(64), nullable=False),  # SHA-256 of the Bundle sent
+    Index("ix_export_ledger_organization", "organization", "recorded_us"),
+    Index("ix_export_ledger_recorded", "recorded_us"),
+)

@@ -580,3 +580,53 @@ def test_shared_data_reaches_another_institution_de_identified(world: World) -> 
     history = w.get("a", f"Patient/{ph}/_history").get_json()
     assert all(e["resource"]["name"][0]["family"] == "Qianshi" for e in history["entry"])
     assert "Qianshi" not in str(w.get("b", f"Patient/{ph}/_history").get_json())
+
+
+# -- data sent abroad (R28) -------------------------------------------------------------------
+def _export(patient_id: str, **values: str) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = [{"name": "patient", "valueReference": {"reference": f"Patient/{patient_id}"}}]
+    parts += [{"name": name, "valueString": value} for name, value in values.items()]
+    return {"resourceType": "Parameters", "parameter": parts}
+
+
+def test_data_sent_abroad_is_pseudonymized_and_in_the_ledger(world: World) -> None:
+    import hashlib
+
+    w = world
+    needed = {
+        "recipient": "Example Hospital",
+        "country": "SG",
+        "purpose": "second opinion",
+        "assessment": "CAC-2026-017",
+    }
+    for missing in needed:
+        partial = {k: v for k, v in needed.items() if k != missing}
+        assert w.call("a", "POST", "$export-abroad", _export(w.pa, **partial)).status_code == 400, missing
+    assert w.call("a", "POST", "$export-abroad", _export(w.pa, **(needed | {"country": "CN"}))).status_code == 400
+    assert w.call("b", "POST", "$export-abroad", _export(w.pa, **needed)).status_code == 404  # not B's to send
+    assert w.call("a-expert", "POST", "$export-abroad", _export(w.pa, **needed)).status_code == 403  # a person
+    resp = w.call("a", "POST", "$export-abroad", _export(w.pa, **needed))
+    assert resp.status_code == 200, resp.get_json()
+    sent = resp.get_json()
+    assert sent["type"] == "collection" and len(sent["entry"]) >= 3
+    ids = {e["resource"]["id"] for e in sent["entry"]}
+    assert w.pa not in ids and w.oa not in ids  # pseudonymized through and through
+    assert "Zhangsan" not in resp.get_data(as_text=True)
+    export_id = resp.headers["X-Export-Id"]
+    ledger = w.get("a", "$export-ledger").get_json()["parameter"]
+    entry = next(
+        {p["name"]: next(v for k, v in p.items() if k.startswith("value")) for p in e["part"]}
+        for e in ledger
+        if any(p["name"] == "export_id" and p["valueString"] == export_id for p in e["part"])
+    )
+    assert (
+        entry["recipient"] == "Example Hospital" and entry["country"] == "SG" and entry["assessment"] == "CAC-2026-017"
+    )
+    assert entry["organization"] == f"Organization/{A}" and entry["patients"] == 1
+    assert entry["digest"] == hashlib.sha256(resp.get_data()).hexdigest()
+    assert "Observation" in entry["content"]
+    assert w.get("b", "$export-ledger").get_json().get("parameter", []) == []
+    assert any(
+        p["valueString"] == export_id for e in w.get("sup", "$export-ledger").get_json()["parameter"] for p in e["part"]
+        if p["name"] == "export_id"
+    )  # fmt: skip

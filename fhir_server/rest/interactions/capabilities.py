@@ -26,6 +26,8 @@ OPERATIONS = {
     "import-aecg": "http://fhir.telefhir.cn/OperationDefinition/import-aecg",
     "deidentify": "http://fhir.telefhir.cn/OperationDefinition/deidentify",
     "everything": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+    "export-abroad": "http://fhir.telefhir.cn/OperationDefinition/export-abroad",
+    "export-ledger": "http://fhir.telefhir.cn/OperationDefinition/export-ledger",
     # "Type/name": an operation whose definition differs by resource type (profiles/operationdefinition-*.json)
     "CodeSystem/lookup": "http://fhir.telefhir.cn/OperationDefinition/codesystem-lookup",
     "CodeSystem/validate-code": "http://fhir.telefhir.cn/OperationDefinition/codesystem-validate-code",

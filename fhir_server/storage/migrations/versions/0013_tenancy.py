@@ -5,7 +5,8 @@ decides on must be in the row that every search, include, chain and history quer
 (security/tenancy.py). ``access_grants`` holds who may see another institution's data about a
 patient, derived from requests and consents (security/grants.py). An audit record names the
 requester's institution, whose audit trail it belongs to (rest/interactions/audit_events.py).
-``auth_launches`` holds SMART EHR launch contexts (security/launch.py).
+``auth_launches`` holds SMART EHR launch contexts (security/launch.py), ``export_ledger`` the
+ledger of data sent abroad (rest/operations/export_abroad.py).
 
 Rows stored before this revision get category 0, which no filter admits but the platform's own
 access; ``fhir-server db upgrade`` computes their columns after the schema change
@@ -55,8 +56,28 @@ def upgrade() -> None:
     )
     op.create_index("ix_audit_events_organization", "audit_events", ["organization", "recorded_us"])
 
+    op.create_table(
+        "export_ledger",
+        sa.Column("export_id", sa.String(64), primary_key=True),
+        sa.Column("recorded_us", sa.BigInteger(), nullable=False),
+        sa.Column("organization", sa.String(128), nullable=True),
+        sa.Column("requester", sa.String(256), nullable=False),
+        sa.Column("recipient", sa.Text(), nullable=False),
+        sa.Column("country", sa.String(8), nullable=False),
+        sa.Column("purpose", sa.Text(), nullable=False),
+        sa.Column("assessment", sa.Text(), nullable=False),
+        sa.Column("measures", sa.Text(), nullable=False),
+        sa.Column("content", sa.Text(), nullable=False),
+        sa.Column("patients", sa.Integer(), nullable=False),
+        sa.Column("resources", sa.Integer(), nullable=False),
+        sa.Column("digest", sa.String(64), nullable=False),
+    )
+    op.create_index("ix_export_ledger_organization", "export_ledger", ["organization", "recorded_us"])
+    op.create_index("ix_export_ledger_recorded", "export_ledger", ["recorded_us"])
+
 
 def downgrade() -> None:
+    op.drop_table("export_ledger")
     op.drop_table("auth_launches")
     op.drop_index("ix_audit_events_organization", "audit_events")
     with op.batch_alter_table("audit_events") as batch:
