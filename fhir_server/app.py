@@ -174,6 +174,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
         if security is not None and route.interaction not in PUBLIC:
             try:
                 principal = security.authenticate(authorization)
+                security.check_binding(principal, req)
                 security.check_signature(principal, req)
             except FhirError as err:
                 if recorder is not None:

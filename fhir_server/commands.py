@@ -363,9 +363,10 @@ def _client_store(database_url: str, data_dir: str):  # type: ignore[no-untyped-
 @click.option(
     "--auth-method",
     default=None,
-    type=click.Choice(["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]),
-    help="default: private_key_jwt with --jwks, else client_secret_basic",
+    type=click.Choice(["client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth", "none"]),
+    help="default: private_key_jwt with --jwks, tls_client_auth with --tls-subject, else client_secret_basic",
 )
+@click.option("--tls-subject", default=None, help="tls_client_auth (RFC 8705): its certificate's subject, e.g. CN=lab")
 @click.option("--scope", default="system/*.read", show_default=True, help="scopes it may be granted")
 @click.option("--grant-type", "grant_types", multiple=True, default=("client_credentials",), show_default=True)
 @click.option("--redirect-uri", "redirect_uris", multiple=True)
@@ -382,12 +383,15 @@ def clients_add(
     grant_types: tuple[str, ...],
     redirect_uris: tuple[str, ...],
     organization: str | None,
+    tls_subject: str | None,
 ) -> None:
     """Register (or replace) CLIENT_ID."""
     import json
 
     jwks = json.loads(pathlib.Path(jwks_file).read_text("utf-8")) if jwks_file else None
-    method = auth_method or ("private_key_jwt" if jwks else "client_secret_basic")
+    method = auth_method or (
+        "private_key_jwt" if jwks else "tls_client_auth" if tls_subject else "client_secret_basic"
+    )
     try:
         client = _client_store(database_url, data_dir).save(
             client_id,
@@ -399,6 +403,7 @@ def clients_add(
             redirect_uris=redirect_uris,
             scope=scope,
             organization=organization,
+            tls_subject=tls_subject,
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None

@@ -30,7 +30,14 @@ import gevent
 from gevent.pywsgi import WSGIHandler, WSGIServer, _NoopLog
 
 from fhir_server.config import Settings
-from fhir_server.security.tls import peer_certificate, server_context, subject_name
+from fhir_server.security.tls import (
+    CERT_SUBJECT,
+    CERT_THUMBPRINT,
+    peer_certificate,
+    peer_thumbprint,
+    server_context,
+    subject_name,
+)
 
 log = logging.getLogger("fhir_server.server")
 GRACE = 10.0
@@ -51,8 +58,10 @@ class NoDelayHandler(WSGIHandler):
         if not hasattr(self, "_cert_subject"):  # once per connection: the certificate stays
             cert = peer_certificate(self.socket)
             self._cert_subject = subject_name(cert) if cert is not None else None
+            self._cert_thumbprint = peer_thumbprint(self.socket) if cert is not None else None
         if self._cert_subject is not None:  # a verified client certificate (mutual TLS, ITI-19)
-            environ["telefhir.client_cert_subject"] = self._cert_subject
+            environ[CERT_SUBJECT] = self._cert_subject
+            environ[CERT_THUMBPRINT] = self._cert_thumbprint
         return environ
 
     def read_requestline(self) -> str:

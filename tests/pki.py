@@ -21,6 +21,8 @@ class Pki:
     server_key: Path
     client_cert: Path
     client_key: Path
+    other_client_cert: Path
+    other_client_key: Path
     rogue_server_cert: Path
     rogue_server_key: Path
 
@@ -69,6 +71,7 @@ def make_pki(directory: Path) -> Pki:
     ca = _issue(directory, "ca", ca=True)
     _issue(directory, "server", issuer=ca, san=local)
     _issue(directory, "client", issuer=ca, client=True)
+    _issue(directory, "other-client", issuer=ca, client=True)
     rogue = _issue(directory, "rogue-ca", ca=True)
     _issue(directory, "rogue-server", issuer=rogue, san=local)
     return Pki(
@@ -77,6 +80,8 @@ def make_pki(directory: Path) -> Pki:
         server_key=directory / "server.key",
         client_cert=directory / "client.pem",
         client_key=directory / "client.key",
+        other_client_cert=directory / "other-client.pem",
+        other_client_key=directory / "other-client.key",
         rogue_server_cert=directory / "rogue-server.pem",
         rogue_server_key=directory / "rogue-server.key",
     )

@@ -26,6 +26,7 @@ from fhir_server.errors import FhirError
 from fhir_server.formats import json as fjson
 from fhir_server.rest.messages import FhirRequest, FhirResponse
 from fhir_server.rest.routes import bind, resolve, run
+from fhir_server.security.tls import CERT_THUMBPRINT
 
 log = logging.getLogger("fhir_server.rest")
 
@@ -147,6 +148,7 @@ def register(app: Flask, make_context: Any, bundle_slots: int) -> None:
                 body=body,
                 content_type=content_type,
                 client_address=http.remote_addr,
+                client_certificate=http.environ.get(CERT_THUMBPRINT),
             )
             signed = "x-api-key" in headers
             if signed:  # what the signature covers, as received (security/signing.py)

@@ -29,6 +29,7 @@ from fhir_server.security.oauth import ASSERTION_ALGORITHMS, HttpRequest
 from fhir_server.security.scopes import IDENTITY_SCOPES
 from fhir_server.security.service import Security
 from fhir_server.security.sessions import COOKIE
+from fhir_server.security.tls import CERT_SUBJECT, CERT_THUMBPRINT
 from fhir_server.security.tokens import Principal
 from fhir_server.security.users import LoginOutcome
 
@@ -43,7 +44,13 @@ def _http_request() -> HttpRequest:
         headers=dict(request.headers.items()),
         form=form,
         args={k: request.args.getlist(k) for k in request.args},
+        client_cert=_client_cert(),
     )
+
+
+def _client_cert() -> tuple[str, str] | None:
+    subject, thumbprint = request.environ.get(CERT_SUBJECT), request.environ.get(CERT_THUMBPRINT)
+    return (subject, thumbprint) if subject and thumbprint else None
 
 
 def _http_request_from_query(query: str) -> HttpRequest:
@@ -70,7 +77,13 @@ def smart_configuration(root: str) -> dict[str, Any]:
         "revocation_endpoint": f"{root}/auth/revoke",
         "authorization_endpoint": f"{root}/auth/authorize",
         "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "token_endpoint_auth_methods_supported": [
+            "client_secret_basic",
+            "client_secret_post",
+            "private_key_jwt",
+            "tls_client_auth",
+        ],
+        "tls_client_certificate_bound_access_tokens": True,
         "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
         "scopes_supported": [
             *(f"{ctx}/*.{p}" for ctx in ("system", "user", "patient") for p in ("*", "cruds", "read", "rs")),

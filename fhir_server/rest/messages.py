@@ -32,6 +32,8 @@ class FhirRequest:
     content_type: str | None = None
     #: the client's network address (for audit records)
     client_address: str | None = None
+    #: x5t#S256 of the TLS client certificate the connection presented, if any (RFC 8705)
+    client_certificate: str | None = None
     #: the path and query string as received, kept for a signed request (security/signing.py)
     raw_path: str | None = None
     raw_query: str | None = None

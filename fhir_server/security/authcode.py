@@ -45,7 +45,7 @@ OFFLINE_US = 90 * 86_400 * 1_000_000
 ONLINE_US = 86_400 * 1_000_000
 #: the issuer and FHIR base of the request being served (the id_token's ``iss``, ``fhirUser``)
 request_urls: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar("request_urls", default=("", ""))
-CLIENT_AUTH = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
+CLIENT_AUTH = ["client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth", "none"]
 
 
 @dataclass(frozen=True)

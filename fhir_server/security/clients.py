@@ -5,6 +5,10 @@ Client kinds (SMART App Launch 2, "client authentication"):
   is stored as an argon2id hash, never in clear (``argon2-cffi``'s defaults, RFC 9106);
 - confidential asymmetric (``private_key_jwt``, SMART Backend Services): the client's public
   JWKS is registered and it signs a short assertion per token request;
+- confidential by certificate (``tls_client_auth``, RFC 8705 §2.1, ITI-19): the client presents its
+  TLS client certificate (issued by the CA the server trusts, ``--tls-client-ca``) whose subject is
+  the registered one; its access tokens are bound to that certificate (``cnf.x5t#S256``) and are
+  refused on a connection that does not present it;
 - public (``none``): browser or native apps using authorization code + PKCE.
 
 ``FHIR_SERVER_BOOTSTRAP_CLIENT=id:secret`` (ARCHITECTURE.md) makes a confidential client allowed
@@ -27,7 +31,7 @@ from fhir_server.storage.engine import begin_write
 from fhir_server.storage.schema import auth_clients as C
 from fhir_server.util.clock import now_us
 
-AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth", "none")
 GRANT_TYPES = ("client_credentials", "authorization_code", "refresh_token")
 _HASHER = PasswordHasher()
 
@@ -48,6 +52,8 @@ class Client:
     disabled: bool = False
     #: a signing secret is registered: its requests must be signed (signing.py)
     signs: bool = False
+    #: tls_client_auth: the subject DN its certificate must have ("CN=lab,O=Hospital")
+    tls_subject: str | None = None
 
     # -- authlib ClientMixin ---------------------------------------------------------------
     def get_client_id(self) -> str:
@@ -99,6 +105,7 @@ def _row_to_client(row: Any) -> Client:
         organization=row.organization,
         disabled=bool(row.disabled),
         signs=row.signing_secret is not None,
+        tls_subject=row.tls_subject,
     )
 
 
@@ -128,6 +135,7 @@ class ClientStore:
         redirect_uris: tuple[str, ...] = (),
         scope: str = "system/*.*",
         organization: str | None = None,
+        tls_subject: str | None = None,
     ) -> Client:
         """Create or replace a registration (validated: a bad one raises ValueError)."""
         if not client_id or any(c.isspace() for c in client_id) or len(client_id) > 128:
@@ -141,6 +149,8 @@ class ClientStore:
             raise ValueError(f"{auth_method} needs a secret")
         if auth_method == "private_key_jwt" and not (jwks and jwks.get("keys")):
             raise ValueError("private_key_jwt needs the client's public keys (a JWKS)")
+        if (auth_method == "tls_client_auth") != bool(tls_subject):
+            raise ValueError("tls_client_auth goes with the subject of the client's certificate (--tls-subject)")
         if "client_credentials" in grant_types and auth_method == "none":
             raise ValueError("client_credentials is for confidential clients (RFC 6749 §4.4)")
         if "authorization_code" in grant_types and not redirect_uris:
@@ -156,6 +166,7 @@ class ClientStore:
             "scope": scope,
             "organization": organization,
             "disabled": False,
+            "tls_subject": tls_subject,
         }
         with begin_write(self.engine) as conn:
             conn.execute(delete(C).where(C.c.client_id == client_id))

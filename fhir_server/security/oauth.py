@@ -50,6 +50,22 @@ from fhir_server.security.tokens import TokenService
 ASSERTION_ALGORITHMS = ["RS384", "ES384", "RS256", "ES256"]
 #: the token endpoint URL of the request being served (the audience of client assertions)
 _token_url: contextvars.ContextVar[str] = contextvars.ContextVar("token_url", default="")
+#: the x5t#S256 of the client certificate of the token request being served (RFC 8705)
+_certificate: contextvars.ContextVar[str | None] = contextvars.ContextVar("certificate", default=None)
+
+
+def _tls_client_auth(query_client: Any, request: Any) -> Client | None:
+    """RFC 8705 §2.1 PKI mutual-TLS client authentication: the client names itself
+    (``client_id``) and presents a certificate, verified by the TLS layer against the trusted
+    CA, whose subject is the one it registered."""
+    client_id = request.payload.data.get("client_id")
+    cert = getattr(getattr(request, "_http", None), "client_cert", None)
+    if not client_id or cert is None:
+        return None
+    client = query_client(client_id)
+    if client is None or client.auth_method != "tls_client_auth" or client.tls_subject != cert[0]:
+        return None
+    return client  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -61,6 +77,8 @@ class HttpRequest:
     headers: dict[str, str]
     form: dict[str, list[str]] = field(default_factory=dict)
     args: dict[str, list[str]] = field(default_factory=dict)
+    #: the verified TLS client certificate: (subject DN, x5t#S256), None without mutual TLS
+    client_cert: tuple[str, str] | None = None
 
 
 class _Payload(OAuth2Payload):
@@ -117,8 +135,12 @@ class _S256(CodeChallenge):  # type: ignore[misc]
         super().validate_code_challenge(grant, redirect_uri)
 
 
+#: how confidential clients authenticate, at the token, introspection and revocation endpoints
+CONFIDENTIAL_AUTH = ["client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth"]
+
+
 class _ClientCredentials(ClientCredentialsGrant):
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+    TOKEN_ENDPOINT_AUTH_METHODS = CONFIDENTIAL_AUTH
 
 
 class _PrivateKeyJwt(JWTBearerClientAssertion):
@@ -174,6 +196,8 @@ def _query(tokens: TokenService, token: str) -> _Token | None:
 
 
 class _Introspection(IntrospectionEndpoint):
+    CLIENT_AUTH_METHODS = CONFIDENTIAL_AUTH
+
     def __init__(self, server: OAuthServer) -> None:
         super().__init__(server)
         self.tokens = server.tokens
@@ -189,7 +213,7 @@ class _Introspection(IntrospectionEndpoint):
 
 
 class _Revocation(RevocationEndpoint):
-    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+    CLIENT_AUTH_METHODS = CONFIDENTIAL_AUTH
 
     def __init__(self, server: OAuthServer) -> None:
         super().__init__(server)
@@ -214,6 +238,7 @@ class OAuthServer(_AuthorizationServer):  # type: ignore[misc]
         self.register_grant(make_code_grant(grants), [_S256(required=True), OpenIdCode(grants)])
         self.register_grant(make_refresh_grant(grants))
         self.register_client_auth_method("private_key_jwt", _PrivateKeyJwt(tokens))
+        self.register_client_auth_method("tls_client_auth", _tls_client_auth)
         self.register_endpoint(_Introspection(self))
         self.register_endpoint(_Revocation(self))
 
@@ -253,11 +278,13 @@ class OAuthServer(_AuthorizationServer):  # type: ignore[misc]
     def _access_token(self, client: Client, grant_type: str, user: Any, scope: str) -> str:
         if not scope:
             raise InvalidScopeError(description="none of the requested scopes is allowed for this client")
-        return self.tokens.issue(client, scope, user=user)
+        bound = _certificate.get() if client.auth_method == "tls_client_auth" else None
+        return self.tokens.issue(client, scope, user=user, certificate=bound)
 
     # -- entry points for the HTTP glue ----------------------------------------------------
     def token(self, request: HttpRequest, issuer: str, fhir_base: str) -> tuple[int, Any, dict[str, str]]:
         _token_url.set(request.url.split("?", 1)[0])
+        _certificate.set(request.client_cert[1] if request.client_cert else None)
         request_urls.set((issuer, fhir_base))
         status, body, headers = self.create_token_response(request)
         if isinstance(body, dict) and body.get("refresh_token", "") is None:

@@ -39,6 +39,15 @@ class Security:
     signing: RequestSigning
     launches: LaunchContexts
 
+    def check_binding(self, principal: Principal, req: FhirRequest) -> None:
+        """401 when a certificate-bound token comes without its certificate (RFC 8705 §3)."""
+        if principal.certificate is not None and principal.certificate != req.client_certificate:
+            raise FhirError(
+                "unauthorized",
+                "This access token is bound to a client certificate: present it (mutual TLS) with every request",
+                headers={"WWW-Authenticate": f'Bearer realm="{REALM}", error="invalid_token"'},
+            )
+
     def check_signature(self, principal: Principal, req: FhirRequest) -> None:
         """401 unless a client that must sign its requests signed this one."""
         if not principal.signed:

@@ -59,6 +59,7 @@ class Principal:
     person: bool = False
     roles: tuple[str, ...] = ()  # the account's roles (security/roles.py)
     patient: str | None = None  # the patient in context (SMART ``patient``): a Patient id
+    certificate: str | None = None  # x5t#S256 of the client certificate the token is bound to (RFC 8705)
 
 
 class TokenService:
@@ -82,7 +83,8 @@ class TokenService:
         self._revoked_checked = 0.0
 
     # -- issuing -----------------------------------------------------------------------------
-    def issue(self, client: Any, scope: str, *, user: Any = None) -> str:
+    def issue(self, client: Any, scope: str, *, user: Any = None, certificate: str | None = None) -> str:
+        """A signed access token; ``certificate``: the x5t#S256 it is bound to (RFC 8705 §3)."""
         now = int(time.time())
         claims: dict[str, Any] = {
             "iss": ISSUER,
@@ -112,6 +114,8 @@ class TokenService:
             claims["organization"] = client.organization
         if getattr(client, "signs", False):
             claims["sig"] = True  # every request with this token must be signed (signing.py)
+        if certificate:
+            claims["cnf"] = {"x5t#S256": certificate}
         key = self.keys.signing_key()
         return jwt.encode({"alg": ALG, "typ": "at+jwt", "kid": key.kid}, claims, key)
 
@@ -154,6 +158,7 @@ class TokenService:
                 person=isinstance(claims.get("roles"), list),
                 roles=tuple(str(r) for r in claims.get("roles") or ()),
                 patient=claims.get("patient") if isinstance(claims.get("patient"), str) else None,
+                certificate=(claims.get("cnf") or {}).get("x5t#S256") if isinstance(claims.get("cnf"), dict) else None,
             )
             self._cache[token] = principal
             if len(self._cache) > self._cache_size:

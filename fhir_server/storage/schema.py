@@ -281,6 +281,7 @@ auth_clients = Table(
     Column("created_us", BigInteger, nullable=False),
     Column("disabled", Boolean, nullable=False),
     Column("signing_secret", Text, nullable=True),  # encrypted (crypto.py); set: its requests must be signed
+    Column("tls_subject", Text, nullable=True),  # tls_client_auth (RFC 8705): its certificate's subject DN
 )
 
 #: signing keys of access and id tokens; the newest active one signs, all published keys verify

@@ -80,3 +80,56 @@ def test_mutual_tls_refuses_clients_without_a_certificate(pki: Pki, tmp_path: pa
             requests.get(server.base + "/metadata", verify=str(pki.ca), timeout=10)
     finally:
         server.stop()
+
+
+def test_a_client_authenticates_with_its_certificate_and_its_tokens_are_bound_to_it(
+    pki: Pki, tmp_path: pathlib.Path
+) -> None:
+    """RFC 8705: tls_client_auth at the token endpoint, certificate-bound access tokens."""
+    import subprocess
+    import sys
+
+    from joserfc import jwt
+    from joserfc.jwk import KeySet
+
+    fhir_server = str(pathlib.Path(sys.executable).with_name("fhir-server"))
+    database = _sqlite(tmp_path)
+    registered = subprocess.run(
+        [fhir_server, "clients", "add", "lab", "--tls-subject", "CN=client", "--scope", "system/*.rs",
+         "--database-url", database, "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert registered.returncode == 0 and "tls_client_auth" in registered.stdout, registered.stderr
+    server = ServerProcess(
+        database,
+        tmp_path,
+        auth=True,
+        args=_tls_args(pki, "--tls-client-ca", str(pki.ca)),
+        ready={"verify": str(pki.ca)},
+    )
+    mine = (str(pki.client_cert), str(pki.client_key))
+    other = (str(pki.other_client_cert), str(pki.other_client_key))
+    token_url = server.root + "/auth/token"
+    form = {"grant_type": "client_credentials", "client_id": "lab", "scope": "system/Patient.rs"}
+    try:
+        conf = requests.get(server.base + "/.well-known/smart-configuration", verify=str(pki.ca), timeout=10).json()
+        assert "tls_client_auth" in conf["token_endpoint_auth_methods_supported"]
+        assert conf["tls_client_certificate_bound_access_tokens"] is True
+        refused = requests.post(token_url, data=form, verify=str(pki.ca), timeout=10)
+        assert refused.status_code in (400, 401) and refused.json()["error"] == "invalid_client"
+        wrong = requests.post(token_url, data=form, verify=str(pki.ca), cert=other, timeout=10)
+        assert wrong.status_code in (400, 401) and wrong.json()["error"] == "invalid_client"
+        issued = requests.post(token_url, data=form, verify=str(pki.ca), cert=mine, timeout=10)
+        assert issued.status_code == 200, issued.text
+        token = issued.json()["access_token"]
+        keys = KeySet.import_key_set(requests.get(server.root + "/auth/jwks", verify=str(pki.ca), timeout=10).json())
+        claims = jwt.decode(token, keys).claims
+        assert "x5t#S256" in claims["cnf"]
+        bearer = {"Authorization": f"Bearer {token}"}
+        ok = requests.get(server.base + "/Patient", headers=bearer, verify=str(pki.ca), cert=mine, timeout=10)
+        assert ok.status_code == 200, ok.text
+        for cert in (None, other):  # stolen: the token is useless without its certificate
+            stolen = requests.get(server.base + "/Patient", headers=bearer, verify=str(pki.ca), cert=cert, timeout=10)
+            assert stolen.status_code == 401 and "bound to a client certificate" in stolen.text
+    finally:
+        server.stop()

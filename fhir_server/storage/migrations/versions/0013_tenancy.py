@@ -6,7 +6,8 @@ decides on must be in the row that every search, include, chain and history quer
 patient, derived from requests and consents (security/grants.py). An audit record names the
 requester's institution, whose audit trail it belongs to (rest/interactions/audit_events.py).
 ``auth_launches`` holds SMART EHR launch contexts (security/launch.py), ``export_ledger`` the
-ledger of data sent abroad (rest/operations/export_abroad.py).
+ledger of data sent abroad (rest/operations/export_abroad.py); ``auth_clients.tls_subject`` the
+certificate subject of a client that authenticates with mutual TLS (RFC 8705).
 
 Rows stored before this revision get category 0, which no filter admits but the platform's own
 access; ``fhir-server db upgrade`` computes their columns after the schema change
@@ -74,9 +75,12 @@ def upgrade() -> None:
     )
     op.create_index("ix_export_ledger_organization", "export_ledger", ["organization", "recorded_us"])
     op.create_index("ix_export_ledger_recorded", "export_ledger", ["recorded_us"])
+    op.add_column("auth_clients", sa.Column("tls_subject", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("auth_clients") as batch:
+        batch.drop_column("tls_subject")
     op.drop_table("export_ledger")
     op.drop_table("auth_launches")
     op.drop_index("ix_audit_events_organization", "audit_events")
