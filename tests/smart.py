@@ -6,12 +6,24 @@ session that keeps the login cookie and follows the form as a person would.
 
 from __future__ import annotations
 
+import pathlib
 import re
+import subprocess
+import sys
 
 import requests
 from requests_oauthlib import OAuth2Session
 
 REDIRECT = "http://127.0.0.1:9/callback"  # never fetched: the tests read the Location header
+FHIR_SERVER = str(pathlib.Path(sys.executable).with_name("fhir-server"))
+#: the password the tests give accounts (on standard input, for --password-stdin)
+PASSWORD = "Str0ng-passw0rd!"
+
+
+def cli(*args: str, stdin: str = PASSWORD + "\n") -> None:
+    """Run ``fhir-server`` with ``args``; it must succeed."""
+    result = subprocess.run([FHIR_SERVER, *args], capture_output=True, text=True, timeout=120, input=stdin)
+    assert result.returncode == 0, result.stderr
 
 
 class SmartApp:

@@ -26,6 +26,7 @@ from oauthlib.oauth2 import BackendApplicationClient
 from requests_oauthlib import OAuth2Session
 
 from tests.conftest import ServerProcess
+from tests.smart import cli
 
 FHIR_SERVER = str(pathlib.Path(sys.executable).with_name("fhir-server"))
 BOOT = ("boot", "boot-secret-1")
@@ -56,17 +57,6 @@ class Secured:
         return requests.post(f"{self.base}/{path}", headers=headers, data=json.dumps(body), timeout=10)
 
 
-@pytest.fixture(autouse=True)
-def _plain_http_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    """oauthlib insists on https; these tests talk to 127.0.0.1 (HTTPS is tested with TLS serving)."""
-    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
-
-
-def _cli(*args: str) -> None:
-    result = subprocess.run([FHIR_SERVER, *args], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-
-
 @pytest.fixture(scope="module")
 def secured(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     data = tmp_path_factory.mktemp("auth")
@@ -74,8 +64,8 @@ def secured(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     key = RSAKey.generate_key(2048, parameters={"kid": "backend-1", "alg": "RS384"}, private=True)
     jwks = data / "backend.jwks.json"
     jwks.write_text(json.dumps({"keys": [key.as_dict(private=False)]}))
-    _cli("clients", "add", *where, READER[0], "--secret", READER[1], "--scope", "system/Patient.rs")
-    _cli("clients", "add", *where, "backend", "--jwks", str(jwks), "--scope", "system/*.read")
+    cli("clients", "add", *where, READER[0], "--secret", READER[1], "--scope", "system/Patient.rs")
+    cli("clients", "add", *where, "backend", "--jwks", str(jwks), "--scope", "system/*.read")
     server = ServerProcess(database_url, data, auth=True, args=("--bootstrap-client", ":".join(BOOT)))
     yield Secured(server, key, database_url, data)
     server.stop()
@@ -218,7 +208,7 @@ def test_a_client_with_a_signing_secret_must_sign_every_request(secured: Secured
     from fhir_server.security.signatures import sign
 
     where = ("--database-url", secured.database_url, "--data-dir", str(secured.data))
-    _cli("clients", "add", *where, "signer", "--secret", "signer-secret-1", "--scope", "system/Patient.rs")
+    cli("clients", "add", *where, "signer", "--secret", "signer-secret-1", "--scope", "system/Patient.rs")
     made = subprocess.run([FHIR_SERVER, "clients", "signing-secret", *where, "signer"], capture_output=True,
                           text=True, timeout=60)  # fmt: skip
     assert made.returncode == 0, made.stderr

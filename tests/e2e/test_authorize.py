@@ -5,10 +5,8 @@ browser stand-in (a requests session that keeps the cookie)."""
 from __future__ import annotations
 
 import json
-import pathlib
 import re
 import subprocess
-import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -21,12 +19,10 @@ from joserfc.jwk import KeySet
 from requests_oauthlib import OAuth2Session
 
 from tests.conftest import ServerProcess
-from tests.smart import REDIRECT, SmartApp
+from tests.smart import FHIR_SERVER, PASSWORD, REDIRECT, SmartApp, cli
 
-FHIR_SERVER = str(pathlib.Path(sys.executable).with_name("fhir-server"))
 SCOPE = ["openid", "fhirUser", "offline_access", "user/*.rs"]
 BOOT = ("boot", "boot-secret-1")
-PASSWORD = "Str0ng-passw0rd!"
 
 
 class Launch(SmartApp):
@@ -42,26 +38,16 @@ class Launch(SmartApp):
         return KeySet.import_key_set(requests.get(self.server.root + "/auth/jwks", timeout=10).json())
 
 
-def _cli(*args: str) -> None:
-    result = subprocess.run([FHIR_SERVER, *args], capture_output=True, text=True, timeout=120, input=PASSWORD + "\n")
-    assert result.returncode == 0, result.stderr
-
-
-@pytest.fixture(autouse=True)
-def _plain_http_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
-
-
 @pytest.fixture(scope="module")
 def launch(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launch]:
     data = tmp_path_factory.mktemp("authorize")
     where = ("--database-url", database_url, "--data-dir", str(data))
-    _cli("users", "add", *where, "alice", "--password-stdin", "--fhir-user", "Practitioner/p1",
+    cli("users", "add", *where, "alice", "--password-stdin", "--fhir-user", "Practitioner/p1",
          "--organization", "Organization/o1", "--role", "expert")  # fmt: skip
-    _cli("users", "add", *where, "bob", "--password-stdin")
-    _cli("users", "add", *where, "carol", "--password-stdin")
+    cli("users", "add", *where, "bob", "--password-stdin")
+    cli("users", "add", *where, "carol", "--password-stdin")
     bob_uri = subprocess.run([FHIR_SERVER, "users", "totp", *where, "bob"], capture_output=True, text=True, timeout=60)
-    _cli("clients", "add", *where, "app", "--auth-method", "none", "--grant-type", "authorization_code",
+    cli("clients", "add", *where, "app", "--auth-method", "none", "--grant-type", "authorization_code",
          "--grant-type", "refresh_token", "--redirect-uri", REDIRECT, "--scope", " ".join(SCOPE))  # fmt: skip
     server = ServerProcess(database_url, data, auth=True, args=("--bootstrap-client", ":".join(BOOT)))
     yield Launch(server, pyotp.parse_uri(bob_uri.stdout.strip()).secret)

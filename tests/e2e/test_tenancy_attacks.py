@@ -11,9 +11,6 @@ tests/e2e/test_authorize.py and tests/e2e/test_audit.py.
 from __future__ import annotations
 
 import json
-import pathlib
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,11 +22,9 @@ from authlib.integrations.requests_client import OAuth2Session
 from fhirpy import SyncFHIRClient
 
 from tests.conftest import ServerProcess
-from tests.smart import REDIRECT, SmartApp
+from tests.smart import PASSWORD, REDIRECT, SmartApp, cli
 
-FHIR_SERVER = str(pathlib.Path(sys.executable).with_name("fhir-server"))
 BOOT = ("boot", "boot-secret-1")
-PASSWORD = "Str0ng-passw0rd!"
 SCOPE = ["openid", "fhirUser", "user/*.cruds"]
 LAUNCH_SCOPE = ["launch", "patient/*.rs", "openid", "fhirUser"]
 HIV = [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HIV"}]
@@ -66,17 +61,6 @@ class Network:
         resp = self.call(who, "POST", resource["resourceType"], resource)
         assert resp.status_code == 201, resp.text
         return str(resp.json()["id"])
-
-
-def _cli(*args: str) -> None:
-    result = subprocess.run([FHIR_SERVER, *args], capture_output=True, text=True, timeout=120, input=PASSWORD + "\n")
-    assert result.returncode == 0, result.stderr
-
-
-@pytest.fixture(autouse=True)
-def _plain_http_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
-    monkeypatch.setenv("AUTHLIB_INSECURE_TRANSPORT", "1")
 
 
 def _consent(patient: str, *permits: tuple[str, str | None, list[dict[str, str]] | None]) -> dict[str, Any]:
@@ -116,14 +100,14 @@ def network(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     where = ("--database-url", database_url, "--data-dir", str(data))
     a, b = f"a-{uuid.uuid4().hex[:8]}", f"b-{uuid.uuid4().hex[:8]}"
     for client, org in (("a-sys", a), ("b-sys", b)):
-        _cli(
+        cli(
             "clients", "add", *where, client, "--secret", f"{client}-secret-1", "--scope", "system/*.*",
             "--organization", f"Organization/{org}",
         )  # fmt: skip
-    _cli("clients", "add", *where, "app", "--auth-method", "none", "--grant-type", "authorization_code",
+    cli("clients", "add", *where, "app", "--auth-method", "none", "--grant-type", "authorization_code",
          "--redirect-uri", REDIRECT, "--scope", " ".join(SCOPE + LAUNCH_SCOPE))  # fmt: skip
     for username, org, role in (("a-doc", a, "requesting-doctor"), ("b-expert", b, "expert"), ("b-op", b, "operator")):
-        _cli(
+        cli(
             "users",
             "add",
             *where,
