@@ -212,3 +212,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-de
     from tests.pki import make_pki
 
     return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(autouse=True)
+def _plain_http_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """oauthlib and authlib insist on https; the black-box tests talk to 127.0.0.1 (HTTPS itself
+    is tested with TLS serving, tests/e2e/test_tls.py)."""
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
+    monkeypatch.setenv("AUTHLIB_INSECURE_TRANSPORT", "1")

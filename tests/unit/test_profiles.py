@@ -10,7 +10,7 @@ import pathlib
 from typing import Any
 
 import pytest
-from conftest import shared_data
+from tests.conftest import shared_data
 
 from fhir_server.validation.definitions import base_definition
 from fhir_server.validation.profiles import Validator
