@@ -10,11 +10,11 @@ import pathlib
 from typing import Any
 
 import pytest
-from tests.conftest import shared_data
 
 from fhir_server.validation.definitions import base_definition
 from fhir_server.validation.profiles import Validator
 from fhir_server.validation.snapshot import SnapshotError, generate
+from tests.conftest import shared_data
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CN = "http://fhir.telefhir.cn/StructureDefinition/"
