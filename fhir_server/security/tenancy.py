@@ -322,6 +322,7 @@ class RowAccessRules:
     registry: Any
     #: resource type -> stored ``sp`` hashes of its patient parameters, in priority order
     _patient_sps: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    _in_compartment: dict[str, bool] = field(default_factory=dict)
 
     def patient_sps(self, res_type: str) -> tuple[int, ...]:
         sps = self._patient_sps.get(res_type)
@@ -335,7 +336,11 @@ class RowAccessRules:
         return sps
 
     def in_compartment(self, res_type: str) -> bool:
-        return res_type in self.registry.compartment_types("Patient") or bool(self.patient_sps(res_type))
+        known = self._in_compartment.get(res_type)
+        if known is None:
+            known = res_type in self.registry.compartment_types("Patient") or bool(self.patient_sps(res_type))
+            self._in_compartment[res_type] = known
+        return known
 
     def patient_of(self, res_type: str, res_id: str, index: IndexRows) -> str | None:
         if res_type == "Patient":
