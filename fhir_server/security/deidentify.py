@@ -143,6 +143,10 @@ class DeidContext:
     #: institution's data (security/egress.py), where ids are the server's random UUIDs and the
     #: reader must be able to follow references; an exchange that leaves the platform pseudonymizes them
     keep_links: bool = False
+    #: for statistics exports: identifier values become this keyed, irreversible hash of
+    #: (system, value), the same in every export (security/crypto.py ``statistics_hash``), so
+    #: exports can be counted and joined by patient without revealing who
+    identifier_hash: Callable[[str, str], str] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, bytes):
@@ -958,6 +962,8 @@ class _Deidentifier:
         return self._complex(elem, ident, path, where, special={"value": value})
 
     def _identifier_value(self, system: str | None, value: str) -> str:
+        if self.ctx.identifier_hash is not None:
+            return self.ctx.identifier_hash(system or "", value)
         if value.startswith("urn:oid:"):
             return f"urn:oid:2.25.{_pseudonym_uuid(self.ctx, 'oid', value[8:]).int}"
         if value[:9].lower() == "urn:uuid:":

@@ -59,3 +59,20 @@ def test_errors(client) -> None:  # type: ignore[no-untyped-def]
     assert client.get("/fhir/Patient/nope/$deidentify", query_string={"scope": "s"}).status_code == 404
     no_resource = {"resourceType": "Parameters", "parameter": [{"name": "scope", "valueString": "s"}]}
     assert client.post("/fhir/$deidentify", json=no_resource, content_type=JSON).status_code == 400
+
+
+def test_statistics_exports_carry_the_same_irreversible_identifier_hash_in_every_scope(client, services) -> None:  # type: ignore[no-untyped-def]
+    from fhir_server.security.crypto import statistics_hash
+
+    patient = _patient()
+    pid = client.post("/fhir/Patient", json=patient, content_type=JSON).get_json()["id"]
+    outs = [
+        client.get(f"/fhir/Patient/{pid}/$deidentify", query_string={"scope": scope, "statistics": "true"}).get_json()
+        for scope in ("export/2026-01", "export/2026-02")
+    ]
+    first, second = ([i["value"] for i in out["identifier"]] for out in outs)
+    assert first == second  # the same patient counts as one across exports
+    ident = patient["identifier"][0]
+    assert first[0] == statistics_hash(services.repo.fields.ring, ident.get("system", ""), ident["value"])
+    assert ident["value"] not in json.dumps(outs, ensure_ascii=False)
+    assert outs[0]["id"] != outs[1]["id"]  # ids stay pseudonyms of their scope

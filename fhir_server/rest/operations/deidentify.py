@@ -6,7 +6,9 @@
 
 ``scope`` (required) names what the pseudonyms are stable within — typically the consultation
 (``ServiceRequest/123``): the same patient gets the same pseudonym within one scope and an
-unlinkable one in another. Nothing is stored. Definition: profiles/operationdefinition-deidentify.json.
+unlinkable one in another. ``statistics=true`` (for statistics exports, R24) makes identifier values
+the keyed, irreversible statistics hash of (system, value) instead, the same in every export and
+scope. Nothing is stored. Definition: profiles/operationdefinition-deidentify.json.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from fhir_server.context import RequestContext
 from fhir_server.errors import FhirError
 from fhir_server.rest.interactions.common import read_live, require_id, require_type
 from fhir_server.rest.messages import FhirRequest, FhirResponse
-from fhir_server.rest.operations.inputs import STRING, Inputs
+from fhir_server.rest.operations.inputs import BOOLEAN, STRING, Inputs
+from fhir_server.security import crypto
 from fhir_server.security.deid_key import deidentify_key
 from fhir_server.security.deidentify import DeidContext, DeidentificationError, deidentify
 
-_INSTANCE = {"scope": (STRING, False)}
-_SYSTEM = {"scope": (STRING, False), "resource": ("resource:*", False)}  # any resource, a Bundle too
+_INSTANCE = {"scope": (STRING, False), "statistics": (BOOLEAN, False)}
+_SYSTEM = {**_INSTANCE, "resource": ("resource:*", False)}  # any resource, a Bundle too
 
 
 @functools.lru_cache(maxsize=4)
@@ -31,18 +34,23 @@ def _key(data_dir: str) -> bytes:
     return deidentify_key(pathlib.Path(data_dir))
 
 
-def _context(ctx: RequestContext, scope: str | None) -> DeidContext:
+def _context(ctx: RequestContext, inputs: Inputs) -> DeidContext:
+    scope = inputs.get("scope")
     if not scope:
         raise FhirError("invalid-param", "$deidentify needs scope (e.g. the consultation, ServiceRequest/123)", "scope")
+    hashed = None
+    if inputs.get("statistics"):  # R24: irreversible identifier hashes, the same in every export
+        ring = ctx.repo.fields.ring
+        hashed = functools.partial(crypto.statistics_hash, ring)
     try:
-        return DeidContext(_key(str(ctx.settings.data_dir)), scope)
+        return DeidContext(_key(str(ctx.settings.data_dir)), scope, identifier_hash=hashed)
     except ValueError as exc:
         raise FhirError("invalid-param", f"$deidentify: {exc}", "scope") from None
 
 
 def instance(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
     inputs = Inputs(req, "deidentify", _INSTANCE)
-    deid = _context(ctx, inputs.get("scope"))
+    deid = _context(ctx, inputs)
     res_type, res_id = require_type(req.res_type), require_id(req.res_id)
     with ctx.session() as session:
         resource = read_live(session, res_type, res_id).resource()
@@ -54,7 +62,7 @@ def system(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
     resource = inputs.get("resource")
     if resource is None:
         raise FhirError("invalid-param", "$deidentify needs the resource to de-identify", "resource")
-    return FhirResponse(200, resource=_run(resource, _context(ctx, inputs.get("scope"))))
+    return FhirResponse(200, resource=_run(resource, _context(ctx, inputs)))
 
 
 def _run(resource: dict, deid: DeidContext) -> dict:  # type: ignore[type-arg]
