@@ -45,9 +45,9 @@ def _settings(database_url: str, data_dir: str, **extra: object) -> Settings:
 @click.option("--log-level", default="INFO", show_default=True)
 def cli(log_level: str) -> None:
     """FHIR R4 server for teleconsultation."""
-    logging.basicConfig(
-        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from fhir_server.config import LOG_FORMAT
+
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr, format=LOG_FORMAT)
 
 
 @cli.command(context_settings=_ENV)
@@ -389,9 +389,7 @@ def clients_add(
     import json
 
     jwks = json.loads(pathlib.Path(jwks_file).read_text("utf-8")) if jwks_file else None
-    method = auth_method or (
-        "private_key_jwt" if jwks else "tls_client_auth" if tls_subject else "client_secret_basic"
-    )
+    method = auth_method or ("private_key_jwt" if jwks else "tls_client_auth" if tls_subject else "client_secret_basic")
     try:
         client = _client_store(database_url, data_dir).save(
             client_id,

@@ -10,6 +10,9 @@ import os
 import pathlib
 from dataclasses import dataclass, field, replace
 
+#: every process's log lines (the server, its workers, the audit writer)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
 
 @dataclass(frozen=True)
 class Settings:
