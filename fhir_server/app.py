@@ -43,6 +43,8 @@ from fhir_server.storage.repository import Repository
 from fhir_server.terminology import table as terminology_rows
 from fhir_server.validation.conformance import ProfileStore, complete_snapshot, enforce_profiles
 from fhir_server.validation.rules import ProfileRules, guide_write_hook
+from fhir_server.workflow import numbers
+from fhir_server.workflow.tasks import TaskRules
 
 
 @dataclass
@@ -78,6 +80,8 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
     repo.egress = Egress(deidentify_key(settings.data_dir))  # another institution's data, de-identified
     repo.row_access = RowAccessRules(registry)  # owner, patient, category, labels (security/tenancy.py)
     grants.install(repo)  # who else may see a patient's data (security/grants.py)
+    TaskRules(settings.platform_organization).install(repo)  # workflow state machines (workflow/tasks.py)
+    numbers.install(repo)  # consultation numbers (workflow/numbers.py)
     search_params = CustomSearchParameters(engine, registry, settings.search_param_refresh)
     search_params.refresh(force=True)  # the stored active SearchParameters, before any write is indexed
     repo.write_hooks["SearchParameter"] = search_params.on_write
@@ -128,9 +132,9 @@ def _auditor(
     return RequestAuditor(recorder, requester, server, req.headers.get("x-request-id"))
 
 
-def _restriction(principal: Principal | None) -> Any:
+def _restriction(principal: Principal | None, settings: Settings) -> Any:
     """The request's access limits (security/tenancy.py); None when it may see everything."""
-    access = access_for(principal)
+    access = access_for(principal, settings.platform_organization)
     return None if access.platform else access
 
 
@@ -193,7 +197,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
             profiles=services.profiles,
             principal=principal,
             auditor=auditor,
-            access=_restriction(principal) if security is not None else None,
+            access=_restriction(principal, settings) if security is not None else None,
         )
 
     adapter.register(app, make_context, settings.bundle_slots)
@@ -211,7 +215,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
             auditor.authentication(kind, status, detail)
 
         def can_see(principal: Principal, res_type: str, res_id: str) -> bool:
-            with services.repo.session(access=_restriction(principal)) as session:
+            with services.repo.session(access=_restriction(principal, settings)) as session:
                 found = session.read_current(res_type, res_id)
             return found is not None and not found.deleted
 

@@ -90,6 +90,11 @@ def cli(log_level: str) -> None:
 @click.option("--audit-client-cert", default=None, help="our certificate for the audit repository (mutual TLS)")
 @click.option("--audit-client-key", default=None, help="the key of --audit-client-cert")
 @click.option(
+    "--platform-organization",
+    default=None,
+    help="the institution that runs the platform and pre-reviews consultations (Organization/<id>)",
+)
+@click.option(
     "--audit-interval",
     default=_DEFAULTS.audit_interval,
     show_default=True,
@@ -124,6 +129,7 @@ def serve(
     audit_repository_ca: str | None,
     audit_client_cert: str | None,
     audit_client_key: str | None,
+    platform_organization: str | None,
     audit_interval: float,
     audit: str,
 ) -> None:
@@ -153,6 +159,7 @@ def serve(
         audit_client_cert=audit_client_cert,
         audit_client_key=audit_client_key,
         audit_interval=audit_interval,
+        platform_organization=platform_organization,
     )
     if audit_repository:
         from fhir_server.audit.export import repository_target

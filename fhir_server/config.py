@@ -61,6 +61,8 @@ class Settings:
     #: CA whose client certificates are asked for (mutual TLS, ITI-19); required with the flag
     tls_client_ca: str | None = None
     tls_require_client_cert: bool = False
+    #: the institution that runs the platform and pre-reviews consultations ("Organization/<id>")
+    platform_organization: str | None = None
     #: BALP audit records of every interaction (audit/); off only as a development flag
     audit: bool = True
     #: seconds between the audit writer's passes over the workers' spools

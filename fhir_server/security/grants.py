@@ -251,11 +251,16 @@ def _consent_grants(
 
 
 def performer_organizations(session: Session, request: dict[str, Any]) -> list[str]:
-    """The institutions a request asks to perform it: Organizations, and PractitionerRoles'
-    organizations (read without the requester's access filter: the server decides)."""
+    """The institutions a request asks to perform it."""
+    return institutions(session, request.get("performer") or [])
+
+
+def institutions(session: Session, references: list[Any]) -> list[str]:
+    """The Organization ids that References name: an Organization, or a PractitionerRole's
+    organization (read without the requester's access filter: the server decides)."""
     found = []
-    for performer in request.get("performer") or []:
-        ref = performer.get("reference") if isinstance(performer, dict) else None
+    for item in references:
+        ref = item.get("reference") if isinstance(item, dict) else None
         if not isinstance(ref, str):
             continue
         ref = ref.split("/_history")[0]

@@ -92,6 +92,8 @@ class Access:
     collects: bool = False
     #: may write conformance and terminology resources (the catalogue beyond the directory)
     curates: bool = False
+    #: the person's FHIR resource ("Practitioner/12"), for the records the server writes for them
+    user: str | None = None
     #: statements built from this access, kept with it (an Access lives as long as its token's
     #: shape is in use: :func:`access_for` caches them)
     cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -172,7 +174,7 @@ class Access:
         if self.platform:
             return
         if current is not None:
-            self._check_owner(res_type, current)
+            self._check_owner(res_type, current, session)
         letter = "c" if current is None or current.deleted else "u"
         if self.roles is not None and not self.roles.allows(res_type, row.category, letter):
             raise FhirError(
@@ -203,11 +205,14 @@ class Access:
                 f"({cat.describe(category)} data)",
             )
 
-    def _check_owner(self, res_type: str, current: StoredVersion) -> None:
+    def _check_owner(self, res_type: str, current: StoredVersion, session: Session | None = None) -> None:
         if self.own_records:
             if current.patient != self.patient:
                 raise FhirError("forbidden", f"{res_type}/{current.res_id} is not one of your own records")
             return
+        co_owners = session.repo.co_owners.get(res_type) if session is not None and not current.deleted else None
+        if self.organization is not None and co_owners is not None and self.organization in co_owners(session, current):
+            return  # e.g. a Task's performer (workflow/tasks.py), for updates
         if self.organization is None or current.tenant != self.organization:
             raise FhirError(
                 "forbidden",
@@ -243,10 +248,21 @@ def _not_minor(c: Any, at: Any) -> ColumnElement[bool]:
 
 
 # -- from a token ----------------------------------------------------------------------------
-def access_for(principal: Principal | None) -> Access:
-    """The access of a request acting for ``principal`` (None: auth is off)."""
+#: roles of the platform's own institution that pre-review and schedule every institution's requests
+PLATFORM_DESK = frozenset({"scheduler", "operator"})
+
+
+def access_for(principal: Principal | None, platform_organization: str | None = None) -> Access:
+    """The access of a request acting for ``principal`` (None: auth is off). People of the
+    institution that runs the platform (``platform_organization``) with a desk role (scheduler,
+    operator) read every institution's consultation data: they pre-review and schedule it."""
     if principal is None:
         return UNRESTRICTED
+    desk = (
+        platform_organization is not None
+        and organization_id(principal.organization) == organization_id(platform_organization)
+        and bool(PLATFORM_DESK & set(principal.roles))
+    )
     return _access(
         principal.organization,
         principal.roles,
@@ -254,6 +270,7 @@ def access_for(principal: Principal | None) -> Access:
         principal.scopes.contexts(),
         principal.user,
         principal.person,
+        desk,
     )
 
 
@@ -273,6 +290,7 @@ def _access(
     contexts: frozenset[str],
     user: str | None,
     person: bool,
+    desk: bool = False,
 ) -> Access:
     org = organization_id(organization)
     resident = user is not None and user.startswith("Patient/")
@@ -288,17 +306,18 @@ def _access(
     perms = permissions(roles)
     readable = perms.categories("r") | perms.categories("s") | cat.CATALOGUE
     if resident:
-        return Access(patient=patient, own_records=True, readable=readable, roles=perms)
+        return Access(patient=patient, own_records=True, readable=readable, roles=perms, user=user)
     return Access(
         organization=org,
         patient=patient if patient_only else None,
         readable=readable,
-        cross_tenant=perms.cross_tenant,
+        cross_tenant=perms.cross_tenant | (cat.CONSULTATION if desk else 0),
         clearance=perms.clearance | (lab.MINOR if perms.minors else 0),
         minors=perms.minors,
         roles=perms,
         collects=True,
         curates="$reindex" in perms.operations,
+        user=user,
     )
 
 
@@ -362,6 +381,8 @@ class RowAccessRules:
     ) -> RowAccess:
         res_type, res_id = resource["resourceType"], resource["id"]
         patient = self.patient_of(res_type, res_id, index)
+        if patient is None and res_type == "Provenance":
+            patient = _target_patient(session, resource)  # a Provenance is about its target's patient
         category = cat.of_resource(resource, self.in_compartment(res_type))
         labels = lab.of_resource(resource)
         minor_until = None
@@ -403,6 +424,24 @@ def _inferred_tenant(resource: dict[str, Any], facts: PatientFacts | None) -> st
     return None
 
 
+def _target_patient(session: Session, provenance: dict[str, Any]) -> str | None:
+    targets = provenance.get("target")
+    ref = (
+        targets[0].get("reference") if isinstance(targets, list) and targets and isinstance(targets[0], dict) else None
+    )
+    if not isinstance(ref, str) or ref.count("/") < 1:
+        return None
+    res_type, res_id = ref.split("/")[:2]
+    if res_type == "Patient":
+        return res_id
+    session.flush()
+    r = resources
+    found = session.conn.execute(
+        select(r.c.patient).where(r.c.res_type == res_type, r.c.res_id == res_id, r.c.deleted.is_(False))
+    ).scalar()
+    return str(found) if found else None
+
+
 def patient_facts(session: Session, patient: str) -> PatientFacts | None:
     """The tenant and labels of a Patient (from this transaction's writes, else the database)."""
     if patient in session.patient_facts:
@@ -424,7 +463,8 @@ def require_collection_consent(session: Session, patient: str, organization: str
     if key in session.consent_checked:
         return
     found = patient_consents(session, patient)
-    if not consents.decision(found, "collect", f"Organization/{organization}", cat.CLINICAL, 0, now_us()):
+    permitted = consents.decision(found, "collect", f"Organization/{organization}", cat.CLINICAL, 0, now_us())
+    if not permitted and not _shared_with(session, patient, organization):
         raise FhirError(
             "consent",
             f"No active Consent of Patient/{patient} permits your institution (Organization/{organization}) "
@@ -432,6 +472,21 @@ def require_collection_consent(session: Session, patient: str, organization: str
             "a permit provision for action collect) first",
         )
     session.consent_checked.add(key)
+
+
+def _shared_with(session: Session, patient: str, organization: str) -> bool:
+    """Whether a consented share or request gives ``organization`` the patient's data now: an
+    institution asked to take part in their care may record what it does (opinions, reports)."""
+    at = now_us()
+    g = access_grants
+    return (
+        session.conn.execute(
+            select(g.c.grantee)
+            .where(g.c.grantee == organization, g.c.patient == patient, g.c.start_us <= at, g.c.end_us > at)
+            .limit(1)
+        ).first()
+        is not None
+    )
 
 
 def patient_consents(session: Session, patient: str) -> list[dict[str, Any]]:

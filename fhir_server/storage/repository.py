@@ -199,13 +199,26 @@ class Session:
 
     def present(self, version: StoredVersion) -> StoredVersion:
         """A version read from the database as the request may have it: its encrypted fields in
-        clear, and, when it is another institution's, de-identified (security/egress.py)."""
+        clear, and, when it is another institution's, de-identified (security/egress.py); the
+        bytes as stored stay in ``stored`` (an update keeps them in history, not the view)."""
         version = self.repo.reveal(version)
         if self.access is not None and version.content is not None and self.repo.egress is not None:
             receiver = self.access.receiver(version.tenant, version.category)
             if receiver is not None:
+                if version.stored is None:
+                    version.stored = version.content
                 version.content = self.repo.egress(version.content, receiver)
         return version
+
+    @contextmanager
+    def unrestricted(self) -> Iterator[None]:
+        """The server's own writes inside a request (a Provenance of a workflow step): no access
+        limits for their duration."""
+        access, self.access = self.access, None
+        try:
+            yield
+        finally:
+            self.access = access
 
     # -- reads ---------------------------------------------------------------------------
     def read_current(self, res_type: str, res_id: str) -> StoredVersion | None:
@@ -481,6 +494,9 @@ class Repository:
         #: de-identification of another institution's data, (content, receiver) -> content
         #: (security/egress.py); None: shared data is shown as stored
         self.egress: Callable[[bytes, str], bytes] | None = None
+        #: resource type -> the institutions besides its creator that may update a row of it
+        #: ((session, current) -> Organization ids; workflow/tasks.py: a Task's performer)
+        self.co_owners: dict[str, Callable[[Session, StoredVersion], set[str]]] = {}
 
     def seal(self, stamped: dict[str, Any]) -> bytes | None:
         """What to store for a resource when it differs from its JSON (encrypted fields)."""

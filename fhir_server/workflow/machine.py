@@ -1,0 +1,101 @@
+"""The business states of a consultation, diagnosis or referral Task, and who may move it.
+
+Why on the Task's ``businessStatus``: the FHIR workflow pattern (workflow-management.html; HL7
+BSeR; research notes §6) keeps the filler's progress on a Task that points at the request, and
+``Task.status`` has too few states for the chain of MISSION.md R3 (apply → pre-review →
+accept/reject → schedule → conduct → report → review → publish → evaluate). The states are the
+codes of http://fhir.telefhir.cn/CodeSystem/consultation-task-status; each fixes ``Task.status``
+(profile invariant cn-task-1). ``docs/workflows.md`` draws the machine.
+
+Three parties move a Task: the **requester** (the institution that created it), the
+**performer** (the institution its ``owner`` names) and the **platform** (its own clients and the
+institution configured as the platform's operator, which does the pre-review of consultations).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SYSTEM = "http://fhir.telefhir.cn/CodeSystem/consultation-task-status"
+SERVICE_TYPES = "http://fhir.telefhir.cn/CodeSystem/telemedicine-service-type"
+
+REQUESTER, PERFORMER, PLATFORM = "requester", "performer", "platform"
+
+#: the Task.status each business status goes with (cn-task-1)
+TASK_STATUS = {
+    "applied": "requested",
+    "pre-reviewed": "received",
+    "accepted": "accepted",
+    "rejected": "rejected",
+    "scheduled": "ready",
+    "in-progress": "in-progress",
+    "reported": "in-progress",
+    "reviewed": "in-progress",
+    "published": "completed",
+    "evaluated": "completed",
+    "cancelled": "cancelled",
+}
+INITIAL = "applied"
+
+#: from -> to -> the parties that may take the step
+_COMMON: dict[str, dict[str, frozenset[str]]] = {
+    "applied": {
+        "pre-reviewed": frozenset({PLATFORM}),
+        "rejected": frozenset({PLATFORM}),
+        "cancelled": frozenset({REQUESTER}),
+    },
+    "pre-reviewed": {
+        "accepted": frozenset({PERFORMER}),
+        "rejected": frozenset({PERFORMER}),
+        "cancelled": frozenset({REQUESTER}),
+    },
+    "accepted": {"scheduled": frozenset({PERFORMER, PLATFORM}), "cancelled": frozenset({REQUESTER})},
+    "scheduled": {"in-progress": frozenset({PERFORMER}), "cancelled": frozenset({REQUESTER})},
+    "in-progress": {"reported": frozenset({PERFORMER})},
+    "reported": {"reviewed": frozenset({PERFORMER}), "in-progress": frozenset({PERFORMER})},
+    "reviewed": {"published": frozenset({PERFORMER}), "in-progress": frozenset({PERFORMER})},
+    "published": {"evaluated": frozenset({REQUESTER})},
+}
+#: a diagnosis request or a referral needs no pre-review: the performer answers it directly
+_DIRECT = {"applied": {"accepted": frozenset({PERFORMER}), "rejected": frozenset({PERFORMER, PLATFORM})}}
+
+
+def kind_of(task: dict[str, Any]) -> str:
+    """``consultation``, ``referral`` or ``diagnosis``, from the Task's service type code."""
+    codes = [
+        c.get("code", "")
+        for c in (task.get("code") or {}).get("coding", [])
+        if isinstance(c, dict) and c.get("system") == SERVICE_TYPES
+    ]
+    code = codes[0] if codes else ""
+    if code.startswith("teleconsultation"):
+        return "consultation"
+    if code.startswith("referral"):
+        return "referral"
+    return "diagnosis"
+
+
+def transitions(kind: str, source: str) -> dict[str, frozenset[str]]:
+    """The steps out of ``source`` for a Task of ``kind``, with who may take each."""
+    steps = dict(_COMMON.get(source, {}))
+    if kind != "consultation":
+        for target, parties in _DIRECT.get(source, {}).items():
+            steps[target] = steps.get(target, frozenset()) | parties
+    return steps
+
+
+def business_status(task: dict[str, Any] | None) -> str | None:
+    """The Task's business status code in our system, or None when it is not one of ours."""
+    if not isinstance(task, dict):
+        return None
+    for coding in (task.get("businessStatus") or {}).get("coding", []):
+        if isinstance(coding, dict) and coding.get("system") == SYSTEM:
+            return str(coding.get("code"))
+    return None
+
+
+def describe(steps: dict[str, frozenset[str]]) -> str:
+    """``accepted (by the performer), cancelled (by the requester)`` — for error messages."""
+    if not steps:
+        return "none: it is final"
+    return ", ".join(f"{target} (by the {' or '.join(sorted(parties))})" for target, parties in sorted(steps.items()))
