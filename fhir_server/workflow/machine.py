@@ -99,3 +99,17 @@ def describe(steps: dict[str, frozenset[str]]) -> str:
     if not steps:
         return "none: it is final"
     return ", ".join(f"{target} (by the {' or '.join(sorted(parties))})" for target, parties in sorted(steps.items()))
+
+
+def mermaid(kind: str) -> str:
+    """The machine of a kind as a Mermaid state diagram (docs/workflows.md is checked against it)."""
+    lines = ["stateDiagram-v2", f"    [*] --> {_node(INITIAL)}"]
+    for source in TASK_STATUS:
+        for target, parties in sorted(transitions(kind, source).items()):
+            lines.append(f"    {_node(source)} --> {_node(target)}: {' / '.join(sorted(parties))}")
+    lines += [f"    {_node(s)} --> [*]" for s in ("evaluated", "rejected", "cancelled")]
+    return "\n".join(lines)
+
+
+def _node(state: str) -> str:
+    return state.replace("-", "_")
