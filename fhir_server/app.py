@@ -43,7 +43,7 @@ from fhir_server.storage.repository import Repository
 from fhir_server.terminology import table as terminology_rows
 from fhir_server.validation.conformance import ProfileStore, complete_snapshot, enforce_profiles
 from fhir_server.validation.rules import ProfileRules, guide_write_hook
-from fhir_server.workflow import numbers
+from fhir_server.workflow import numbers, scheduling
 from fhir_server.workflow.tasks import TaskRules
 
 
@@ -82,6 +82,7 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
     grants.install(repo)  # who else may see a patient's data (security/grants.py)
     TaskRules(settings.platform_organization).install(repo)  # workflow state machines (workflow/tasks.py)
     numbers.install(repo)  # consultation numbers (workflow/numbers.py)
+    scheduling.install(repo)  # appointments take and free slots (workflow/scheduling.py)
     search_params = CustomSearchParameters(engine, registry, settings.search_param_refresh)
     search_params.refresh(force=True)  # the stored active SearchParameters, before any write is indexed
     repo.write_hooks["SearchParameter"] = search_params.on_write

@@ -2,8 +2,9 @@
 
 Which patients an interaction touched (BALP: one AuditEvent per patient): a Patient's own id;
 for a single resource written or read, the Patient its ``subject``, ``patient`` or
-``beneficiary`` names; for a search, the patients its ``patient``/``subject`` parameters (or a
-Patient ``_id``) name. A search without such parameters yields one event without a patient:
+``beneficiary`` names (an Appointment's: its Patient participants); for a search or an operation,
+the patients its ``patient``/``subject``/``patient-reference`` parameters (or a Patient ``_id``)
+name, in the query or a ``Parameters`` body. A search without such parameters yields one event without a patient:
 finding the patients of every result would cost a parse of each, and the query itself is
 recorded (``entity[query]``), so what was asked stays answerable (docs/security.md).
 """
@@ -21,6 +22,8 @@ from fhir_server.audit.recorder import AuditRecorder
 from fhir_server.rest.messages import FhirRequest, FhirResponse
 
 _PATIENT_KEYS = ("subject", "patient", "beneficiary")
+#: operation parameters naming the patient(s) a call is about (``$book``'s ``patient-reference``)
+_PATIENT_PARAMS = frozenset({"patient", "subject", "patient-reference"})
 _SEARCH_KINDS = {"search-type": "search-type", "search-compartment": "search-type", "search-system": "search-system"}
 
 
@@ -39,21 +42,37 @@ def kind_of(interaction: str, req: FhirRequest) -> tuple[str, str | None]:
 def _patient_of(resource: Any) -> list[str]:
     if not isinstance(resource, dict):
         return []
-    if resource.get("resourceType") == "Patient" and resource.get("id"):
+    res_type = resource.get("resourceType")
+    if res_type == "Patient" and resource.get("id"):
         return [f"Patient/{resource['id']}"]
-    found = []
-    for key in _PATIENT_KEYS:
-        ref = resource.get(key)
-        if isinstance(ref, dict) and str(ref.get("reference", "")).startswith("Patient/"):
-            found.append(str(ref["reference"]).split("/_history")[0])
-    return found
+    if res_type == "Parameters":  # an operation's input: its patient parameters and resources
+        found = []
+        for part in resource.get("parameter") or ():
+            if not isinstance(part, dict):
+                continue
+            if part.get("name") in _PATIENT_PARAMS:
+                found += _patient_refs([part.get("valueReference")])
+            found += _patient_of(part.get("resource"))
+        return found
+    refs = [resource.get(key) for key in _PATIENT_KEYS]
+    if res_type == "Appointment":  # an appointment's patients are among its participants
+        refs += [p.get("actor") for p in resource.get("participant") or () if isinstance(p, dict)]
+    return _patient_refs(refs)
+
+
+def _patient_refs(refs: list[Any]) -> list[str]:
+    return [
+        str(ref["reference"]).split("/_history")[0]
+        for ref in refs
+        if isinstance(ref, dict) and str(ref.get("reference", "")).startswith("Patient/")
+    ]
 
 
 def _patients_of_search(req: FhirRequest) -> list[str]:
     found = []
     for name, value in req.params:
         base = name.split(":", 1)[0]
-        if base in ("patient", "subject") or (req.res_type == "Patient" and base == "_id"):
+        if base in _PATIENT_PARAMS or (req.res_type == "Patient" and base == "_id"):
             for one in value.split(","):
                 one = one.strip()
                 if one:
@@ -67,9 +86,9 @@ def patients_of(kind: str, req: FhirRequest, resp: FhirResponse | None) -> tuple
     found: list[str] = []
     if req.res_type == "Patient" and req.res_id:
         found.append(f"Patient/{req.res_id}")
-    if kind.startswith("search"):
+    if kind.startswith("search") or kind == "operation":
         found += _patients_of_search(req)
-    elif req.resource is not None:
+    if not kind.startswith("search") and req.resource is not None:
         found += _patient_of(req.resource)
     if resp is not None and kind in ("read", "vread", "create", "update", "patch") and not found:
         stored = resp.version

@@ -36,6 +36,7 @@ from fhir_server.rest.operations import (
     export_abroad,
     lookup,
     meridian_interpretation,
+    scheduling,
     subsumes,
     translate,
     validate,
@@ -66,6 +67,7 @@ class Route:
 _ADMIN = (("*", "cruds"),)
 _READ = (("{type}", "r"),)
 _ASSESS = (("QuestionnaireResponse", "r"), ("Observation", "c"))
+_BOOK = (("Slot", "r"), ("Appointment", "c"))
 
 ROUTES: tuple[Route, ...] = (
     Route("capabilities", "system", "GET", ("metadata",), capabilities.handle),
@@ -156,6 +158,13 @@ ROUTES: tuple[Route, ...] = (
         everything.handle,
         access=(("Patient", "r"), ("*", "s")),
     ),
+    # experts' time, IHE ITI Scheduling: rest/operations/scheduling.py
+    *(
+        Route("$find", "type", method, ("Appointment", "$find"), scheduling.find, access=(("Slot", "s"),))
+        for method in ("GET", "POST")
+    ),
+    Route("$hold", "type", "POST", ("Appointment", "$hold"), scheduling.hold, access=_BOOK),
+    Route("$book", "type", "POST", ("Appointment", "$book"), scheduling.book, access=_BOOK),
     # data sent abroad and its ledger (R28): rest/operations/export_abroad.py
     Route("$export-abroad", "system", "POST", ("$export-abroad",), export_abroad.export, access=(("*", "rs"),)),
     Route("$export-ledger", "system", "GET", ("$export-ledger",), export_abroad.ledger, access=(("AuditEvent", "s"),)),

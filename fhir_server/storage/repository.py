@@ -211,14 +211,18 @@ class Session:
         return version
 
     @contextmanager
-    def unrestricted(self) -> Iterator[None]:
-        """The server's own writes inside a request (a Provenance of a workflow step): no access
-        limits for their duration."""
-        access, self.access = self.access, None
+    def acting(self, access: Any) -> Iterator[None]:
+        """The server's own writes inside a request, under ``access`` for their duration (None: no
+        limits, e.g. the Provenance of a workflow step; an institution's access: a row it owns,
+        e.g. the Appointment booked in its calendar)."""
+        previous, self.access = self.access, access
         try:
             yield
         finally:
-            self.access = access
+            self.access = previous
+
+    def unrestricted(self) -> Any:
+        return self.acting(None)
 
     # -- reads ---------------------------------------------------------------------------
     def read_current(self, res_type: str, res_id: str) -> StoredVersion | None:

@@ -36,6 +36,7 @@ from fhir_server.security.tenancy import organization_id
 from fhir_server.storage.repository import Repository, Session, StoredVersion
 from fhir_server.util.clock import instant, now_us
 from fhir_server.workflow import machine as m
+from fhir_server.workflow.shared_records import as_stored, keep_owners_part
 
 #: what the performer may change in the requester's Task
 PERFORMER_WRITABLE = frozenset(
@@ -58,7 +59,7 @@ class TaskRules:
     def co_owners(self, session: Session, current: StoredVersion) -> set[str]:
         """The institutions besides its creator that may update a Task: its performer's, and the
         platform's (pre-review)."""
-        stored = _stored(current)
+        stored = as_stored(current)
         if m.business_status(stored) is None:
             return set()
         found = set(institutions(session, [stored.get("owner")]))
@@ -86,14 +87,14 @@ class TaskRules:
     ) -> None:
         if resource is None:
             return  # a deletion: only its creator may (tenancy), whatever the state
-        stored = _stored(current) if current is not None and not current.deleted else None
+        stored = as_stored(current) if current is not None and not current.deleted else None
         target = m.business_status(resource)
         source = m.business_status(stored)
         if target is None and source is None:
             return  # not one of our workflow Tasks
         access = session.access
         if stored is not None and access is not None and access.organization not in (None, current.tenant):
-            _keep_requesters_part(resource, stored)  # the performer changes the progress only
+            keep_owners_part(resource, stored, PERFORMER_WRITABLE)  # the performer changes the progress only
             target = m.business_status(resource)
         if target is None:
             raise FhirError("processing", f"Task/{res_id}: its businessStatus ({m.SYSTEM}) cannot be removed")
@@ -131,7 +132,7 @@ class TaskRules:
             return
         task = fjson.loads(written.content)
         target = m.business_status(task)
-        if target is None or (previous is not None and m.business_status(_stored(previous)) == target):
+        if target is None or (previous is not None and m.business_status(as_stored(previous)) == target):
             return
         access = session.access
         org = access.organization if access is not None else None
@@ -157,18 +158,3 @@ class TaskRules:
             ]
         with session.unrestricted():  # the server's record of the step, not a write of the requester's
             session.create(provenance)
-
-
-def _stored(version: StoredVersion | None) -> dict[str, Any]:
-    """The Task as stored (not the de-identified view another institution reads)."""
-    if version is None or version.stored_content is None:
-        return {}
-    return dict(fjson.loads(version.stored_content))
-
-
-def _keep_requesters_part(resource: dict[str, Any], stored: dict[str, Any]) -> None:
-    merged = {k: v for k, v in stored.items() if k not in PERFORMER_WRITABLE and k != "meta"}
-    merged.update({k: v for k, v in resource.items() if k in PERFORMER_WRITABLE})
-    merged["meta"] = stored.get("meta", {})
-    resource.clear()
-    resource.update(merged)

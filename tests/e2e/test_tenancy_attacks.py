@@ -10,78 +10,17 @@ tests/e2e/test_authorize.py and tests/e2e/test_audit.py.
 
 from __future__ import annotations
 
-import json
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
-from authlib.integrations.requests_client import OAuth2Session
-from fhirpy import SyncFHIRClient
 
-from tests.conftest import ServerProcess
-from tests.smart import PASSWORD, REDIRECT, SmartApp, cli
+from tests.e2e.institutions import LAUNCH_SCOPE, Network, consent, two_institutions
+from tests.smart import PASSWORD, SmartApp
 
-BOOT = ("boot", "boot-secret-1")
-SCOPE = ["openid", "fhirUser", "user/*.cruds"]
-LAUNCH_SCOPE = ["launch", "patient/*.rs", "openid", "fhirUser"]
 HIV = [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HIV"}]
-
-
-class Network:
-    def __init__(self, server: ServerProcess, a: str, b: str) -> None:
-        self.server = server
-        self.a, self.b = a, b
-        self.app = SmartApp(server.root, server.base, "app", SCOPE)
-        self.sessions: dict[str, requests.Session] = {}
-
-    def client_session(self, client_id: str) -> requests.Session:
-        session = OAuth2Session(client_id, f"{client_id}-secret-1", scope="system/*.*")
-        session.fetch_token(self.server.root + "/auth/token", grant_type="client_credentials")
-        return session
-
-    def user_session(self, username: str) -> requests.Session:
-        _, token = self.app.code_flow(username, PASSWORD)
-        session = requests.Session()
-        session.headers["Authorization"] = f"Bearer {token['access_token']}"
-        return session
-
-    def fhirpy(self, who: str) -> SyncFHIRClient:
-        token = self.sessions[who].headers.get("Authorization") or f"Bearer {self.sessions[who].token['access_token']}"
-        return SyncFHIRClient(self.server.base, authorization=token)
-
-    def call(self, who: str, method: str, path: str, body: Any = None) -> requests.Response:
-        headers = {"Content-Type": "application/fhir+json"} if body is not None else {}
-        data = json.dumps(body) if body is not None else None
-        return self.sessions[who].request(method, f"{self.server.base}/{path}", data=data, headers=headers, timeout=15)
-
-    def create(self, who: str, resource: dict[str, Any]) -> str:
-        resp = self.call(who, "POST", resource["resourceType"], resource)
-        assert resp.status_code == 201, resp.text
-        return str(resp.json()["id"])
-
-
-def _consent(patient: str, *permits: tuple[str, str | None, list[dict[str, str]] | None]) -> dict[str, Any]:
-    provisions = []
-    for action, actor, labels in permits:
-        prov: dict[str, Any] = {"type": "permit", "action": [{"coding": [{"code": action}]}]}
-        if actor:
-            prov["actor"] = [{"role": {"text": "recipient"}, "reference": {"reference": f"Organization/{actor}"}}]
-        if labels:
-            prov["securityLabel"] = labels
-        provisions.append(prov)
-    return {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {
-            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": f"Patient/{patient}"},
-        "provision": {"type": "deny", "provision": provisions},
-    }
 
 
 def _observation(patient: str, code: str, **extra: Any) -> dict[str, Any]:
@@ -96,42 +35,9 @@ def _observation(patient: str, code: str, **extra: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def network(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
-    data = tmp_path_factory.mktemp("tenancy-e2e")
-    where = ("--database-url", database_url, "--data-dir", str(data))
-    a, b = f"a-{uuid.uuid4().hex[:8]}", f"b-{uuid.uuid4().hex[:8]}"
-    for client, org in (("a-sys", a), ("b-sys", b)):
-        cli(
-            "clients", "add", *where, client, "--secret", f"{client}-secret-1", "--scope", "system/*.*",
-            "--organization", f"Organization/{org}",
-        )  # fmt: skip
-    cli("clients", "add", *where, "app", "--auth-method", "none", "--grant-type", "authorization_code",
-         "--redirect-uri", REDIRECT, "--scope", " ".join(SCOPE + LAUNCH_SCOPE))  # fmt: skip
-    for username, org, role in (("a-doc", a, "requesting-doctor"), ("b-expert", b, "expert"), ("b-op", b, "operator")):
-        cli(
-            "users",
-            "add",
-            *where,
-            username,
-            "--password-stdin",
-            "--organization",
-            f"Organization/{org}",
-            "--role",
-            role,
-        )
-    server = ServerProcess(database_url, data, workers=2, auth=True, args=("--bootstrap-client", ":".join(BOOT)))
-    net = Network(server, a, b)
-    try:
-        net.sessions["boot"] = net.client_session("boot")
-        for org in (a, b):
-            resp = net.call(
-                "boot", "PUT", f"Organization/{org}", {"resourceType": "Organization", "id": org, "name": org}
-            )
-            assert resp.status_code == 201, resp.text
-        net.sessions["a"] = net.client_session("a-sys")
-        net.sessions["b"] = net.client_session("b-sys")
+    users = (("a-doc", "a", "requesting-doctor"), ("b-expert", "b", "expert"), ("b-op", "b", "operator"))
+    with two_institutions(database_url, tmp_path_factory.mktemp("tenancy-e2e"), users) as net:
         yield net
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -140,10 +46,10 @@ def records(network: Network) -> dict[str, str]:
     n = network
     ids: dict[str, str] = {}
     ids["pa"] = n.create("a", {"resourceType": "Patient", "name": [{"family": "Zhang"}]})
-    n.create("a", _consent(ids["pa"], ("collect", None, None)))
+    n.create("a", consent(ids["pa"], ("collect", None, None)))
     ids["oa"] = n.create("a", _observation(ids["pa"], "X"))
     ids["pb"] = n.create("b", {"resourceType": "Patient", "name": [{"family": "Li"}]})
-    n.create("b", _consent(ids["pb"], ("collect", None, None)))
+    n.create("b", consent(ids["pb"], ("collect", None, None)))
     ids["ob"] = n.create("b", _observation(ids["pb"], "X"))
     ids["ob_pa"] = n.create("b", _observation(ids["pa"], "X"))
     return ids
@@ -180,7 +86,7 @@ def test_a_consultation_shares_with_the_invited_institutions_experts(network: Ne
     n.sessions["b-expert"] = n.user_session("b-expert")
     n.sessions["b-op"] = n.user_session("b-op")
     pc = n.create("a-doc", {"resourceType": "Patient", "name": [{"family": "Wang"}]})
-    hiv = _consent(pc, ("collect", None, None))
+    hiv = consent(pc, ("collect", None, None))
     n.create("a-doc", hiv)
     oc = n.create("a-doc", _observation(pc, "X"))
     labelled = n.create("a-doc", _observation(pc, "H", meta={"security": HIV}))
@@ -194,7 +100,7 @@ def test_a_consultation_shares_with_the_invited_institutions_experts(network: Ne
     }
     refused = n.call("a-doc", "POST", "ServiceRequest", request)
     assert refused.status_code == 403 and refused.json()["issue"][0]["code"] == "security"
-    n.create("a-doc", _consent(pc, ("disclose", n.b, None), ("disclose", n.b, HIV)))
+    n.create("a-doc", consent(pc, ("disclose", n.b, None), ("disclose", n.b, HIV)))
     sr = n.create("a-doc", request)
     assert n.call("b-expert", "GET", f"Observation/{oc}").status_code == 200
     assert n.call("b-expert", "GET", f"Observation/{labelled}").status_code == 200
@@ -227,7 +133,7 @@ def test_an_ehr_launch_limits_the_app_to_the_patient_in_context(network: Network
     n, r = network, records
     n.sessions.setdefault("a-doc", n.user_session("a-doc"))
     px = n.create("a-doc", {"resourceType": "Patient", "name": [{"family": "Zhou"}]})
-    n.create("a-doc", _consent(px, ("collect", None, None)))
+    n.create("a-doc", consent(px, ("collect", None, None)))
     ox = n.create("a-doc", _observation(px, "X"))
     ehr = n.sessions["a-doc"]
     refused = ehr.post(n.server.root + "/auth/launch", json={"patient": r["pb"]}, timeout=10)

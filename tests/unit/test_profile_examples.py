@@ -32,6 +32,7 @@ EXAMPLES = PROFILES / "examples"
 TERMINOLOGY = ROOT / "terminology"
 CN = "http://fhir.telefhir.cn"
 SD = f"{CN}/StructureDefinition/"
+BASE = "http://hl7.org/fhir/StructureDefinition/"
 
 
 def _gen() -> Any:
@@ -122,9 +123,15 @@ def test_every_extension_is_used_by_a_valid_example(validator: Validator, extens
         if any(e.get("url") == SD + extension_id for e in resource.get("extension", [])):
             users.append(resource)
     assert users, f"no example uses the extension {extension_id}"
-    for resource in users:
-        for profile in resource["meta"]["profile"]:
-            assert _errors(validator, resource, profile.removeprefix(SD)) == []
+    for resource in users:  # against the profiles it claims, else the base definition of its type
+        claimed = resource.get("meta", {}).get("profile") or [BASE + resource["resourceType"]]
+        for profile in claimed:
+            issues = validator.validate(resource, profile)
+            assert [i for i in issues if i.severity == "error"] == [], profile
+        for extension in resource["extension"]:  # and the extension itself against its definition
+            if extension.get("url") == SD + extension_id:
+                issues = validator.validate(extension, SD + extension_id)
+                assert [i for i in issues if i.severity == "error"] == [], extension
 
 
 def test_the_uscc_naming_system_names_the_system_cn_organization_fixes() -> None:

@@ -28,6 +28,9 @@ OPERATIONS = {
     "everything": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
     "export-abroad": "http://fhir.telefhir.cn/OperationDefinition/export-abroad",
     "export-ledger": "http://fhir.telefhir.cn/OperationDefinition/export-ledger",
+    "find": "http://fhir.telefhir.cn/OperationDefinition/appointment-find",
+    "hold": "http://fhir.telefhir.cn/OperationDefinition/appointment-hold",
+    "book": "http://fhir.telefhir.cn/OperationDefinition/appointment-book",
     # "Type/name": an operation whose definition differs by resource type (profiles/operationdefinition-*.json)
     "CodeSystem/lookup": "http://fhir.telefhir.cn/OperationDefinition/codesystem-lookup",
     "CodeSystem/validate-code": "http://fhir.telefhir.cn/OperationDefinition/codesystem-validate-code",

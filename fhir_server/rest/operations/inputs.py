@@ -26,6 +26,7 @@ _PRIMITIVE_KEYS = ("valueString", "valueCode", "valueUri", "valueCanonical", "va
 
 # parameter types
 STRING = "string"
+DATETIME = "dateTime"
 BOOLEAN = "boolean"
 INTEGER = "integer"
 DECIMAL = "decimal"
@@ -92,7 +93,7 @@ class Inputs:
     def _from_query(self, name: str, raw: str, unsupported: frozenset[str]) -> Any:
         self._check_name(name, unsupported)
         kind = self.spec[name][0]
-        if kind == STRING:
+        if kind in (STRING, DATETIME):
             return raw
         if kind == BOOLEAN:
             if raw not in ("true", "false"):
@@ -128,6 +129,8 @@ class Inputs:
             raise FhirError("bad-request", f"${self.operation}: {name} needs exactly one value[x]", where)
         key, value = next(iter(values.items()))
         if kind == STRING and key in _PRIMITIVE_KEYS and isinstance(value, str):
+            return value
+        if kind == DATETIME and key in ("valueDateTime", "valueInstant", "valueDate") and isinstance(value, str):
             return value
         if kind == BOOLEAN and key == "valueBoolean" and isinstance(value, bool):
             return value

@@ -1,0 +1,137 @@
+"""A network of three institutions for the workflow tests: the requester A, the invited B and the
+platform P, with people of each holding real tokens, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import fresh_database
+
+A, B, P = "wf-a", "wf-b", "wf-p"
+EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "profiles" / "examples"
+STATUS = "http://fhir.telefhir.cn/CodeSystem/consultation-task-status"
+NUMBER = "http://fhir.telefhir.cn/sid/consultation-number"
+PASSWORD = "Str0ng-passw0rd!"
+CONSENT_SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
+TASK_STATUS = {"applied": "requested", "pre-reviewed": "received", "accepted": "accepted", "rejected": "rejected",
+               "scheduled": "ready", "in-progress": "in-progress", "reported": "in-progress",
+               "reviewed": "in-progress", "published": "completed", "evaluated": "completed",
+               "cancelled": "cancelled"}  # fmt: skip
+
+
+def example(name: str) -> dict[str, Any]:
+    return json.loads((EXAMPLES / f"{name}.json").read_text("utf-8"))
+
+
+class Net:
+    def __init__(self, client: Any, services: Any) -> None:
+        self.client, self.services = client, services
+        self.tokens: dict[str, str] = {}
+
+    def call(self, who: str, method: str, path: str, body: Any = None, **headers: str) -> Any:
+        return self.client.open(
+            f"/fhir/{path}",
+            method=method,
+            json=body,
+            headers={"Authorization": f"Bearer {self.tokens[who]}", **headers},
+        )
+
+    def post(self, who: str, resource: dict[str, Any]) -> dict[str, Any]:
+        resp = self.call(who, "POST", resource["resourceType"], resource)
+        assert resp.status_code == 201, [i["diagnostics"] for i in resp.get_json()["issue"] if i["severity"] == "error"]
+        return resp.get_json()
+
+    def move(self, who: str, task_id: str, business: str, **extra: Any) -> Any:
+        task = self.call(who, "GET", f"Task/{task_id}").get_json()
+        task["businessStatus"] = {"coding": [{"system": STATUS, "code": business}]}
+        task["status"] = TASK_STATUS[business]
+        task.update(extra)
+        return self.call(who, "PUT", f"Task/{task_id}", task)
+
+
+def network(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    from fhir_server.app import build_services, create_app
+    from fhir_server.config import Settings
+    from fhir_server.security.authcode import AccountUser
+
+    with fresh_database(request.param, tmp_path_factory) as url:
+        settings = Settings(
+            database_url=url,
+            data_dir=tmp_path_factory.mktemp("workflow"),
+            base_url="http://testserver/fhir",
+            audit=False,
+            platform_organization=f"Organization/{P}",
+        )
+        services = build_services(settings)
+        security = services.security
+        security.clients.save("plat", secret="s3cret-s3cret")
+        users = (
+            ("a-doc", A, "requesting-doctor"),
+            ("b-expert", B, "expert"),
+            ("b-admin", B, "participating-institution-admin"),
+            ("b-sched", B, "scheduler"),
+            ("p-sched", P, "scheduler"),
+        )
+        for username, org, role in users:
+            security.users.create(username, PASSWORD, organization=f"Organization/{org}", roles=(role,),
+                                  fhir_user=f"Practitioner/{username}")  # fmt: skip
+        n = Net(create_app(settings, services).test_client(), services)
+        plat = security.clients.get("plat")
+        n.tokens["plat"] = security.tokens.issue(plat, "system/*.*")
+        for username, *_ in users:
+            n.tokens[username] = security.tokens.issue(
+                plat, "user/*.cruds", user=AccountUser(security.users.get(username))
+            )
+        for org in (A, B, P):
+            assert (
+                n.call(
+                    "plat", "PUT", f"Organization/{org}", {"resourceType": "Organization", "id": org, "name": org}
+                ).status_code
+                == 201
+            )
+        yield n
+        services.repo.engine.dispose()
+
+
+def consultation(n: Net) -> tuple[str, dict[str, Any]]:
+    """A patient of A with consent, A's consultation request to B and its Task at 'applied'."""
+    patient = n.post("a-doc", {"resourceType": "Patient", "name": [{"family": "Wang"}], "gender": "female"})
+    consent = {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {"coding": [{"system": CONSENT_SCOPE, "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{patient['id']}"},
+        "provision": {"type": "deny", "provision": [
+            {"type": "permit", "action": [{"coding": [{"code": "collect"}]}]},
+            {"type": "permit", "action": [{"coding": [{"code": "disclose"}]}],
+             "actor": [{"role": {"text": "recipient"}, "reference": {"reference": f"Organization/{B}"}}]},
+        ]},
+    }  # fmt: skip
+    n.post("a-doc", consent)
+    request = example("consultation-request-example")
+    for key in ("id", "identifier", "supportingInfo"):
+        request.pop(key)
+    request["subject"] = {"reference": f"Patient/{patient['id']}"}
+    request["requester"] = {"reference": f"Organization/{A}"}
+    request["performer"] = [{"reference": f"Organization/{B}"}]
+    request["code"]["coding"][0].update(code="teleconsultation-online", display="实时远程会诊")
+    sr = n.post("a-doc", request)
+    task = example("consultation-task-example")
+    task.pop("id")
+    task.update(
+        status="requested",
+        businessStatus={"coding": [{"system": STATUS, "code": "applied"}]},
+        basedOn=[{"reference": f"ServiceRequest/{sr['id']}"}],
+        focus={"reference": f"ServiceRequest/{sr['id']}"},
+        owner={"reference": f"Organization/{B}"},
+        requester={"reference": f"Organization/{A}"},
+        code=request["code"],
+    )
+    task["for"] = {"reference": f"Patient/{patient['id']}", "display": "王秀英"}
+    return n.post("a-doc", task)["id"], sr
