@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from flask import Flask, Response, g, request
 
 from fhir_server import packaged
@@ -33,6 +34,7 @@ from fhir_server.security.access import PUBLIC
 from fhir_server.security.deid_key import deidentify_key
 from fhir_server.security.egress import Egress
 from fhir_server.security.fields import FieldCrypto
+from fhir_server.security.keys import SigningKeys
 from fhir_server.security.service import Security, build_security
 from fhir_server.security.signing import key_ring
 from fhir_server.security.tenancy import RowAccessRules, access_for
@@ -62,6 +64,8 @@ class Services:
     security: Security | None = None
     #: the append-only audit store; None when audit is off (audit/store.py)
     audit: AuditStore | None = None
+    #: the keys that sign published documents, published at /document-keys (workflow/documents.py)
+    document_keys: SigningKeys | None = None
 
 
 def build_services(settings: Settings, migrate: bool = True) -> Services:
@@ -105,7 +109,11 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
     )
     security = build_security(engine, settings, prepare=migrate, ring=ring) if settings.auth else None
     audit = AuditStore(engine) if settings.audit else None
-    return Services(settings, repo, search, search_params, jobs, profiles, security, audit)
+    # documents stay verifiable as long as they are kept: keys rotate yearly and stay published
+    document_keys = SigningKeys(engine, rotate_after_days=365, publish_for_s=None, purpose="document")
+    if migrate:
+        document_keys.ensure_current()  # before workers fork: one key, not one per worker
+    return Services(settings, repo, search, search_params, jobs, profiles, security, audit, document_keys)
 
 
 @functools.lru_cache(maxsize=16)
@@ -199,6 +207,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
             principal=principal,
             auditor=auditor,
             access=_restriction(principal, settings) if security is not None else None,
+            document_keys=services.document_keys,
         )
 
     adapter.register(app, make_context, settings.bundle_slots)
@@ -242,6 +251,13 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
         except Exception as exc:  # noqa: BLE001 - any database failure means not ready
             return Response(f"database unreachable: {exc.__class__.__name__}\n", status=503, mimetype="text/plain")
         return Response("ready\n", mimetype="text/plain")
+
+    @app.get("/document-keys")
+    def document_keys() -> Response:
+        """The public keys that verify published documents' signatures (a JWKS)."""
+        assert services.document_keys is not None
+        body = orjson.dumps(services.document_keys.jwks())
+        return Response(body, mimetype="application/jwk-set+json", headers={"Cache-Control": "max-age=300"})
 
     @app.get("/metrics")
     def metrics_endpoint() -> Response:

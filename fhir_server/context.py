@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from fhir_server.audit.interactions import RequestAuditor
     from fhir_server.search.engine import SearchEngine
     from fhir_server.search.reindex import JobRunner
+    from fhir_server.security.keys import SigningKeys
     from fhir_server.security.tenancy import Access
     from fhir_server.security.tokens import Principal
     from fhir_server.validation.conformance import ProfileStore
@@ -43,6 +44,8 @@ class RequestContext:
     auditor: RequestAuditor | None = None
     #: what the request may see and change (security/tenancy.py); None: everything
     access: Access | None = None
+    #: the keys that sign published documents (workflow/documents.py)
+    document_keys: SigningKeys | None = None
 
     @contextmanager
     def session(self, write: bool = False) -> Iterator[Session]:
@@ -68,4 +71,5 @@ class RequestContext:
             self.principal,
             self.auditor,
             self.access,
+            self.document_keys,
         )

@@ -31,6 +31,7 @@ from fhir_server.rest.operations import (
     aecg_import,
     assess_constitution,
     deidentify,
+    documents,
     everything,
     expand,
     export_abroad,
@@ -165,6 +166,24 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route("$hold", "type", "POST", ("Appointment", "$hold"), scheduling.hold, access=_BOOK),
     Route("$book", "type", "POST", ("Appointment", "$book"), scheduling.book, access=_BOOK),
+    # the consultation report: rest/operations/documents.py
+    Route(
+        "$draft-report",
+        "instance",
+        "POST",
+        ("ServiceRequest", "{id}", "$draft-report"),
+        documents.draft_report,
+        access=(("ServiceRequest", "r"), ("Observation", "s"), ("Composition", "c")),
+    ),
+    Route("$document", "instance", "GET", ("Composition", "{id}", "$document"), documents.document, access=_READ),
+    Route(
+        "$document",
+        "instance",
+        "POST",
+        ("Composition", "{id}", "$document"),
+        documents.document,
+        access=(("Composition", "r"), ("Bundle", "c"), ("DocumentReference", "cu")),
+    ),
     # data sent abroad and its ledger (R28): rest/operations/export_abroad.py
     Route("$export-abroad", "system", "POST", ("$export-abroad",), export_abroad.export, access=(("*", "rs"),)),
     Route("$export-ledger", "system", "GET", ("$export-ledger",), export_abroad.ledger, access=(("AuditEvent", "s"),)),

@@ -103,6 +103,8 @@ DIRECTORY = frozenset(
     "Schedule Slot Device DeviceMetric".split()
 )
 
+#: the platform's services: an Observation in this category is part of a consultation
+SERVICE_TYPES = "http://fhir.telefhir.cn/CodeSystem/telemedicine-service-type"
 _OBSERVATION_CATEGORY = {"laboratory": EXAMINATION, "imaging": IMAGING, "procedure": TREATMENT}
 _REPORT_CATEGORY = {  # v2-0074 diagnostic service sections
     "RAD": IMAGING,
@@ -131,15 +133,19 @@ def possible(res_type: str, in_patient_compartment: bool) -> int:
     """Every category a resource of this type can fall in (the mask a permission check on the
     type, before the content is known, must consider)."""
     if res_type == "Observation":
-        return CLINICAL | EXAMINATION | IMAGING | TREATMENT
+        return CLINICAL | EXAMINATION | IMAGING | TREATMENT | CONSULTATION
     if res_type == "DiagnosticReport":
         return EXAMINATION | IMAGING
+    if res_type in ("Bundle", "DocumentReference"):  # documents of a consultation
+        return of_type(res_type, in_patient_compartment) | CONSULTATION
     return of_type(res_type, in_patient_compartment)
 
 
 def of_resource(resource: dict[str, Any], in_patient_compartment: bool) -> int:
     res_type = resource["resourceType"]
     if res_type == "Observation":
+        if _has_system(resource.get("category"), SERVICE_TYPES):
+            return CONSULTATION  # an expert's opinion in a consultation (consultation-opinion profile)
         for code in _codes(resource.get("category")):
             if code in _OBSERVATION_CATEGORY:
                 return _OBSERVATION_CATEGORY[code]
@@ -147,12 +153,33 @@ def of_resource(resource: dict[str, Any], in_patient_compartment: bool) -> int:
         for code in _codes(resource.get("category")):
             if code in _REPORT_CATEGORY:
                 return _REPORT_CATEGORY[code]
+    elif res_type == "Bundle" and resource.get("type") == "document":
+        return CONSULTATION  # a published report (workflow/documents.py), shared as its Composition is
+    elif res_type == "DocumentReference" and _about_a_request(resource):
+        return CONSULTATION  # the index entry of a request's report: it goes where the report goes
     return of_type(res_type, in_patient_compartment)
+
+
+def _about_a_request(reference: dict[str, Any]) -> bool:
+    context = reference.get("context")
+    related = context.get("related") if isinstance(context, dict) else None
+    return any(
+        isinstance(r, dict) and str(r.get("reference", "")).startswith(("ServiceRequest/", "Composition/"))
+        for r in related or ()
+    )
 
 
 def describe(mask: int) -> str:
     """``"clinical, imaging"``: the categories of a mask, for messages."""
     return ", ".join(name for bit, name in NAMES.items() if mask & bit) or "none"
+
+
+def _has_system(concepts: Any, system: str) -> bool:
+    return any(
+        isinstance(coding, dict) and coding.get("system") == system
+        for concept in (concepts if isinstance(concepts, list) else [])
+        for coding in (concept.get("coding", []) if isinstance(concept, dict) else [])
+    )
 
 
 def _codes(concepts: Any) -> list[str]:

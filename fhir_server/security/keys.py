@@ -10,6 +10,10 @@ flight. Keys live in the database (``auth_signing_keys``) so every worker and no
 the same key and verifies the others'. The private keys are stored as JWK JSON in that table:
 whoever can read the database can mint tokens, which is why the database credentials are
 secrets (docs/security.md).
+
+The same table holds the keys that sign published documents (``purpose = "document"``,
+workflow/documents.py): they rotate yearly and stay published for good, since a report must stay
+verifiable for as long as it is kept. The two kinds never sign for each other.
 """
 
 from __future__ import annotations
@@ -33,16 +37,25 @@ DAY_US = 86_400_000_000
 class SigningKeys:
     """The key ring as the database holds it, re-read when it may have changed."""
 
-    def __init__(self, engine: Engine, *, rotate_after_days: float = 30.0, publish_for_s: float = 7_200.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        rotate_after_days: float = 30.0,
+        publish_for_s: float | None = 7_200.0,
+        purpose: str = "token",
+    ) -> None:
+        """``publish_for_s``: how long a retired key stays published (None: for good)."""
         self.engine = engine
         self.rotate_after_us = int(rotate_after_days * DAY_US)
-        self.publish_for_us = int(publish_for_s * 1_000_000)
+        self.publish_for_us = None if publish_for_s is None else int(publish_for_s * 1_000_000)
+        self.purpose = purpose
         self._rows: list[Any] = []
         self._keyset: KeySet | None = None
 
     def _load(self) -> None:
         with self.engine.connect() as conn:
-            self._rows = list(conn.execute(select(K).order_by(K.c.created_us)))
+            self._rows = list(conn.execute(select(K).where(K.c.purpose == self.purpose).order_by(K.c.created_us)))
         self._keyset = KeySet([RSAKey.import_key(orjson.loads(r.private_jwk)) for r in self._rows])
 
     def ensure_current(self) -> str:
@@ -58,7 +71,11 @@ class SigningKeys:
         key = RSAKey.generate_key(2048, parameters={"kid": kid, "alg": ALG, "use": "sig"}, private=True)
         with begin_write(self.engine) as conn:
             private_jwk = orjson.dumps(key.as_dict(private=True)).decode()
-            conn.execute(insert(K).values(kid=kid, alg=ALG, private_jwk=private_jwk, created_us=now, retired_us=None))
+            conn.execute(
+                insert(K).values(
+                    kid=kid, alg=ALG, private_jwk=private_jwk, created_us=now, retired_us=None, purpose=self.purpose
+                )
+            )
             for row in active:
                 conn.execute(update(K).where(K.c.kid == row.kid).values(retired_us=now))
         self._load()
@@ -82,9 +99,9 @@ class SigningKeys:
     def jwks(self) -> dict[str, Any]:
         """The published public keys: active ones and retired ones whose tokens may still live."""
         self._load()
-        cutoff = now_us() - self.publish_for_us
+        cutoff = None if self.publish_for_us is None else now_us() - self.publish_for_us
         keys = []
         for row in self._rows:
-            if row.retired_us is None or row.retired_us > cutoff:
+            if row.retired_us is None or cutoff is None or row.retired_us > cutoff:
                 keys.append(RSAKey.import_key(orjson.loads(row.private_jwk)).as_dict(private=False))
         return {"keys": keys}

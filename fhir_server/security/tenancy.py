@@ -383,6 +383,8 @@ class RowAccessRules:
         patient = self.patient_of(res_type, res_id, index)
         if patient is None and res_type == "Provenance":
             patient = _target_patient(session, resource)  # a Provenance is about its target's patient
+        elif patient is None and res_type == "Bundle" and resource.get("type") == "document":
+            patient = _document_patient(resource)  # a document is about its Composition's subject
         category = cat.of_resource(resource, self.in_compartment(res_type))
         labels = lab.of_resource(resource)
         minor_until = None
@@ -421,6 +423,17 @@ def _inferred_tenant(resource: dict[str, Any], facts: PatientFacts | None) -> st
             target = one.get("reference") if isinstance(one, dict) else None
             if isinstance(target, str) and target.startswith("Organization/"):
                 return organization_id(target)
+    return None
+
+
+def _document_patient(bundle: dict[str, Any]) -> str | None:
+    entries = bundle.get("entry")
+    head = entries[0] if isinstance(entries, list) and entries else None
+    first = head.get("resource") if isinstance(head, dict) else None
+    subject = first.get("subject") if isinstance(first, dict) and first.get("resourceType") == "Composition" else None
+    ref = subject.get("reference") if isinstance(subject, dict) else None
+    if isinstance(ref, str) and ref.startswith("Patient/") and ref.count("/") == 1:
+        return ref.split("/", 1)[1]
     return None
 
 

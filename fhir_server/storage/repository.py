@@ -127,6 +127,16 @@ _HISTORY_COLS = "rid, version, res_type, res_id, updated_us, deleted, method, co
 _INSERT_HISTORY = f"INSERT INTO resource_history ({_HISTORY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 
 
+def _signed_document(version: StoredVersion) -> bool:
+    """A signed document Bundle crosses as it was signed: its content is what its author
+    institution could see (already de-identified on its way there), and a changed copy would no
+    longer verify (security/document_signature.py)."""
+    if version.res_type != "Bundle" or version.content is None or b'"signature"' not in version.content:
+        return False
+    bundle = fjson.loads(version.content)
+    return bundle.get("type") == "document" and isinstance(bundle.get("signature"), dict)
+
+
 @functools.lru_cache(maxsize=256)
 def _pyformat(sql: str) -> str:
     """``?`` placeholders as psycopg's ``%s`` (the statements are few and constant: cached)."""
@@ -204,7 +214,7 @@ class Session:
         version = self.repo.reveal(version)
         if self.access is not None and version.content is not None and self.repo.egress is not None:
             receiver = self.access.receiver(version.tenant, version.category)
-            if receiver is not None:
+            if receiver is not None and not _signed_document(version):
                 if version.stored is None:
                     version.stored = version.content
                 version.content = self.repo.egress(version.content, receiver)

@@ -293,6 +293,8 @@ auth_signing_keys = Table(
     Column("private_jwk", Text, nullable=False),
     Column("created_us", BigInteger, nullable=False),
     Column("retired_us", BigInteger, nullable=True),  # stops signing; published until tokens it signed expire
+    #: "token" (access and ID tokens) or "document" (published reports: published for good)
+    Column("purpose", String(16), nullable=False, server_default="token"),
 )
 
 #: access tokens revoked before they expire (RFC 7009), by their ``jti``
@@ -463,3 +465,4 @@ export_ledger = Table(
     Index("ix_export_ledger_organization", "organization", "recorded_us"),
     Index("ix_export_ledger_recorded", "recorded_us"),
 )
+

@@ -36,13 +36,12 @@ from fhir_server.security.tenancy import organization_id
 from fhir_server.storage.repository import Repository, Session, StoredVersion
 from fhir_server.util.clock import instant, now_us
 from fhir_server.workflow import machine as m
-from fhir_server.workflow.shared_records import as_stored, keep_owners_part
+from fhir_server.workflow.shared_records import as_stored, keep_owners_part, provenance_agent
 
 #: what the performer may change in the requester's Task
 PERFORMER_WRITABLE = frozenset(
     {"status", "businessStatus", "statusReason", "output", "note", "lastModified", "executionPeriod"}
 )
-PROVENANCE_AGENT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 
 
 class TaskRules:
@@ -134,17 +133,7 @@ class TaskRules:
         target = m.business_status(task)
         if target is None or (previous is not None and m.business_status(as_stored(previous)) == target):
             return
-        access = session.access
-        org = access.organization if access is not None else None
-        agent: dict[str, Any] = {
-            "type": {"coding": [{"system": PROVENANCE_AGENT, "code": "performer"}]},
-            "who": {
-                "reference": (access.user if access is not None and access.user else None)
-                or (f"Organization/{org}" if org else "Device/telefhir")
-            },  # fmt: skip
-        }
-        if org:
-            agent["onBehalfOf"] = {"reference": f"Organization/{org}"}
+        agent = provenance_agent(session, "performer")
         provenance: dict[str, Any] = {
             "resourceType": "Provenance",
             "target": [{"reference": f"Task/{written.res_id}/_history/{written.version}"}],

@@ -460,8 +460,10 @@ def test_labelled_data_is_for_cleared_roles_only(world: World) -> None:
 # -- roles ----------------------------------------------------------------------------------
 def test_roles_limit_categories(world: World) -> None:
     w = world
-    resp = w.get("a-admin", "Observation")
+    resp = w.get("a-admin", "Condition")
     assert resp.status_code == 403 and "roles" in resp.get_json()["issue"][0]["diagnostics"]
+    # Observations may be experts' opinions (consultation data): the search runs, limited to those
+    assert w.oa not in w.ids("a-admin", "Observation")
     assert w.pa in w.ids("a-admin", "Patient")
     # a system-wide search by an administrator returns only what the roles read
     seen = w.ids("a-admin", f"?_id={w.pa},{w.oa}")
@@ -478,7 +480,8 @@ def test_supervisor_oversees_consultations_of_every_institution_but_no_clinical_
     w.post("a", consent(pg, permit("collect"), permit("disclose", B)))
     sr = w.post("a", request(pg, [f"Organization/{B}"]))
     assert sr in w.ids("sup", "ServiceRequest")
-    assert w.get("sup", "Observation").status_code == 403
+    assert w.get("sup", "Condition").status_code == 403
+    assert w.ids("sup", "Observation") == set()  # only experts' opinions would show: consultation data
     assert w.get("sup", f"Patient/{pg}").status_code == 403
 
 

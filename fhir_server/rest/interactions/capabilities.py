@@ -28,6 +28,8 @@ OPERATIONS = {
     "everything": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
     "export-abroad": "http://fhir.telefhir.cn/OperationDefinition/export-abroad",
     "export-ledger": "http://fhir.telefhir.cn/OperationDefinition/export-ledger",
+    "document": "http://hl7.org/fhir/OperationDefinition/Composition-document",
+    "draft-report": "http://fhir.telefhir.cn/OperationDefinition/draft-report",
     "find": "http://fhir.telefhir.cn/OperationDefinition/appointment-find",
     "hold": "http://fhir.telefhir.cn/OperationDefinition/appointment-hold",
     "book": "http://fhir.telefhir.cn/OperationDefinition/appointment-book",
