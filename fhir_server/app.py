@@ -10,6 +10,7 @@ import functools
 import pathlib
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -23,6 +24,12 @@ from fhir_server.audit.store import AuditStore
 from fhir_server.config import Settings
 from fhir_server.context import RequestContext
 from fhir_server.errors import FhirError
+from fhir_server.notify.channels.amqp import AmqpPublisher
+from fhir_server.notify.channels.websocket import WebsocketHub
+from fhir_server.notify.dispatcher import Dispatcher, endpoint_host
+from fhir_server.notify.outbox import Notification
+from fhir_server.notify.retry import RetryPolicy
+from fhir_server.notify.subscriptions import Subscription, Subscriptions
 from fhir_server.rest.messages import FhirRequest
 from fhir_server.search.custom import CustomSearchParameters
 from fhir_server.search.engine import SearchEngine
@@ -66,6 +73,10 @@ class Services:
     audit: AuditStore | None = None
     #: the keys that sign published documents, published at /document-keys (workflow/documents.py)
     document_keys: SigningKeys | None = None
+    #: Subscriptions and the delivery of their notifications (notify/); the dispatcher runs in a
+    #: server worker (server.py), tests call ``deliver_due`` themselves
+    subscriptions: Subscriptions | None = None
+    dispatcher: Dispatcher | None = None
 
 
 def build_services(settings: Settings, migrate: bool = True) -> Services:
@@ -113,7 +124,21 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
     document_keys = SigningKeys(engine, rotate_after_days=365, publish_for_s=None, purpose="document")
     if migrate:
         document_keys.ensure_current()  # before workers fork: one key, not one per worker
-    return Services(settings, repo, search, search_params, jobs, profiles, security, audit, document_keys)
+    subscriptions = Subscriptions(repo, search)
+    subscriptions.install()  # every write is matched against them (notify/subscriptions.py)
+    dispatcher = Dispatcher(
+        repo,
+        subscriptions,
+        configured_base(settings),
+        AmqpPublisher(settings.amqp_url),
+        WebsocketHub(),
+        RetryPolicy(settings.notify_retry_delays),
+        poll=settings.notify_poll,
+    )
+    subscriptions.on_queued = dispatcher.wake
+    return Services(
+        settings, repo, search, search_params, jobs, profiles, security, audit, document_keys, subscriptions, dispatcher
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -151,6 +176,14 @@ def audit_spool(settings: Settings) -> pathlib.Path:
     return pathlib.Path(settings.data_dir) / "audit" / "spool"
 
 
+def configured_base(settings: Settings) -> str:
+    """The FHIR base outside any request (notifications): ``--base-url``, else where we listen."""
+    if settings.base_url:
+        return settings.base_url.rstrip("/")
+    scheme = "https" if settings.tls_cert else "http"
+    return f"{scheme}://{settings.host}:{settings.port}/fhir"
+
+
 def base_url(settings: Settings) -> str:
     if settings.base_url:
         return settings.base_url.rstrip("/")
@@ -177,6 +210,20 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
     security = services.security
     recorder = AuditRecorder(audit_spool(settings)) if services.audit is not None else None
     app.config["AUDIT_RECORDER"] = recorder
+    if recorder is not None and services.dispatcher is not None:
+        notified = balp.Server(name="telefhir", base_url=configured_base(settings), address=settings.host)
+
+        def audit_notification(sub: Subscription, row: Notification, delivered: bool, error: str | None) -> None:
+            """A notification delivered, or given up after its retries (BALP-style Export record)."""
+            requester = balp.Requester(
+                organization=f"Organization/{sub.owner}" if sub.owner else None, network_address=endpoint_host(sub)
+            )
+            interaction = balp.Interaction(
+                "notification", 200 if delivered else 502, datetime.now(UTC), "Subscription", sub.id, detail=error
+            )
+            recorder.record(interaction, requester, notified)
+
+        services.dispatcher.audit = audit_notification
 
     def make_context(req: FhirRequest, route: Route) -> RequestContext:
         """The request's context, once its token is checked (401 without a valid one)."""
@@ -211,6 +258,10 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
         )
 
     adapter.register(app, make_context, settings.bundle_slots)
+    if services.dispatcher is not None:  # websocket subscriptions (notify/channels/websocket.py)
+        from fhir_server.rest import websocket_http
+
+        websocket_http.register(app, services.repo.engine, services.dispatcher.hub, services.dispatcher.wake)
     if security is not None:
         from fhir_server.rest import auth_http
 

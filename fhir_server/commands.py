@@ -102,6 +102,18 @@ def cli(log_level: str) -> None:
     help="seconds between the audit writer's passes: how soon a record can be searched (each pass has a cost)",
 )
 @click.option(
+    "--amqp-url",
+    default=_DEFAULTS.amqp_url,
+    show_default=True,
+    help="the RabbitMQ broker of amqp subscription channels",
+)
+@click.option(
+    "--notify-retry-delays",
+    default=",".join(f"{d:g}" for d in _DEFAULTS.notify_retry_delays),
+    show_default=True,
+    help="seconds before each retry of a failed notification, comma-separated (then a failure notice)",
+)
+@click.option(
     "--audit",
     type=click.Choice(["on", "off"]),
     default="on",
@@ -131,6 +143,8 @@ def serve(
     audit_client_key: str | None,
     platform_organization: str | None,
     audit_interval: float,
+    amqp_url: str,
+    notify_retry_delays: str,
     audit: str,
 ) -> None:
     """Serve FHIR over HTTP."""
@@ -160,6 +174,8 @@ def serve(
         audit_client_key=audit_client_key,
         audit_interval=audit_interval,
         platform_organization=platform_organization,
+        amqp_url=amqp_url,
+        notify_retry_delays=_delays(notify_retry_delays),
     )
     if audit_repository:
         from fhir_server.audit.export import repository_target
@@ -179,6 +195,16 @@ def serve(
             "auth is OFF: every request is served without a token (a development flag; never in production)"
         )
     run(settings)
+
+
+def _delays(text: str) -> tuple[float, ...]:
+    try:
+        delays = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise click.UsageError(f"--notify-retry-delays: {text!r} is not a list of seconds") from None
+    if not delays or any(d < 0 for d in delays):
+        raise click.UsageError("--notify-retry-delays: give one or more non-negative delays")
+    return delays
 
 
 @cli.group()

@@ -73,6 +73,12 @@ class Settings:
     audit_repository_ca: str | None = None
     audit_client_cert: str | None = None
     audit_client_key: str | None = None
+    #: the RabbitMQ of amqp subscription channels (notify/channels/amqp.py)
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    #: seconds before each retry of a failed notification (three retries: R19)
+    notify_retry_delays: tuple[float, ...] = (1.0, 4.0, 16.0)
+    #: seconds between a worker's looks at the outbox for notifications it was not woken for
+    notify_poll: float = 0.2
 
     def with_overrides(self, **values: object) -> Settings:
         return replace(self, **{k: v for k, v in values.items() if v is not None})

@@ -96,6 +96,8 @@ def run_worker(settings: Settings, sock: socket.socket) -> None:
     app = create_app(settings, build_services(settings, migrate=False))
     jobs = app.config["SERVICES"].jobs
     jobs.start_polling()  # run $reindex jobs that were given back or whose worker died
+    dispatcher = app.config["SERVICES"].dispatcher
+    dispatcher.start()  # deliver Subscription notifications from the outbox (notify/)
     recorder = app.config["AUDIT_RECORDER"]
     gevent.spawn(_refresh_statistics_hourly, app.config["SERVICES"].repo.engine)
     gc.freeze()
@@ -124,6 +126,7 @@ def run_worker(settings: Settings, sock: socket.socket) -> None:
     log.info("worker %d serving %s://%s:%d/fhir", os.getpid(), scheme, settings.host, settings.port)
     server.serve_forever()
     jobs.stop(timeout=GRACE)
+    dispatcher.stop(timeout=GRACE)  # a notification being sent is finished and recorded, not cut off
     if recorder is not None:
         recorder.close()  # its spool is complete: the audit writer stores the rest
 

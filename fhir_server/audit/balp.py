@@ -237,6 +237,19 @@ _RULES: dict[str, _Rule] = {
     "operation": _rest("operation", "E", _RECIPIENT, query=True, path="{type}/{id}/{operation}"),
     "batch": _rest("batch", "E", _AGENT),
     "transaction": _rest("transaction", "E", _AGENT),
+    # a Subscription's notification leaving the server (notify/): we are the source, the
+    # subscriber the destination; recorded once per notification, delivered or given up
+    "notification": _Rule(
+        (DCM, "110106", "Export"),
+        (OPERATION_SYSTEM, "notify", "Subscription notification"),
+        "R",
+        _DESTINATION,
+        _SOURCE,
+        _RECIPIENT,
+        needs_type=True,
+        needs_id=True,
+        path="{type}/{id}",
+    ),
     "login": _Rule(_USER_AUTH, (DCM, "110122", "Login"), "E", _SOURCE, _DESTINATION, _HUMAN_USER),
     "logout": _Rule(_USER_AUTH, (DCM, "110123", "Logout"), "E", _SOURCE, _DESTINATION, _HUMAN_USER),
 }

@@ -38,6 +38,7 @@ from fhir_server.rest.operations import (
     lookup,
     meridian_interpretation,
     scheduling,
+    subscriptions,
     subsumes,
     translate,
     validate,
@@ -183,6 +184,16 @@ ROUTES: tuple[Route, ...] = (
         ("Composition", "{id}", "$document"),
         documents.document,
         access=(("Composition", "r"), ("Bundle", "c"), ("DocumentReference", "cu")),
+    ),
+    # Subscriptions Backport: rest/operations/subscriptions.py
+    *(
+        Route(f"${name}", "instance", method, ("Subscription", "{id}", f"${name}"), handler, access=_READ)
+        for name, handler in (
+            ("status", subscriptions.status),
+            ("events", subscriptions.events),
+            ("get-ws-binding-token", subscriptions.ws_binding_token),
+        )
+        for method in ("GET", "POST")
     ),
     # data sent abroad and its ledger (R28): rest/operations/export_abroad.py
     Route("$export-abroad", "system", "POST", ("$export-abroad",), export_abroad.export, access=(("*", "rs"),)),

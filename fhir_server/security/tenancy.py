@@ -282,6 +282,14 @@ def organization_id(reference: str | None) -> str | None:
     return ref.rsplit("/", 1)[-1] if "/" in ref else ref
 
 
+def institution_access(organization: str | None) -> Access | None:
+    """What an institution's own system sees (None: the platform, unrestricted): the view of
+    the server's work for it, e.g. matching changes against its subscriptions (notify/)."""
+    if organization is None:
+        return None
+    return _access(f"Organization/{organization}", (), None, frozenset({"system"}), None, False)
+
+
 @functools.lru_cache(maxsize=1024)
 def _access(
     organization: str | None,

@@ -202,6 +202,11 @@ class Session:
     #: and the (patient, institution) pairs whose consent to collection was checked
     patient_facts: dict[str, Any] = field(default_factory=dict)
     consent_checked: set[tuple[str, str]] = field(default_factory=set)
+    #: per-transaction memory of other hooks (notify/: the changes to match against subscriptions)
+    scratch: dict[str, Any] = field(default_factory=dict)
+    #: False: this transaction's changes announce nothing (the notifier's own records of a failed
+    #: delivery, which would otherwise be announced, fail, and be recorded again)
+    notify: bool = True
 
     def visible(self, res: Any = resources) -> Any:
         """The access predicate on a ``resources`` row or alias, or None when unrestricted."""
@@ -320,6 +325,8 @@ class Session:
         hook = self.repo.after_write.get(version.res_type)
         if hook is not None:
             hook(self, version, previous)
+        for every in self.repo.after_any_write:
+            every(self, version, previous)
 
     def _before_write(
         self, res_type: str, res_id: str, resource: dict[str, Any] | None, current: StoredVersion | None
@@ -500,6 +507,8 @@ class Repository:
         self.write_checks: list[WriteHook] = []
         #: resource type -> hook run after each write of that type (security/grants.py)
         self.after_write: dict[str, AfterWrite] = {}
+        #: run after every write of any type (notify/: changes matched against subscriptions)
+        self.after_any_write: list[AfterWrite] = []
         #: the access columns of each row written (security/tenancy.py); the default makes
         #: every row the platform's own, of no category: visible to unrestricted access only
         self.row_access: RowAccessRule = _platform_row

@@ -466,3 +466,36 @@ export_ledger = Table(
     Index("ix_export_ledger_recorded", "recorded_us"),
 )
 
+
+#: notifications to deliver (notify/): written in the transaction of the change they announce, so
+#: none is lost across a restart; delivered at least once, each with its idempotency key
+subscription_outbox = Table(
+    "subscription_outbox",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("notification_id", String(64), nullable=False, unique=True),  # the idempotency key
+    Column("subscription", String(64), nullable=False),
+    Column("event_number", BigInteger, nullable=False),  # per subscription, from 1; 0: a handshake
+    Column("kind", String(24), nullable=False),  # event-notification | handshake
+    Column("focus", String(200), nullable=True),  # "Task/1/_history/3"
+    Column("origin", String(64), nullable=True),  # the institution whose change it announces
+    Column("channel", String(16), nullable=False),  # rest-hook | websocket | amqp
+    Column("status", String(16), nullable=False),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_us", BigInteger, nullable=False),
+    Column("lease_until_us", BigInteger, nullable=True),  # a worker is delivering it until then
+    Column("created_us", BigInteger, nullable=False),
+    Column("delivered_us", BigInteger, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Index("ix_subscription_outbox_due", "status", "next_attempt_us"),
+    Index("ix_subscription_outbox_subscription", "subscription", "event_number"),
+)
+
+#: one-time tokens binding a websocket to a subscription (``$get-ws-binding-token``)
+subscription_ws_tokens = Table(
+    "subscription_ws_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),  # SHA-256 of the token: the token is not stored
+    Column("subscription", String(64), nullable=False),
+    Column("expires_us", BigInteger, nullable=False),
+)

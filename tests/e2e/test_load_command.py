@@ -81,7 +81,7 @@ def test_db_upgrade_command(tmp_path: pathlib.Path) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "database at revision 0014" in result.stdout
+    assert "database at revision 0015" in result.stdout
 
 
 def test_options_read_fhir_server_environment_variables(tmp_path: pathlib.Path) -> None:

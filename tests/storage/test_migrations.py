@@ -12,7 +12,7 @@ from fhir_server.storage.schema import counters, metadata
 
 def test_migrated_database_matches_the_schema(services) -> None:  # type: ignore[no-untyped-def]
     engine = services.repo.engine
-    assert current_revision(engine) == head_revision(engine) == "0014"
+    assert current_revision(engine) == head_revision(engine) == "0015"
     with engine.connect() as conn:
 
         def this_dialect(obj, _name, _type, _reflected, _compare_to) -> bool:  # type: ignore[no-untyped-def]

@@ -71,6 +71,7 @@ EXAMPLES: dict[str, Interaction] = {
     "operation": Interaction("operation", 200, WHEN, "Patient", "1", operation="$everything", query="_count=50"),
     "batch": Interaction("batch", 200, WHEN, http_method="POST"),
     "transaction": Interaction("transaction", 200, WHEN, http_method="POST"),
+    "notification": Interaction("notification", 200, WHEN, "Subscription", "s1"),
     "login": Interaction("login", 200, WHEN),
     "logout": Interaction("logout", 200, WHEN),
 }
@@ -269,11 +270,11 @@ def test_failed_login_records_the_failure_and_the_account_tried() -> None:
 
 
 @pytest.mark.parametrize("kind", sorted(k for k in EXAMPLES if not k.startswith("log")))
-def test_client_server_roles_swap_for_read_and_vread_only(kind: str) -> None:
+def test_client_server_roles_swap_when_data_leaves_the_server(kind: str) -> None:
     (event,) = built(EXAMPLES[kind])
     client, server = codes(agent(event, "client")["type"]), codes(agent(event, "server")["type"])
-    if kind in ("read", "vread"):
-        assert (client, server) == ({"110152"}, {"110153"})  # the client receives the data
+    if kind in ("read", "vread", "notification"):
+        assert (client, server) == ({"110152"}, {"110153"})  # the client (the subscriber) receives the data
     elif kind == "delete":
         assert (client, server) == ({"110150"}, {"custodian"})  # BALP Delete: Application / custodian
     else:

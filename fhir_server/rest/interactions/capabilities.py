@@ -12,6 +12,7 @@ from typing import Any
 from fhir_server import __version__
 from fhir_server.context import RequestContext
 from fhir_server.model import FHIR_VERSION, get_model
+from fhir_server.notify.topics import TOPICS
 from fhir_server.rest.messages import FhirRequest, FhirResponse
 from fhir_server.search.query import supported_modifiers
 from fhir_server.util.clock import instant, now_us
@@ -31,6 +32,11 @@ OPERATIONS = {
     "document": "http://hl7.org/fhir/OperationDefinition/Composition-document",
     "draft-report": "http://fhir.telefhir.cn/OperationDefinition/draft-report",
     "find": "http://fhir.telefhir.cn/OperationDefinition/appointment-find",
+    "status": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status",
+    "events": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-events",
+    "get-ws-binding-token": (
+        "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-get-ws-binding-token"
+    ),
     "hold": "http://fhir.telefhir.cn/OperationDefinition/appointment-hold",
     "book": "http://fhir.telefhir.cn/OperationDefinition/appointment-book",
     # "Type/name": an operation whose definition differs by resource type (profiles/operationdefinition-*.json)
@@ -48,6 +54,10 @@ def operation_definition(name: str, res_type: str | None) -> str:
     return OPERATIONS.get(f"{res_type}/{name}") or OPERATIONS[name]
 
 
+TOPIC_CANONICAL = (
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/capabilitystatement-subscriptiontopic-canonical"
+)
+WEBSOCKET_EXTENSION = "http://hl7.org/fhir/StructureDefinition/capabilitystatement-websocket"
 PATCH_FORMATS = ["application/json-patch+json", "application/fhir+json", "application/fhir+xml"]
 
 
@@ -141,9 +151,14 @@ def _statement(base_url: str, registry: Any, _version: int, auth: bool) -> dict[
                 "operation": _operations(ROUTES, ("type", "instance"), res_type),
             }
         )
+        if res_type == "Subscription":  # the topics it may name (Subscriptions Backport)
+            resources[-1]["extension"] = [{"url": TOPIC_CANONICAL, "valueCanonical": url} for url in sorted(TOPICS)]
         resources[-1] = _without_empty(resources[-1])
+    root = base_url.removesuffix("/fhir")
+    websocket = ("wss" + root[5:] if root.startswith("https") else "ws" + root[4:]) + "/websocket"
     rest = _without_empty(
         {
+            "extension": [{"url": WEBSOCKET_EXTENSION, "valueUri": websocket}],
             "mode": "server",
             "security": _security(base_url) if auth else [],
             "resource": resources,

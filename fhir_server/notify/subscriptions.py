@@ -1,0 +1,317 @@
+"""Subscriptions: what a ``Subscription`` resource asks for, and the events it is owed.
+
+Two kinds, both R4 resources (http://hl7.org/fhir/R4/subscription.html):
+
+* **criteria** — ``criteria`` is a search (``Task?owner=Organization/b``): every create or update
+  of a resource that matches it afterwards is an event;
+* **topic** (Subscriptions Backport IG) — ``criteria`` is a topic's canonical URL (notify/topics.py),
+  narrowed by ``backport-filter-criteria`` searches on the topic's resource type; the topic's
+  trigger decides which changes are events.
+
+Channels: ``rest-hook`` (an HTTP POST), ``websocket`` (a socket bound to the subscription) and
+``amqp`` (a message to the platform's RabbitMQ: ``channel.type`` carries the backport
+``backport-channel-type`` extension with code ``amqp``; the endpoint is
+``amqp:///<exchange>/<routing key>``). Email, SMS and ``message`` are refused (422).
+
+Why matching happens in the writing transaction: the outbox row of each event is committed with
+the change it announces (notify/outbox.py), so neither exists without the other, whichever door
+the change came in by. A subscription sees what its institution sees: matches are searched under
+that institution's access (security/tenancy.py), so nothing it could not read is announced to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlparse
+
+from sqlalchemy import select
+
+from fhir_server.errors import FhirError
+from fhir_server.formats import json as fjson
+from fhir_server.model import get_model
+from fhir_server.notify import outbox
+from fhir_server.notify.topics import TOPICS, Topic
+from fhir_server.security.tenancy import institution_access
+from fhir_server.storage.repository import Repository, Session, StoredVersion
+from fhir_server.storage.schema import resources
+from fhir_server.util.fhirdate import parse_range
+
+log = logging.getLogger(__name__)
+
+BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+FILTER_URL = BACKPORT + "backport-filter-criteria"
+PAYLOAD_URL = BACKPORT + "backport-payload-content"
+CHANNEL_TYPE_URL = BACKPORT + "backport-channel-type"
+CHANNEL_SYSTEM = "http://fhir.telefhir.cn/CodeSystem/subscription-channel-type"
+CHANNELS = ("rest-hook", "websocket", "amqp")
+PAYLOADS = ("empty", "id-only", "full-resource")
+
+
+@dataclass(frozen=True)
+class Subscription:
+    id: str
+    #: the institution whose view it has (the row's owner); None: the platform's
+    owner: str | None
+    status: str
+    #: None: an R4 criteria subscription
+    topic: Topic | None
+    resource_type: str
+    #: search parameters an event's resource must match (criteria, or the topic's filters)
+    filters: tuple[tuple[str, str], ...]
+    payload: str
+    channel: str
+    endpoint: str | None
+    headers: tuple[str, ...]
+    #: R4 ``channel.payload`` (a criteria subscription's rest-hook PUTs the resource when set)
+    mime: str | None
+    end_us: int | None
+
+    def live(self, now_us: int) -> bool:
+        return self.status == "active" and (self.end_us is None or now_us < self.end_us)
+
+
+# -- reading a Subscription resource ---------------------------------------------------------------
+def parse(resource: dict[str, Any], res_id: str, owner: str | None) -> Subscription:
+    """The subscription a resource asks for; 422 naming what this server cannot do."""
+    criteria = resource.get("criteria")
+    if not isinstance(criteria, str) or not criteria.strip():
+        raise _invalid("criteria is required: a search (Type?params) or a topic's canonical URL", "criteria")
+    topic = TOPICS.get(criteria)
+    filters: list[tuple[str, str]] = []
+    if topic is not None:
+        res_type = topic.resource_type
+        for ext in _extensions(resource.get("_criteria")):
+            if ext.get("url") == FILTER_URL:
+                filters += _search(str(ext.get("valueString", "")), res_type, "criteria.extension")
+    elif "://" in criteria.split("?")[0]:
+        known = ", ".join(sorted(TOPICS))
+        raise _invalid(f"criteria {criteria!r} is not a topic of this server (topics: {known})", "criteria")
+    else:
+        res_type = criteria.split("?", 1)[0]
+        filters = _search(criteria, None, "criteria")
+    channel = resource.get("channel") if isinstance(resource.get("channel"), dict) else {}
+    kind = _channel_type(channel)
+    endpoint = channel.get("endpoint") if isinstance(channel.get("endpoint"), str) else None
+    _check_endpoint(kind, endpoint)
+    mime = channel.get("payload") if isinstance(channel.get("payload"), str) else None
+    payload = next(
+        (str(e.get("valueCode")) for e in _extensions(channel.get("_payload")) if e.get("url") == PAYLOAD_URL),
+        "id-only" if mime else "empty",
+    )
+    if payload not in PAYLOADS:
+        raise _invalid(
+            f"payload content {payload!r} is not one of {', '.join(PAYLOADS)}", "Subscription.channel.payload"
+        )
+    end = resource.get("end")
+    try:
+        end_us = parse_range(end)[0] if isinstance(end, str) else None
+    except ValueError:
+        raise _invalid(f"end {end!r} is not an instant", "Subscription.end") from None
+    return Subscription(
+        id=res_id,
+        owner=owner,
+        status=str(resource.get("status")),
+        topic=topic,
+        resource_type=res_type,
+        filters=tuple(filters),
+        payload=payload,
+        channel=kind,
+        endpoint=endpoint,
+        headers=tuple(h for h in channel.get("header") or () if isinstance(h, str)),
+        mime=mime,
+        end_us=end_us,
+    )
+
+
+def _search(text: str, res_type: str | None, where: str) -> list[tuple[str, str]]:
+    """``Type?a=b&c=d`` as parameters, its type checked against ``res_type`` (a topic's)."""
+    base, _, query = text.partition("?")
+    if not base or base not in get_model().resource_types:
+        raise _invalid(f"{text!r} does not start with a resource type (Type?params)", where)
+    if res_type is not None and base != res_type:
+        raise _invalid(f"{text!r}: this topic's events are {res_type} resources", where)
+    params = parse_qsl(query, keep_blank_values=True)
+    for name, _ in params:
+        if name.split(":")[0] in ("_sort", "_count", "_include", "_revinclude", "_summary", "_elements", "_total"):
+            raise _invalid(f"{text!r}: {name} says how to return results, not which changes matter", where)
+    return params
+
+
+def _channel_type(channel: dict[str, Any]) -> str:
+    code = channel.get("type")
+    for ext in _extensions(channel.get("_type")):
+        coding = ext.get("valueCoding") if ext.get("url") == CHANNEL_TYPE_URL else None
+        if isinstance(coding, dict):
+            if coding.get("system") == CHANNEL_SYSTEM and coding.get("code") == "amqp":
+                return "amqp"
+            raise _invalid(
+                f"channel type {coding.get('system')}|{coding.get('code')} is not supported",
+                "Subscription.channel.type",
+            )
+    if code not in ("rest-hook", "websocket"):
+        raise _invalid(
+            f"channel type {code!r} is not supported: rest-hook, websocket, or amqp "
+            f"(the backport-channel-type extension with {CHANNEL_SYSTEM}|amqp)",
+            "Subscription.channel.type",
+        )
+    return str(code)
+
+
+def _check_endpoint(kind: str, endpoint: str | None) -> None:
+    if kind == "rest-hook":
+        parsed = urlparse(endpoint or "")
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise _invalid("a rest-hook channel needs an http(s) endpoint", "Subscription.channel.endpoint")
+    elif kind == "amqp":
+        if amqp_address(endpoint) is None:
+            raise _invalid(
+                "an amqp channel's endpoint is amqp:///<exchange>/<routing key> (on the platform's broker)",
+                "Subscription.channel.endpoint",
+            )
+
+
+def amqp_address(endpoint: str | None) -> tuple[str, str] | None:
+    """(exchange, routing key) of ``amqp:///exchange/key``."""
+    parsed = urlparse(endpoint or "")
+    parts = parsed.path.strip("/").split("/", 1)
+    if parsed.scheme != "amqp" or parsed.netloc or len(parts) != 2 or not all(parts):
+        return None
+    return parts[0], parts[1]
+
+
+def _extensions(element: Any) -> list[dict[str, Any]]:
+    found = element.get("extension") if isinstance(element, dict) else None
+    return [e for e in found if isinstance(e, dict)] if isinstance(found, list) else []
+
+
+def _invalid(message: str, where: str) -> FhirError:
+    return FhirError("processing", f"Subscription: {message}", where)
+
+
+# -- the active subscriptions, and matching changes ------------------------------------------------
+class Subscriptions:
+    """The active subscriptions of this process (reloaded when another worker may have changed
+    them) and the matching of each write transaction's changes against them."""
+
+    def __init__(self, repo: Repository, search: Any, refresh_interval: float = 0.5) -> None:
+        self.repo = repo
+        self.search = search
+        self.refresh_interval = refresh_interval
+        self._by_type: dict[str, list[Subscription]] = {}
+        self._next_load = 0.0
+        self._lock = threading.Lock()
+        #: called after a transaction that queued notifications commits (wakes the dispatcher)
+        self.on_queued: Callable[[], None] | None = None
+
+    def install(self) -> None:
+        self.repo.write_hooks["Subscription"] = self.before_write
+        self.repo.after_any_write.append(self.after_write)
+
+    # ---- the Subscription resources ---------------------------------------------------------
+    def before_write(
+        self, session: Session, res_id: str, resource: dict[str, Any] | None, current: StoredVersion | None
+    ) -> None:
+        """Refuse what cannot be served (422); a requested subscription is served at once."""
+        self._next_load = 0.0  # this process sees the change at its next transaction
+        if resource is None:
+            return
+        sub = parse(resource, res_id, None)
+        try:
+            self.search.search(session, sub.resource_type, [*sub.filters, ("_id", "-")], 1)
+        except FhirError as err:
+            raise _invalid(f"its search cannot run here: {err.diagnostics}", "Subscription.criteria") from None
+        if resource.get("status") == "requested":
+            resource["status"] = "active"
+            resource.pop("error", None)
+
+    def active(self, res_type: str) -> list[Subscription]:
+        if time.monotonic() >= self._next_load:
+            self._load()
+        return self._by_type.get(res_type, [])
+
+    def get(self, sub_id: str) -> Subscription | None:
+        """A subscription as stored now (any status), or None."""
+        with self.repo.engine.connect() as conn:
+            row = conn.execute(
+                select(resources.c.content, resources.c.tenant).where(
+                    resources.c.res_type == "Subscription", resources.c.res_id == sub_id, resources.c.deleted.is_(False)
+                )
+            ).first()
+        if row is None:
+            return None
+        try:
+            return parse(fjson.loads(row.content), sub_id, row.tenant)
+        except FhirError:
+            return None
+
+    def _load(self) -> None:
+        with self._lock:
+            if time.monotonic() < self._next_load:
+                return
+            found: dict[str, list[Subscription]] = {}
+            with self.repo.engine.connect() as conn:
+                rows = conn.execute(
+                    select(resources.c.res_id, resources.c.content, resources.c.tenant).where(
+                        resources.c.res_type == "Subscription", resources.c.deleted.is_(False)
+                    )
+                )
+                for row in rows:
+                    try:
+                        sub = parse(fjson.loads(row.content), row.res_id, row.tenant)
+                    except FhirError:
+                        continue  # stored before a rule of ours existed: not served
+                    if sub.status == "active":
+                        found.setdefault(sub.resource_type, []).append(sub)
+            self._by_type = found
+            self._next_load = time.monotonic() + self.refresh_interval
+
+    # ---- the changes of a write transaction -------------------------------------------------
+    def after_write(self, session: Session, written: StoredVersion, previous: StoredVersion | None) -> None:
+        if written.deleted or not session.notify or not self.active(written.res_type):
+            return
+        changes = session.scratch.setdefault("notify", [])
+        origin = session.access.organization if session.access is not None else None
+        changes.append((written, previous, origin))
+        if len(changes) == 1:
+            session.before_commit["notify"] = lambda: self._match_last(session)
+
+    def _match_last(self, session: Session) -> None:
+        while session.before_commit:  # the others first: grants rebuilt, numbers assigned
+            _key, task = session.before_commit.popitem()
+            task()
+        changes = session.scratch.pop("notify", [])
+        queued = 0
+        now = outbox.now()
+        for sub in [s for t in {w.res_type for w, _, _ in changes} for s in self.active(t) if s.live(now)]:
+            candidates = [(w, p, o) for w, p, o in changes if w.res_type == sub.resource_type]
+            if sub.topic is not None:
+                candidates = [
+                    (w, p, o)
+                    for w, p, o in candidates
+                    if sub.topic.trigger(_content(p), fjson.loads(w.content or b"{}"))
+                ]
+            if not candidates:
+                continue
+            matched = self._matching(session, sub, [w.res_id for w, _, _ in candidates])
+            for written, _previous, origin in candidates:
+                if written.res_id in matched:
+                    outbox.enqueue(session, sub, "event-notification", written.location, origin)
+                    queued += 1
+        if queued and self.on_queued is not None:
+            session.after_commit.append(self.on_queued)
+
+    def _matching(self, session: Session, sub: Subscription, ids: list[str]) -> set[str]:
+        with session.acting(institution_access(sub.owner)):
+            page = self.search.search(session, sub.resource_type, [*sub.filters, ("_id", ",".join(ids))], len(ids))
+        return {v.res_id for v in page.versions}
+
+
+def _content(version: StoredVersion | None) -> dict[str, Any] | None:
+    if version is None or version.deleted or version.content is None:
+        return None
+    return dict(fjson.loads(version.content))

@@ -1,0 +1,201 @@
+"""Subscriptions (R19; issue 6 item 7), in-process on SQLite and PostgreSQL with the real
+RabbitMQ of this machine: what is matched in the writing transaction, what each channel
+receives, retries and the failure notice, $status and $events. The dispatcher is run by the
+test (``deliver_due``) so every step is observed; the e2e tests run it in a server."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pika
+import pytest
+
+from fhir_server.notify.retry import RetryPolicy
+from tests.notify.receiver import Receiver, consume, event_number, start_receiver
+from tests.rest.workflow_network import STATUS, A, B, Net, consultation, network
+
+CONSULTATION = "http://fhir.telefhir.cn/SubscriptionTopic/consultation"
+BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    for n in network(request, tmp_path_factory):
+        n.services.dispatcher.policy = RetryPolicy((0.0, 0.0, 0.0))
+        n.services.subscriptions.refresh_interval = 0.0  # see every Subscription at once
+        yield n
+
+
+@pytest.fixture()
+def receiver() -> Iterator[Receiver]:
+    r = start_receiver()
+    yield r
+    r.stop()
+
+
+def _deliver(n: Net, rounds: int = 5) -> None:
+    for _ in range(rounds):
+        n.services.dispatcher.deliver_due()
+
+
+def topic_subscription(
+    endpoint: str, filter_criteria: str, channel: str = "rest-hook", content: str = "full-resource"
+) -> dict[str, Any]:
+    sub: dict[str, Any] = {
+        "resourceType": "Subscription",
+        "meta": {"profile": [BACKPORT + "backport-subscription"]},
+        "status": "requested",
+        "reason": "our consultations",
+        "criteria": CONSULTATION,
+        "_criteria": {"extension": [{"url": BACKPORT + "backport-filter-criteria", "valueString": filter_criteria}]},
+        "channel": {
+            "type": channel,
+            **({"endpoint": endpoint} if endpoint else {}),
+            "payload": "application/fhir+json",
+            "_payload": {"extension": [{"url": BACKPORT + "backport-payload-content", "valueCode": content}]},
+        },
+    }
+    if channel == "amqp":
+        sub["channel"]["type"] = "rest-hook"  # replaced by the backport's channel type extension
+        del sub["channel"]["type"]
+        sub["channel"]["_type"] = {"extension": [{"url": BACKPORT + "backport-channel-type", "valueCoding": {
+            "system": "http://fhir.telefhir.cn/CodeSystem/subscription-channel-type", "code": "amqp"}}]}  # fmt: skip
+    return sub
+
+
+def _move(n: Net, who: str, task_id: str, business: str) -> None:
+    resp = n.move(who, task_id, business)
+    assert resp.status_code == 200, resp.get_json()
+
+
+def test_a_subscription_is_checked_and_activated(net: Net) -> None:
+    n = net
+    created = n.post("a-doc", topic_subscription("http://127.0.0.1:9/hook", f"Task?requester=Organization/{A}"))
+    assert created["status"] == "active"
+    for change, expected in (
+        ({"criteria": "http://example.org/SubscriptionTopic/nope"}, "not a topic of this server"),
+        ({"criteria": "Task?colour=red"}, "cannot run here"),
+        ({"criteria": "Task?_sort=date"}, "not which changes matter"),
+        ({"channel": {"type": "email", "endpoint": "mailto:x@example.org"}}, "not supported"),
+        ({"channel": {"type": "rest-hook", "endpoint": "ftp://example.org"}}, "http(s) endpoint"),
+    ):
+        body = {**topic_subscription("http://127.0.0.1:9/hook", "Task?"), **change}
+        resp = n.call("a-doc", "POST", "Subscription", body)
+        assert resp.status_code == 422, change
+        assert expected in resp.get_json()["issue"][0]["diagnostics"], resp.get_json()
+    n.call("a-doc", "DELETE", f"Subscription/{created['id']}")
+
+
+def test_consultation_steps_reach_a_rest_hook_once_each_in_order(net: Net, receiver: Receiver) -> None:
+    n = net
+    sub = n.post("a-doc", topic_subscription(receiver.url, f"Task?requester=Organization/{A}"))
+    task_id, _ = consultation(n)
+    _move(n, "p-sched", task_id, "pre-reviewed")
+    _move(n, "b-expert", task_id, "accepted")
+    note = n.call("a-doc", "GET", f"Task/{task_id}").get_json()
+    note["note"] = [{"text": "a note is not a step"}]
+    assert n.call("a-doc", "PUT", f"Task/{task_id}", note).status_code == 200
+    receiver.failures = 1  # the subscriber is down for one attempt: the retry brings it
+    _deliver(n)
+    bundles = [r.json() for r in receiver.kept.values()]
+    steps = []
+    for bundle in bundles:
+        status, task = bundle["entry"][0]["resource"], bundle["entry"][1]["resource"]
+        params = {p["name"]: p for p in status["parameter"]}
+        event = {p["name"]: p for p in params["notification-event"]["part"]}
+        assert params["topic"]["valueCanonical"] == CONSULTATION and bundle["type"] == "history"
+        assert params["subscription"]["valueReference"]["reference"].endswith(f"Subscription/{sub['id']}")
+        assert event["focus"]["valueReference"]["reference"].endswith(f"Task/{task_id}")
+        steps.append((int(event["event-number"]["valueString"]), task["businessStatus"]["coding"][0]["code"]))
+    assert sorted(steps) == [(1, "applied"), (2, "pre-reviewed"), (3, "accepted")]
+    assert len(receiver.requests) == 4  # one refused, then each of the three once
+    for key, received in receiver.kept.items():
+        assert received.json()["id"] == key  # the Bundle's id is the idempotency key
+    n.call("a-doc", "DELETE", f"Subscription/{sub['id']}")
+
+
+def test_an_institution_is_told_only_of_what_it_may_see(net: Net, receiver: Receiver) -> None:
+    n = net
+    classic = {
+        "resourceType": "Subscription",
+        "status": "requested",
+        "reason": "every task",
+        "criteria": "Task?",
+        "channel": {"type": "rest-hook", "endpoint": receiver.url, "payload": "application/fhir+json"},
+    }
+    sub = n.post("b-admin", classic)
+    shared, _ = consultation(n)  # A's request to B: B sees its Task
+    private = n.post("a-doc", {"resourceType": "Task", "status": "requested", "intent": "order",
+                               "description": "A's own work"})["id"]  # fmt: skip
+    _deliver(n)
+    puts = {(r.method, r.path) for r in receiver.kept.values()}
+    assert ("PUT", f"/hook/Task/{shared}") in puts  # R4 rest-hook with a payload: the resource is PUT
+    assert ("PUT", f"/hook/Task/{private}") not in puts
+    n.call("b-admin", "DELETE", f"Subscription/{sub['id']}")
+
+
+def test_after_three_retries_the_sender_is_told(net: Net) -> None:
+    n = net
+    sub = n.post("b-admin", topic_subscription("http://127.0.0.1:9/hook", f"Task?owner=Organization/{B}"))
+    task_id, _ = consultation(n)  # A's change: A is the sender to tell
+    _deliver(n)
+    stored = n.call("b-admin", "GET", f"Subscription/{sub['id']}").get_json()
+    assert stored["status"] == "error" and "after 4 attempts" in stored["error"]
+    [notice] = _notices(n, task_id)
+    assert notice["recipient"] == [{"reference": f"Organization/{A}"}]
+    assert "通知发送失败" in notice["payload"][0]["contentString"]
+    task = n.call("a-doc", "GET", f"Task/{task_id}").get_json()
+    assert "通知发送失败" in task["note"][-1]["text"]
+    _deliver(n)  # the notice's own writes announce nothing: no second round of failures
+    assert len(_notices(n, task_id)) == 1
+    status = n.call("b-admin", "GET", f"Subscription/{sub['id']}/$status").get_json()
+    params = {p["name"]: p for p in status["entry"][0]["resource"]["parameter"]}
+    assert params["status"]["valueCode"] == "error" and params["events-since-subscription-start"]["valueString"] == "1"
+
+
+def _notices(n: Net, task_id: str) -> list[dict[str, Any]]:
+    """The failure notices A received about a Task (R4 Communication has no ``about`` parameter)."""
+    found = n.call("a-doc", "GET", f"Communication?recipient=Organization/{A}&_count=500").get_json()
+    return [
+        e["resource"]
+        for e in found.get("entry", [])
+        if e["resource"].get("about") == [{"reference": f"Task/{task_id}"}]
+    ]
+
+
+def test_amqp_messages_wait_in_the_broker_for_a_consumer_that_is_away(net: Net) -> None:
+    n = net
+    exchange, key = f"telefhir-test-{uuid.uuid4().hex[:8]}", f"consultations.{uuid.uuid4().hex[:6]}"
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    channel = connection.channel()
+    channel.exchange_declare(exchange=exchange, exchange_type="topic", durable=True)
+    queue = channel.queue_declare(queue="", exclusive=False, auto_delete=False).method.queue
+    channel.queue_bind(queue=queue, exchange=exchange, routing_key=key)
+    try:
+        sub = n.post("a-doc", topic_subscription(f"amqp:///{exchange}/{key}", f"Task?requester=Organization/{A}",
+                                                 channel="amqp", content="id-only"))  # fmt: skip
+        task_id, _ = consultation(n)
+        _move(n, "p-sched", task_id, "pre-reviewed")
+        _deliver(n)  # nobody consumes yet: the broker keeps them
+        messages = consume(channel, queue, 2)
+        assert len(messages) == 2
+        numbers = []
+        for props, bundle in messages:
+            assert props.message_id == bundle["id"] and props.delivery_mode == 2
+            numbers.append(event_number(bundle))
+            assert len(bundle["entry"]) == 1  # id-only: no resource
+        assert sorted(numbers) == [1, 2]
+        events = n.call("a-doc", "GET", f"Subscription/{sub['id']}/$events?eventsSinceNumber=2&content=full-resource")
+        bundle = events.get_json()
+        assert [e["resource"]["resourceType"] for e in bundle["entry"]] == ["Parameters", "Task"]
+        assert bundle["entry"][1]["resource"]["businessStatus"]["coding"][0]["code"] == "pre-reviewed"
+        assert STATUS in json.dumps(bundle)
+        n.call("a-doc", "DELETE", f"Subscription/{sub['id']}")
+    finally:
+        channel.queue_delete(queue=queue)
+        channel.exchange_delete(exchange=exchange)
+        connection.close()
