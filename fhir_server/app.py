@@ -53,6 +53,8 @@ from fhir_server.terminology import table as terminology_rows
 from fhir_server.validation.conformance import ProfileStore, complete_snapshot, enforce_profiles
 from fhir_server.validation.rules import ProfileRules, guide_write_hook
 from fhir_server.workflow import numbers, scheduling
+from fhir_server.workflow.overdue import OverdueSweep
+from fhir_server.workflow.retention import Retention
 from fhir_server.workflow.tasks import TaskRules
 
 
@@ -77,6 +79,8 @@ class Services:
     #: server worker (server.py), tests call ``deliver_due`` themselves
     subscriptions: Subscriptions | None = None
     dispatcher: Dispatcher | None = None
+    #: flags and reminds overdue multi-centre invitations; runs in a server worker (server.py)
+    overdue: OverdueSweep | None = None
 
 
 def build_services(settings: Settings, migrate: bool = True) -> Services:
@@ -95,7 +99,8 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
     repo.egress = Egress(deidentify_key(settings.data_dir))  # another institution's data, de-identified
     repo.row_access = RowAccessRules(registry)  # owner, patient, category, labels (security/tenancy.py)
     grants.install(repo)  # who else may see a patient's data (security/grants.py)
-    TaskRules(settings.platform_organization).install(repo)  # workflow state machines (workflow/tasks.py)
+    TaskRules(settings.platform_organization, settings.invitation_hours).install(repo)  # workflow/tasks.py
+    Retention(settings.archive_retention_days).install(repo)  # archives and signed reports kept (workflow/retention.py)
     numbers.install(repo)  # consultation numbers (workflow/numbers.py)
     scheduling.install(repo)  # appointments take and free slots (workflow/scheduling.py)
     search_params = CustomSearchParameters(engine, registry, settings.search_param_refresh)
@@ -136,9 +141,11 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
         poll=settings.notify_poll,
     )
     subscriptions.on_queued = dispatcher.wake
+    overdue = OverdueSweep(repo, search, settings.overdue_sweep_interval)
     return Services(
-        settings, repo, search, search_params, jobs, profiles, security, audit, document_keys, subscriptions, dispatcher
-    )
+        settings, repo, search, search_params, jobs, profiles, security, audit, document_keys, subscriptions,
+        dispatcher, overdue,
+    )  # fmt: skip
 
 
 @functools.lru_cache(maxsize=16)

@@ -114,6 +114,27 @@ def cli(log_level: str) -> None:
     help="seconds before each retry of a failed notification, comma-separated (then a failure notice)",
 )
 @click.option(
+    "--invitation-hours",
+    default=_DEFAULTS.invitation_hours,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="hours a participating institution has to answer a multi-centre invitation",
+)
+@click.option(
+    "--overdue-sweep-interval",
+    default=_DEFAULTS.overdue_sweep_interval,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="seconds between looks for overdue invitations (flagged and reminded); 0: never",
+)
+@click.option(
+    "--archive-retention-days",
+    default=_DEFAULTS.archive_retention_days,
+    show_default=True,
+    type=click.IntRange(min=1096),
+    help="days a consultation's archive and a signed report are kept at least (three years or more)",
+)
+@click.option(
     "--audit",
     type=click.Choice(["on", "off"]),
     default="on",
@@ -145,6 +166,9 @@ def serve(
     audit_interval: float,
     amqp_url: str,
     notify_retry_delays: str,
+    invitation_hours: float,
+    overdue_sweep_interval: float,
+    archive_retention_days: int,
     audit: str,
 ) -> None:
     """Serve FHIR over HTTP."""
@@ -176,6 +200,9 @@ def serve(
         platform_organization=platform_organization,
         amqp_url=amqp_url,
         notify_retry_delays=_delays(notify_retry_delays),
+        invitation_hours=invitation_hours,
+        overdue_sweep_interval=overdue_sweep_interval,
+        archive_retention_days=archive_retention_days,
     )
     if audit_repository:
         from fhir_server.audit.export import repository_target

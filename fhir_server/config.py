@@ -79,6 +79,12 @@ class Settings:
     notify_retry_delays: tuple[float, ...] = (1.0, 4.0, 16.0)
     #: seconds between a worker's looks at the outbox for notifications it was not woken for
     notify_poll: float = 0.2
+    #: hours a participating institution has to answer a multi-centre invitation (001 §7.2 c)
+    invitation_hours: float = 24.0
+    #: seconds between a worker's looks for overdue invitations (workflow/overdue.py); 0: never
+    overdue_sweep_interval: float = 60.0
+    #: days a consultation's archive and a signed report are kept at least (001 §7.4 c: ≥ 3 years)
+    archive_retention_days: int = 1096
 
     def with_overrides(self, **values: object) -> Settings:
         return replace(self, **{k: v for k, v in values.items() if v is not None})

@@ -37,6 +37,7 @@ from fhir_server.rest.operations import (
     export_abroad,
     lookup,
     meridian_interpretation,
+    multicentre,
     scheduling,
     subscriptions,
     subsumes,
@@ -185,6 +186,31 @@ ROUTES: tuple[Route, ...] = (
         documents.document,
         access=(("Composition", "r"), ("Bundle", "c"), ("DocumentReference", "cu")),
     ),
+    # a multi-centre consultation: rest/operations/multicentre.py
+    Route(
+        "$invite",
+        "instance",
+        "POST",
+        ("ServiceRequest", "{id}", "$invite"),
+        multicentre.invite,
+        access=(("ServiceRequest", "r"), ("Task", "cs")),
+    ),
+    Route(
+        "$package",
+        "instance",
+        "GET",
+        ("ServiceRequest", "{id}", "$package"),
+        multicentre.package,
+        access=(("ServiceRequest", "r"), ("Task", "s"), ("Observation", "s")),
+    ),
+    Route(
+        "$archive",
+        "instance",
+        "POST",
+        ("ServiceRequest", "{id}", "$archive"),
+        multicentre.archive,
+        access=(("ServiceRequest", "r"), ("Bundle", "c")),
+    ),  # fmt: skip
     # Subscriptions Backport: rest/operations/subscriptions.py
     *(
         Route(f"${name}", "instance", method, ("Subscription", "{id}", f"${name}"), handler, access=_READ)

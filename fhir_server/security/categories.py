@@ -153,11 +153,22 @@ def of_resource(resource: dict[str, Any], in_patient_compartment: bool) -> int:
         for code in _codes(resource.get("category")):
             if code in _REPORT_CATEGORY:
                 return _REPORT_CATEGORY[code]
-    elif res_type == "Bundle" and resource.get("type") == "document":
-        return CONSULTATION  # a published report (workflow/documents.py), shared as its Composition is
+    elif res_type == "Bundle" and (resource.get("type") == "document" or _archive(resource)):
+        return CONSULTATION  # a published report (workflow/documents.py), a consultation's archive
     elif res_type == "DocumentReference" and _about_a_request(resource):
         return CONSULTATION  # the index entry of a request's report: it goes where the report goes
     return of_type(res_type, in_patient_compartment)
+
+
+_WORKFLOW = "http://fhir.telefhir.cn/CodeSystem/consultation-workflow"
+
+
+def _archive(bundle: dict[str, Any]) -> bool:
+    """A consultation's archive (workflow/case_package.py): tagged consultation-archive."""
+    tags = (bundle.get("meta") or {}).get("tag") or ()
+    return any(
+        isinstance(t, dict) and (t.get("system"), t.get("code")) == (_WORKFLOW, "consultation-archive") for t in tags
+    )
 
 
 def _about_a_request(reference: dict[str, Any]) -> bool:

@@ -113,6 +113,8 @@ REMOVED_NARRATIVE = (
     "Narrative removed by de-identification.</p></div>"
 )
 
+#: the numbers of consultations (workflow/numbers.py): kept, they name no person
+CONSULTATION_NUMBER = "http://fhir.telefhir.cn/sid/consultation-number"
 #: Profiles whose invariants check the check character of an identifier the rules pseudonymize: a
 #: de-identified resource no longer meets them, and a server that validates claimed profiles on write
 #: (ours does, validation/conformance.py) would refuse it, so the claim is dropped.
@@ -253,7 +255,9 @@ RULES: tuple[Rule, ...] = (
         Action.PSEUDONYMIZE_IDENTIFIER,
         "ID card, medical record, insurance and phone-as-identifier numbers are direct identifiers (001 §8.3.1); "
         "system, type and use are kept so the receiver knows what kind of number it is, the value is a "
-        "pseudonym of (system, value); urn:oid and urn:uuid values keep their form.",
+        "pseudonym of (system, value); urn:oid and urn:uuid values keep their form. A consultation "
+        "number (system http://fhir.telefhir.cn/sid/consultation-number) is kept: it names a "
+        "consultation, not a person, and every institution taking part refers to it (001 §7.2 a-b).",
     ),
     Rule(
         "Organization.identifier",
@@ -953,6 +957,8 @@ class _Deidentifier:
         if not isinstance(ident, dict):
             raise DeidentificationError(f"{where}: expected an Identifier object")
         system = ident.get("system")
+        if system == CONSULTATION_NUMBER:
+            return ident
 
         def value(v: Any) -> str:
             v = _string(v, f"{where}.value")

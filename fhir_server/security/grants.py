@@ -17,7 +17,14 @@ or a PractitionerRole's organization) include institutions B…:
 * from when it was authored, for good (the consultation's record, also once it is completed or
   revoked; not when it was ``entered-in-error``), A sees what B records about P
   in the consultation, examination and imaging categories — opinions, reports, results — and the
-  performers see each other's consultation data (a multi-centre consultation's opinions).
+  performers see each other's consultation data (a multi-centre consultation's opinions) and A's,
+  as far as P's consents permit disclosing it to them (the report A publishes, also once the
+  request is closed).
+
+From a data request (a Task of A, ``owner`` B, workflow/data_requests.py) that B has accepted:
+A and the other performers of its consultation see B's data about P in the requested categories,
+all of it (it was asked for), as P's consents permit B disclosing it to them; B taking it up when
+the consents do not permit all of it to A is refused (403).
 
 From an active Consent stored by institution A about P, each institution B it names as actor of a
 permit provision for ``access`` sees A's data about P that the consents permit B to access, in the
@@ -51,6 +58,8 @@ SHARED_CATEGORY_URL = "http://fhir.telefhir.cn/StructureDefinition/shared-data-c
 #: what the requester sees back from the performers, and the performers from each other
 RESULTS = cat.CONSULTATION | cat.EXAMINATION | cat.IMAGING
 _OPEN = frozenset({"active", "on-hold"})
+#: how a data request's content is told from other Tasks' before it is parsed
+DATA_REQUEST_CODE = b'"data-request"'
 #: the request happened: what the performers recorded stays the requester's to see
 _RECORDED = _OPEN | {"completed", "revoked"}
 
@@ -75,9 +84,10 @@ class Grant:
 
 
 def install(repo: Repository) -> None:
-    repo.after_write["ServiceRequest"] = _on_source
-    repo.after_write["Consent"] = _on_source
-    repo.after_write["Patient"] = _on_patient
+    for res_type in ("ServiceRequest", "Consent"):
+        repo.after_write.setdefault(res_type, []).append(_on_source)
+    repo.after_write.setdefault("Task", []).append(_on_data_request)
+    repo.after_write.setdefault("Patient", []).append(_on_patient)
 
 
 @dataclass
@@ -104,10 +114,16 @@ def _schedule(session: Session, patient: str, strict: str | None = None) -> None
 def _on_source(session: Session, written: StoredVersion, previous: StoredVersion | None) -> None:
     source = f"{written.res_type}/{written.res_id}"
     if written.patient is not None:
-        strict = source if written.res_type == "ServiceRequest" and not written.deleted else None
+        strict = source if written.res_type in ("ServiceRequest", "Task") and not written.deleted else None
         _schedule(session, written.patient, strict)
     if previous is not None and previous.patient not in (None, written.patient):
         _schedule(session, previous.patient)  # type: ignore[arg-type]
+
+
+def _on_data_request(session: Session, written: StoredVersion, previous: StoredVersion | None) -> None:
+    """A data request's progress changes who sees the participant's data."""
+    if any(v is not None and v.content is not None and DATA_REQUEST_CODE in v.content for v in (written, previous)):
+        _on_source(session, written, previous)
 
 
 def _on_patient(session: Session, written: StoredVersion, previous: StoredVersion | None) -> None:
@@ -151,14 +167,20 @@ def rebuild(session: Session, patient: str, strict: set[str] = frozenset()) -> l
     r = resources
     rows = session.conn.execute(
         select(r.c.res_type, r.c.res_id, r.c.tenant, r.c.updated_us, r.c.content).where(
-            r.c.res_type.in_(("ServiceRequest", "Consent")),
+            r.c.res_type.in_(("ServiceRequest", "Consent", "Task")),
             r.c.patient == patient,
             r.c.deleted.is_(False),
             r.c.rid.in_(_referring(patient)),
         )
     ).all()
-    documents = [(row, fjson.loads(row.content)) for row in rows]
+    # of the Tasks, only data requests share anything (their code is in their content)
+    documents = [
+        (row, fjson.loads(row.content))
+        for row in rows
+        if row.res_type != "Task" or DATA_REQUEST_CODE in bytes(row.content)
+    ]
     found = [doc for row, doc in documents if row.res_type == "Consent"]
+    requests = {row.res_id: doc for row, doc in documents if row.res_type == "ServiceRequest"}
     facts = patient_facts(session, patient)
     now = now_us()
     sensitive = 0
@@ -169,6 +191,10 @@ def rebuild(session: Session, patient: str, strict: set[str] = frozenset()) -> l
         source = f"{row.res_type}/{row.res_id}"
         if row.res_type == "ServiceRequest":
             grants += _request_grants(session, row, doc, patient, found, sensitive, source in strict, now)
+        elif row.res_type == "Task":
+            grants += _data_request_grants(
+                session, row, doc, patient, found, requests, sensitive, source in strict, now
+            )
         else:
             grants += _consent_grants(row, doc, patient, found, now)
     session.conn.execute(delete(access_grants).where(access_grants.c.patient == patient))
@@ -208,9 +234,62 @@ def _request_grants(
     since = _authored(request, row.updated_us)
     for grantee in grantees:
         grants.append(Grant(grantor, patient, grantee, RESULTS, lab.ALL, 0, FOREVER_US, since, source))
+        # the requester's consultation record (its report above all) stays the performers' to see
+        actor = f"Organization/{grantee}"
+        if consents.permitted_categories(found, "disclose", actor, now) & cat.CONSULTATION:
+            labels = consents.permitted_labels(found, "disclose", actor, cat.CONSULTATION, now)
+            grants.append(Grant(grantee, patient, grantor, cat.CONSULTATION, labels, 0, FOREVER_US, since, source))
         for peer in grantees:
             if peer != grantee:
                 grants.append(Grant(peer, patient, grantee, cat.CONSULTATION, lab.ALL, 0, FOREVER_US, since, source))
+    return grants
+
+
+def _data_request_grants(
+    session: Session,
+    row: Any,
+    task: dict[str, Any],
+    patient: str,
+    found: list[dict[str, Any]],
+    requests: dict[str, dict[str, Any]],
+    sensitive: int,
+    strict: bool,
+    now: int,
+) -> list[Grant]:
+    """While a participant provides what a data request asks (workflow/data_requests.py), the
+    leader who asked — and the consultation's other participants: the case data package is
+    everyone's (001 §7.3 a) — see the participant's data in the requested categories, all of it,
+    as far as the patient's consent permits the participant disclosing it to them; the leader's
+    share must be fully permitted when the participant takes it up."""
+    from fhir_server.workflow import data_requests
+
+    if data_requests.task_type(task) != data_requests.DATA_REQUEST or task.get("status") not in data_requests.PROVIDING:
+        return []
+    leader = row.tenant
+    owners = institutions(session, [task.get("owner")])
+    provider = owners[0] if owners else None
+    if leader is None or provider is None or provider == leader:
+        return []
+    wanted = data_requests.requested_categories(task)
+    peers: list[str] = []
+    for based_on in task.get("basedOn") or ():
+        ref = based_on.get("reference") if isinstance(based_on, dict) else None
+        request = (
+            requests.get(ref.split("/", 1)[1]) if isinstance(ref, str) and ref.startswith("ServiceRequest/") else None
+        )
+        if request is not None:
+            peers += performer_organizations(session, request)
+    grants = []
+    for grantee in dict.fromkeys([leader, *peers]):
+        if grantee == provider:
+            continue
+        actor = f"Organization/{grantee}"
+        allowed = consents.permitted_categories(found, "disclose", actor, now) & wanted
+        labels = consents.permitted_labels(found, "disclose", actor, wanted, now)
+        if strict and grantee == leader:
+            _require(patient, actor, wanted & ~allowed, sensitive & ~labels)
+        if allowed:
+            grants.append(Grant(grantee, patient, provider, allowed, labels, 0, FOREVER_US, 0, f"Task/{row.res_id}"))
     return grants
 
 

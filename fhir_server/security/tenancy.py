@@ -391,8 +391,8 @@ class RowAccessRules:
         patient = self.patient_of(res_type, res_id, index)
         if patient is None and res_type == "Provenance":
             patient = _target_patient(session, resource)  # a Provenance is about its target's patient
-        elif patient is None and res_type == "Bundle" and resource.get("type") == "document":
-            patient = _document_patient(resource)  # a document is about its Composition's subject
+        elif patient is None and res_type == "Bundle" and resource.get("type") in ("document", "collection"):
+            patient = _document_patient(resource)  # a document (an archive) is about its head's subject
         category = cat.of_resource(resource, self.in_compartment(res_type))
         labels = lab.of_resource(resource)
         minor_until = None
@@ -438,7 +438,8 @@ def _document_patient(bundle: dict[str, Any]) -> str | None:
     entries = bundle.get("entry")
     head = entries[0] if isinstance(entries, list) and entries else None
     first = head.get("resource") if isinstance(head, dict) else None
-    subject = first.get("subject") if isinstance(first, dict) and first.get("resourceType") == "Composition" else None
+    heads = ("Composition", "ServiceRequest")  # a document's Composition, a consultation archive's request
+    subject = first.get("subject") if isinstance(first, dict) and first.get("resourceType") in heads else None
     ref = subject.get("reference") if isinstance(subject, dict) else None
     if isinstance(ref, str) and ref.startswith("Patient/") and ref.count("/") == 1:
         return ref.split("/", 1)[1]

@@ -322,8 +322,7 @@ class Session:
         return row
 
     def _after_write(self, version: StoredVersion, previous: StoredVersion | None) -> None:
-        hook = self.repo.after_write.get(version.res_type)
-        if hook is not None:
+        for hook in self.repo.after_write.get(version.res_type, ()):
             hook(self, version, previous)
         for every in self.repo.after_any_write:
             every(self, version, previous)
@@ -505,8 +504,9 @@ class Repository:
         self.write_hooks: dict[str, WriteHook] = {}
         #: run before every write of any type, after its type's hook (e.g. declared profiles)
         self.write_checks: list[WriteHook] = []
-        #: resource type -> hook run after each write of that type (security/grants.py)
-        self.after_write: dict[str, AfterWrite] = {}
+        #: resource type -> hooks run after each write of that type, in the order installed
+        #: (security/grants.py, workflow/tasks.py)
+        self.after_write: dict[str, list[AfterWrite]] = {}
         #: run after every write of any type (notify/: changes matched against subscriptions)
         self.after_any_write: list[AfterWrite] = []
         #: the access columns of each row written (security/tenancy.py); the default makes

@@ -58,16 +58,27 @@ _COMMON: dict[str, dict[str, frozenset[str]]] = {
 }
 #: a diagnosis request or a referral needs no pre-review: the performer answers it directly
 _DIRECT = {"applied": {"accepted": frozenset({PERFORMER}), "rejected": frozenset({PERFORMER, PLATFORM})}}
+#: a multi-centre invitation (001 §7): the participant answers it directly (within 24 hours), the
+#: leader schedules and opens the session, and publishes once it has merged the opinions
+_MULTICENTRE = {
+    "applied": {"accepted": frozenset({PERFORMER}), "rejected": frozenset({PERFORMER})},
+    "accepted": {"scheduled": frozenset({REQUESTER})},
+    "scheduled": {"in-progress": frozenset({REQUESTER})},
+    "reported": {"published": frozenset({REQUESTER})},
+    "reviewed": {"published": frozenset({REQUESTER})},
+}
 
 
 def kind_of(task: dict[str, Any]) -> str:
-    """``consultation``, ``referral`` or ``diagnosis``, from the Task's service type code."""
+    """``consultation``, ``multicentre``, ``referral`` or ``diagnosis``, from the Task's service type code."""
     codes = [
         c.get("code", "")
         for c in (task.get("code") or {}).get("coding", [])
         if isinstance(c, dict) and c.get("system") == SERVICE_TYPES
     ]
     code = codes[0] if codes else ""
+    if code == "teleconsultation-multicentre":
+        return "multicentre"
     if code.startswith("teleconsultation"):
         return "consultation"
     if code.startswith("referral"):
@@ -77,10 +88,14 @@ def kind_of(task: dict[str, Any]) -> str:
 
 def transitions(kind: str, source: str) -> dict[str, frozenset[str]]:
     """The steps out of ``source`` for a Task of ``kind``, with who may take each."""
+    if kind == "multicentre" and source == "pre-reviewed":
+        return {}  # an invitation is not pre-reviewed
     steps = dict(_COMMON.get(source, {}))
-    if kind != "consultation":
-        for target, parties in _DIRECT.get(source, {}).items():
-            steps[target] = steps.get(target, frozenset()) | parties
+    extra = {"consultation": {}, "multicentre": _MULTICENTRE}.get(kind, _DIRECT)
+    if kind == "multicentre":
+        steps.pop("pre-reviewed", None)
+    for target, parties in extra.get(source, {}).items():
+        steps[target] = steps.get(target, frozenset()) | parties
     return steps
 
 

@@ -35,7 +35,9 @@ from fhir_server.security.grants import institutions
 from fhir_server.security.tenancy import organization_id
 from fhir_server.storage.repository import Repository, Session, StoredVersion
 from fhir_server.util.clock import instant, now_us
+from fhir_server.workflow import data_requests
 from fhir_server.workflow import machine as m
+from fhir_server.workflow.multicentre import ensure_deadline
 from fhir_server.workflow.shared_records import as_stored, keep_owners_part, provenance_agent
 
 #: what the performer may change in the requester's Task
@@ -45,13 +47,15 @@ PERFORMER_WRITABLE = frozenset(
 
 
 class TaskRules:
-    def __init__(self, platform_organization: str | None = None) -> None:
+    def __init__(self, platform_organization: str | None = None, invitation_hours: float = 24.0) -> None:
         #: the institution that runs the platform (its pre-review), as an Organization id
         self.platform_organization = organization_id(platform_organization)
+        #: a multi-centre invitation is answered within this many hours (001 §7.2 c)
+        self.invitation_hours = invitation_hours
 
     def install(self, repo: Repository) -> None:
         repo.write_hooks["Task"] = self.before_write
-        repo.after_write["Task"] = self.after_write
+        repo.after_write.setdefault("Task", []).append(self.after_write)
         repo.co_owners["Task"] = self.co_owners
 
     # -- who is acting --------------------------------------------------------------------
@@ -59,7 +63,7 @@ class TaskRules:
         """The institutions besides its creator that may update a Task: its performer's, and the
         platform's (pre-review)."""
         stored = as_stored(current)
-        if m.business_status(stored) is None:
+        if m.business_status(stored) is None and data_requests.task_type(stored) is None:
             return set()
         found = set(institutions(session, [stored.get("owner")]))
         if self.platform_organization is not None:
@@ -87,11 +91,19 @@ class TaskRules:
         if resource is None:
             return  # a deletion: only its creator may (tenancy), whatever the state
         stored = as_stored(current) if current is not None and not current.deleted else None
+        access = session.access
+        if data_requests.task_type(resource) or data_requests.task_type(stored):
+            if stored is not None and access is not None and access.organization not in (None, current.tenant):
+                keep_owners_part(resource, stored, PERFORMER_WRITABLE)
+            tenant = current.tenant if current is not None else None
+            data_requests.before_write(
+                session, res_id, resource, stored, self.parties(session, stored or resource, tenant)
+            )
+            return
         target = m.business_status(resource)
         source = m.business_status(stored)
         if target is None and source is None:
             return  # not one of our workflow Tasks
-        access = session.access
         if stored is not None and access is not None and access.organization not in (None, current.tenant):
             keep_owners_part(resource, stored, PERFORMER_WRITABLE)  # the performer changes the progress only
             target = m.business_status(resource)
@@ -104,6 +116,8 @@ class TaskRules:
                 raise FhirError(
                     "conflict", f"Task/{res_id}: a Task starts at businessStatus {m.INITIAL!r}, not {target!r}"
                 )
+            if target == m.INITIAL and m.kind_of(resource) == "multicentre":
+                ensure_deadline(resource, now_us(), self.invitation_hours)
             return
         if target == source:
             return
@@ -130,6 +144,9 @@ class TaskRules:
         if written.deleted or written.content is None:
             return
         task = fjson.loads(written.content)
+        if data_requests.task_type(task):
+            data_requests.after_write(session, written, as_stored(previous) if previous is not None else None)
+            return
         target = m.business_status(task)
         if target is None or (previous is not None and m.business_status(as_stored(previous)) == target):
             return

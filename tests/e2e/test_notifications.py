@@ -42,6 +42,7 @@ def _task(tag: str) -> dict[str, Any]:
     task = json.loads((EXAMPLES / "consultation-task-example.json").read_text("utf-8"))
     task.pop("id")
     task.update(status="requested", businessStatus={"coding": [{"system": STATUS, "code": "applied"}]})
+    task["code"]["coding"][0].update(code="teleconsultation-online", display="实时远程会诊")  # pre-reviewed
     task["meta"]["tag"] = [{"code": tag}]
     return dict(task)
 

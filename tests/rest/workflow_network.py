@@ -98,22 +98,28 @@ def network(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         services.repo.engine.dispose()
 
 
-def consultation(n: Net) -> tuple[str, dict[str, Any]]:
-    """A patient of A with consent, A's consultation request to B and its Task at 'applied'."""
-    patient = n.post("a-doc", {"resourceType": "Patient", "name": [{"family": "Wang"}], "gender": "female"})
-    consent = {
+def consent(patient: str, *disclose_to: str) -> dict[str, Any]:
+    """The patient's consent to collection, and to disclosure to the institutions named."""
+    permits = [
+        {"type": "permit", "action": [{"coding": [{"code": "disclose"}]}],
+         "actor": [{"role": {"text": "recipient"}, "reference": {"reference": f"Organization/{org}"}}]}
+        for org in disclose_to
+    ]  # fmt: skip
+    return {
         "resourceType": "Consent",
         "status": "active",
         "scope": {"coding": [{"system": CONSENT_SCOPE, "code": "patient-privacy"}]},
         "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": f"Patient/{patient['id']}"},
+        "patient": {"reference": f"Patient/{patient}"},
         "provision": {"type": "deny", "provision": [
-            {"type": "permit", "action": [{"coding": [{"code": "collect"}]}]},
-            {"type": "permit", "action": [{"coding": [{"code": "disclose"}]}],
-             "actor": [{"role": {"text": "recipient"}, "reference": {"reference": f"Organization/{B}"}}]},
-        ]},
+            {"type": "permit", "action": [{"coding": [{"code": "collect"}]}]}, *permits]},
     }  # fmt: skip
-    n.post("a-doc", consent)
+
+
+def consultation(n: Net) -> tuple[str, dict[str, Any]]:
+    """A patient of A with consent, A's consultation request to B and its Task at 'applied'."""
+    patient = n.post("a-doc", {"resourceType": "Patient", "name": [{"family": "Wang"}], "gender": "female"})
+    n.post("a-doc", consent(patient["id"], B))
     request = example("consultation-request-example")
     for key in ("id", "identifier", "supportingInfo"):
         request.pop(key)

@@ -14,7 +14,8 @@ def _task(code: str) -> dict:
 
 
 def test_kinds_come_from_the_service_type() -> None:
-    assert m.kind_of(_task("teleconsultation-multicentre")) == "consultation"
+    assert m.kind_of(_task("teleconsultation-multicentre")) == "multicentre"
+    assert m.kind_of(_task("teleconsultation-online")) == "consultation"
     assert m.kind_of(_task("referral-up")) == "referral"
     assert m.kind_of(_task("tcm-constitution-identification")) == "diagnosis"
     assert m.kind_of(_task("imaging-diagnosis")) == "diagnosis"
@@ -24,6 +25,14 @@ def test_a_consultation_is_pre_reviewed_a_diagnosis_need_not_be() -> None:
     assert "accepted" not in m.transitions("consultation", "applied")
     assert m.transitions("diagnosis", "applied")["accepted"] == {m.PERFORMER}
     assert m.transitions("referral", "applied")["rejected"] == {m.PERFORMER, m.PLATFORM}
+
+
+def test_a_multicentre_invitation_is_answered_directly_and_published_by_the_leader() -> None:
+    assert m.transitions("multicentre", "applied")["accepted"] == {m.PERFORMER}
+    assert "pre-reviewed" not in m.transitions("multicentre", "applied")
+    assert m.transitions("multicentre", "pre-reviewed") == {}
+    assert m.transitions("multicentre", "reported")["published"] == {m.REQUESTER}
+    assert m.REQUESTER in m.transitions("multicentre", "scheduled")["in-progress"]
 
 
 def test_every_state_has_a_task_status_and_final_states_have_no_steps() -> None:
@@ -46,5 +55,5 @@ def test_the_codes_are_those_of_the_code_system() -> None:
 
 def test_the_workflow_docs_draw_the_machines_the_code_enforces() -> None:
     doc = (ROOT / "docs" / "workflows.md").read_text()
-    for kind in ("consultation", "diagnosis", "referral"):
+    for kind in ("consultation", "multicentre", "diagnosis", "referral"):
         assert m.mermaid(kind) in doc, kind

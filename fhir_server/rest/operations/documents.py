@@ -33,7 +33,7 @@ def draft_report(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
     with ctx.session(write=True) as session:
         request = read_live(session, "ServiceRequest", request_id).resource()
         params = [("based-on", f"ServiceRequest/{request_id}"), ("_profile", documents.OPINION_PROFILE)]
-        opinions = _find(ctx, session, "Observation", params)
+        opinions = find_all(ctx, session, "Observation", params)
         access = session.access
         institution = None if access is None or access.platform else access.organization
         author = inputs.get("author") or _author(ctx, session)
@@ -65,7 +65,7 @@ def document(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
             composition,
             ctx.base_url,
             ctx.document_keys,
-            lambda res_type, params: _find(ctx, session, res_type, params),
+            lambda res_type, params: find_all(ctx, session, res_type, params),
             provenance_agent(session, "author"),
         )
     resp = FhirResponse.for_version(200, stored)
@@ -73,7 +73,10 @@ def document(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
     return resp
 
 
-def _find(ctx: RequestContext, session: Session, res_type: str, params: list[tuple[str, str]]) -> list[StoredVersion]:
+def find_all(
+    ctx: RequestContext, session: Session, res_type: str, params: list[tuple[str, str]]
+) -> list[StoredVersion]:
+    """Every current match the session may see (an operation's lookup; more than 1000 is a 413)."""
     page = ctx.search.search(session, res_type, params, _MAX_FOUND)
     if page.has_next:
         raise FhirError("too-costly", f"More than {_MAX_FOUND} {res_type} resources match {params}")
@@ -86,7 +89,7 @@ def _author(ctx: RequestContext, session: Session) -> dict[str, Any]:
     access = session.access
     if access is not None and access.user and access.organization and access.user.startswith("Practitioner/"):
         params = [("practitioner", access.user), ("organization", f"Organization/{access.organization}")]
-        roles = _find(ctx, session, "PractitionerRole", params)
+        roles = find_all(ctx, session, "PractitionerRole", params)
         if len(roles) == 1:
             return {"reference": f"PractitionerRole/{roles[0].res_id}"}
     return acting(session)
