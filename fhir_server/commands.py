@@ -135,6 +135,12 @@ def cli(log_level: str) -> None:
     help="days a consultation's archive and a signed report are kept at least (three years or more)",
 )
 @click.option(
+    "--demo",
+    is_flag=True,
+    help="store a bilingual demo network once (institutions, experts, patients, consultations in every "
+    "state) and demo accounts with a public password: never on a production database",
+)
+@click.option(
     "--audit",
     type=click.Choice(["on", "off"]),
     default="on",
@@ -169,6 +175,7 @@ def serve(
     invitation_hours: float,
     overdue_sweep_interval: float,
     archive_retention_days: int,
+    demo: bool,
     audit: str,
 ) -> None:
     """Serve FHIR over HTTP."""
@@ -203,7 +210,12 @@ def serve(
         invitation_hours=invitation_hours,
         overdue_sweep_interval=overdue_sweep_interval,
         archive_retention_days=archive_retention_days,
+        demo=demo,
     )
+    if demo and settings.platform_organization is None:
+        from fhir_server.demo import CENTRE
+
+        settings = settings.with_overrides(platform_organization=f"Organization/{CENTRE}")
     if audit_repository:
         from fhir_server.audit.export import repository_target
 
@@ -313,7 +325,7 @@ def reindex(database_url: str, data_dir: str, res_type: str | None, batch_size: 
         click.echo(f"interrupted after rid {job.last_rid}; run the command again to resume")
         sys.exit(130)
     finally:
-        services.repo.engine.dispose()
+        services.repo.dispose()
     bar.close()
     click.echo(f"reindex job {job.id} {job.state}: {job.processed} resources, {job.errors} errors")
     if job.error:
@@ -384,7 +396,7 @@ def terminology_import(
     except FhirError as err:
         raise click.ClickException(err.diagnostics) from None
     finally:
-        services.repo.engine.dispose()
+        services.repo.dispose()
     label = f"{resource['url']}|{resource['version']}" if resource.get("version") else resource["url"]
     click.echo(
         f"CodeSystem/{stored.res_id} (version {stored.version}): {resource['count']} concepts of {label} "

@@ -85,6 +85,8 @@ class Settings:
     overdue_sweep_interval: float = 60.0
     #: days a consultation's archive and a signed report are kept at least (001 §7.4 c: ≥ 3 years)
     archive_retention_days: int = 1096
+    #: store the demo network (fhir_server/demo.py) at start, once
+    demo: bool = False
 
     def with_overrides(self, **values: object) -> Settings:
         return replace(self, **{k: v for k, v in values.items() if v is not None})

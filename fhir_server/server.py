@@ -155,9 +155,12 @@ def serve(settings: Settings) -> None:
 
     # the schema and the packaged conformance resources, once, before workers start
     services = build_services(settings)
-    engine = services.repo.engine
-    refresh_statistics(engine)
-    engine.dispose()
+    if settings.demo:
+        from fhir_server import demo
+
+        demo.load(services.repo, services.security)  # once: a second start finds it there
+    refresh_statistics(services.repo.engine)
+    services.repo.dispose()
     _preload()
     writer = start_audit_writer(settings) if settings.audit else None  # before listening: it holds no socket
     if _rotate_field_keys(services.repo.fields.ring):

@@ -109,7 +109,7 @@ def services(database_url: str, tmp_path_factory: pytest.TempPathFactory):  # ty
     )
     svc = build_services(settings)
     yield svc
-    svc.repo.engine.dispose()
+    svc.repo.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -89,7 +89,7 @@ class Dispatcher:
     # -- one round -----------------------------------------------------------------------------
     def deliver_due(self) -> int:
         """Deliver what is due now; the number of rows looked at."""
-        with self.repo.engine.connect() as conn:
+        with self.repo.side_engine.connect() as conn:
             rows = outbox.due(conn, _BATCH, ("rest-hook", "amqp"))
             bound = self.hub.subscriptions()
             if bound:
@@ -97,7 +97,7 @@ class Dispatcher:
         for row in rows:
             if self._stop.is_set():
                 break  # stopping: the rest stays in the outbox for the next worker
-            with begin_write(self.repo.engine) as conn:
+            with begin_write(self.repo.side_engine) as conn:
                 if not outbox.take(conn, row):
                     continue  # another worker has it
             self._attempt(row)
@@ -106,7 +106,7 @@ class Dispatcher:
     def _attempt(self, row: Notification) -> None:
         sub = self.subscriptions.get(row.subscription)
         if sub is None or sub.status not in ("active", "requested"):
-            with begin_write(self.repo.engine) as conn:  # nobody to tell any more: not a failure to notice
+            with begin_write(self.repo.side_engine) as conn:  # nobody to tell any more: not a failure to notice
                 outbox.failed(conn, row, "the subscription was deleted or turned off before delivery")
             return
         try:
@@ -114,7 +114,7 @@ class Dispatcher:
         except DeliveryError as exc:
             self._failed(sub, row, str(exc))
             return
-        with begin_write(self.repo.engine) as conn:
+        with begin_write(self.repo.side_engine) as conn:
             outbox.delivered(conn, row)
         if self.audit is not None:
             self.audit(sub, row, True, None)
@@ -122,7 +122,7 @@ class Dispatcher:
     def _failed(self, sub: Subscription, row: Notification, error: str) -> None:
         delay = self.policy.next_delay(row.attempts + 1)
         if delay is not None:
-            with begin_write(self.repo.engine) as conn:
+            with begin_write(self.repo.side_engine) as conn:
                 outbox.retry(conn, row, delay, error)
             log.info(
                 "notification %s to Subscription/%s failed (%s); retry in %.1f s",
@@ -132,7 +132,7 @@ class Dispatcher:
                 delay,
             )
             return
-        with begin_write(self.repo.engine) as conn:
+        with begin_write(self.repo.side_engine) as conn:
             outbox.failed(conn, row, error)
         log.warning("notification %s to Subscription/%s failed for good: %s", row.notification_id, sub.id, error)
         try:
@@ -176,13 +176,13 @@ class Dispatcher:
             return None
         ref, _, version = row.focus.partition("/_history/")
         res_type, _, res_id = ref.partition("/")
-        with self.repo.session(access=institution_access(sub.owner)) as session:
+        with self.repo.session(access=institution_access(sub.owner), side=True) as session:
             if session.read_current(res_type, res_id) is None:
                 return None  # not (or no longer) visible to the subscriber
             return session.read_version(res_type, res_id, int(version))
 
     def _events_since_start(self, sub: Subscription) -> int:
-        with self.repo.engine.connect() as conn:
+        with self.repo.side_engine.connect() as conn:
             value = conn.execute(
                 select(counters.c.value).where(counters.c.name == f"subscription-events-{sub.id}")
             ).scalar()

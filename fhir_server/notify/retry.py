@@ -39,7 +39,7 @@ def notice_failure(repo: Repository, sub: Subscription, row: Notification, error
         f"{sub.channel} {sub.endpoint or ''}) was not delivered after {attempts} attempts: {error}"
     )
     focus = row.focus.split("/_history")[0] if row.focus else None
-    with repo.session(write=True) as session:
+    with repo.session(write=True, side=True) as session:  # the dispatcher's work: the side pool
         session.notify = False
         current = session.read_current("Subscription", sub.id)
         if current is not None and not current.deleted:

@@ -236,7 +236,7 @@ class Subscriptions:
 
     def get(self, sub_id: str) -> Subscription | None:
         """A subscription as stored now (any status), or None."""
-        with self.repo.engine.connect() as conn:
+        with self.repo.side_engine.connect() as conn:
             row = conn.execute(
                 select(resources.c.content, resources.c.tenant).where(
                     resources.c.res_type == "Subscription", resources.c.res_id == sub_id, resources.c.deleted.is_(False)
@@ -254,7 +254,7 @@ class Subscriptions:
             if time.monotonic() < self._next_load:
                 return
             found: dict[str, list[Subscription]] = {}
-            with self.repo.engine.connect() as conn:
+            with self.repo.side_engine.connect() as conn:
                 rows = conn.execute(
                     select(resources.c.res_id, resources.c.content, resources.c.tenant).where(
                         resources.c.res_type == "Subscription", resources.c.deleted.is_(False)

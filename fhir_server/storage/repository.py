@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, bindparam, select, text
 from fhir_server.errors import FhirError
 from fhir_server.formats import json as fjson
 from fhir_server.storage.bulk import insert_many
-from fhir_server.storage.engine import BINARY_RESULTS, WRITE_FLAG, is_postgres
+from fhir_server.storage.engine import BINARY_RESULTS, WRITE_FLAG, is_postgres, make_engine
 from fhir_server.storage.schema import INDEX_BITS, INDEX_TABLES, resource_history, resources
 from fhir_server.util.clock import http_date, instant, now_us
 
@@ -520,6 +520,7 @@ class Repository:
         #: resource type -> the institutions besides its creator that may update a row of it
         #: ((session, current) -> Organization ids; workflow/tasks.py: a Task's performer)
         self.co_owners: dict[str, Callable[[Session, StoredVersion], set[str]]] = {}
+        self._side_engine: Engine | None = None
 
     def seal(self, stamped: dict[str, Any]) -> bytes | None:
         """What to store for a resource when it differs from its JSON (encrypted fields)."""
@@ -534,13 +535,42 @@ class Repository:
             version.content = self.fields.reveal(version.content)
         return version
 
+    @property
+    def side_engine(self) -> Engine:
+        """The connections of work beside the requests' own: lookups made while a request holds
+        its connection (the catalogue stamps, profiles and value sets of validation, the active
+        subscriptions) and a worker's background delivery of notifications.
+
+        A pool of its own: from the requests' pool, a request would wait for its second
+        connection while every connection is held by requests waiting for theirs — a deadlock
+        until the pool's timeout (scripts/bench/consultations: 503s and 60 s steps) — and the
+        notifier would wait behind every request. Side work holds nothing else, so this pool
+        always drains. Made in the process that uses it (after the fork); an in-memory SQLite
+        database has no second connection to the same data."""
+        if self._side_engine is None:
+            url = self.engine.url
+            if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+                self._side_engine = self.engine
+            else:
+                self._side_engine = make_engine(url.render_as_string(hide_password=False), pool_size=4)
+        return self._side_engine
+
+    def dispose(self) -> None:
+        """Close every pooled connection (before forking workers, or when done)."""
+        self.engine.dispose()
+        if self._side_engine is not None and self._side_engine is not self.engine:
+            self._side_engine.dispose()
+        self._side_engine = None
+
     @contextmanager
-    def session(self, write: bool = False, access: Any = None) -> Iterator[Session]:
+    def session(self, write: bool = False, access: Any = None, side: bool = False) -> Iterator[Session]:
         """One database transaction; commits on success, rolls back on any exception.
 
         ``access`` (security/tenancy.py) limits what the session's reads see and its writes may
-        change; None: unrestricted (the server's own work)."""
-        with self.engine.connect() as conn:
+        change; None: unrestricted (the server's own work). ``side``: on the side pool
+        (``side_engine``), for a lookup made while the caller holds another session."""
+        engine = self.side_engine if side else self.engine
+        with engine.connect() as conn:
             if self.postgres and not write:
                 # No BEGIN/COMMIT round trips: under READ COMMITTED every statement takes its
                 # own snapshot anyway, inside a transaction or not.

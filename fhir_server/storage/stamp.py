@@ -36,7 +36,7 @@ class TypeStamp:
             if now - self._checked < self.ttl:
                 return False
             query = select(func.max(resources.c.updated_us)).where(resources.c.res_type == self.res_type)
-            with self.repo.session() as session:  # its own connection: never flushes a writer's rows
+            with self.repo.session(side=True) as session:  # its own connection: never flushes a writer's rows
                 stamp = session.conn.execute(query).scalar()
             self._checked = time.monotonic()
             if self._stamp is not None and stamp == self._stamp:

@@ -65,7 +65,7 @@ class ProfileStore:
         if any(changed):
             self._codes = {}
         if url not in self._codes:
-            with self.repo.session() as session:
+            with self.repo.session(side=True) as session:
                 try:
                     self._codes[url] = codes_in_valueset(session, url, self.search)
                 except FhirError:
@@ -78,7 +78,7 @@ class ProfileStore:
             return sd
         # On a connection of its own: a lookup inside a Bundle must not flush the Bundle's
         # pending rows (that undid its batched COPY and tripled ingest time).
-        with self.repo.session() as session:
+        with self.repo.session(side=True) as session:
             sd = self._lookup(session, url, resolve)
         if len(self._found) >= self.max_entries:
             self._found, self._trees = {}, {}

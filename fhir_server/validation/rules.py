@@ -48,7 +48,7 @@ class ProfileRules:
 
     def _current(self) -> dict[str, list[Rule]]:
         if self.stamp.changed():
-            with self.repo.session() as session:  # not the writer's: it must not flush a Bundle
+            with self.repo.session(side=True) as session:  # not the writer's: it must not flush a Bundle
                 self._rules = self._read(session)
         return self._rules
 

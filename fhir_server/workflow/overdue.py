@@ -80,7 +80,7 @@ class OverdueSweep:
         ]
         found: list[str] = []
         cursor = None
-        with self.repo.session() as session:
+        with self.repo.session(side=True) as session:
             while True:
                 page = self.search.search(session, "Task", params, _PAGE, cursor)
                 for version in page.versions:
@@ -92,7 +92,7 @@ class OverdueSweep:
                 cursor = Cursor(page.keys[-1], page.versions[-1].rid)
 
     def _flag(self, task_id: str, now: int) -> int:
-        with self.repo.session(write=True) as session:
+        with self.repo.session(write=True, side=True) as session:
             current = session.read_current("Task", task_id)
             if current is None or current.deleted:
                 return 0

@@ -134,7 +134,7 @@ def test_reindex_command(tmp_path: pathlib.Path) -> None:
             with services.repo.session() as s:
                 return len(services.search.match(s, "Observation", [(code, value)], limit=100))
         finally:
-            services.repo.engine.dispose()
+            services.repo.dispose()
 
     assert found() == 0
     bad = _run("db", "reindex", "--database-url", db, "--type", "Nope")

@@ -405,7 +405,7 @@ def real(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
             print(f"\n[{request.param}] loaded {len(data.res)} resources in {loaded:.1f} s")
             yield data
         finally:
-            services.repo.engine.dispose()
+            services.repo.dispose()
 
 
 # -- 1. tokens --------------------------------------------------------------------------------------

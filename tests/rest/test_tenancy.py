@@ -168,7 +168,7 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             w.mint(username, "plat", "user/*.cruds", username)
         _populate(w)
         yield w
-        services.repo.engine.dispose()
+        services.repo.dispose()
 
 
 def _populate(w: World) -> None:

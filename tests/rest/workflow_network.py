@@ -95,7 +95,7 @@ def network(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
                 == 201
             )
         yield n
-        services.repo.engine.dispose()
+        services.repo.dispose()
 
 
 def consent(patient: str, *disclose_to: str) -> dict[str, Any]:

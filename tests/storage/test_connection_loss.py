@@ -30,7 +30,7 @@ def test_dropped_connection_is_503_then_recovers(postgres_url, tmp_path) -> None
         assert lost.get_json()["issue"][0]["code"] == "transient"
         assert client.get(f"/fhir/{location}").status_code == 200
     finally:
-        services.repo.engine.dispose()
+        services.repo.dispose()
 
 
 def test_no_free_connection_is_503_not_500(postgres_url, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -45,4 +45,4 @@ def test_no_free_connection_is_503_not_500(postgres_url, tmp_path) -> None:  # t
         assert busy.get_json()["issue"][0]["code"] == "transient"
         assert client.get("/fhir/Patient?_count=1").status_code == 200
     finally:
-        services.repo.engine.dispose()
+        services.repo.dispose()

@@ -55,7 +55,7 @@ class Store:
         self.client = create_app(settings, self.services).test_client()
 
     def close(self) -> None:
-        self.services.repo.engine.dispose()
+        self.services.repo.dispose()
 
     def raw(self, sql: str) -> list[Any]:
         with self.services.repo.engine.connect() as conn:

@@ -73,4 +73,4 @@ def test_sqlite_search_starts_from_the_index_rows(tmp_path: pathlib.Path) -> Non
         assert "USING INTEGER PRIMARY KEY" in plan and "ix_resources_type_updated" not in plan, plan
     finally:
         event.remove(services.repo.engine, "before_cursor_execute", capture)
-        services.repo.engine.dispose()
+        services.repo.dispose()

@@ -375,7 +375,7 @@ def test_command_line_import(tmp_path: pathlib.Path) -> None:
         with services.repo.session() as s:
             assert open_codesystem(s, "http://loinc.org", "2.77", search=services.search).get("8867-4") is not None
     finally:
-        services.repo.engine.dispose()
+        services.repo.dispose()
     bad = CliRunner().invoke(
         cli, ["terminology", "import", "--database-url", db, "--format", "csv", str(write_csv(tmp_path / "a.csv"))]
     )
