@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from sqlalchemy import select
@@ -35,6 +36,15 @@ log = logging.getLogger(__name__)
 #: (subscription, notification, delivered?, error) → the audit record of the outcome
 Auditor = Callable[[Subscription, Notification, bool, str | None], None]
 _BATCH = 100
+
+
+@dataclass
+class _Batch:
+    """What one round learns once: the subscriptions as stored, their event counts, what was sent."""
+
+    subscriptions: dict[str, Subscription | None] = field(default_factory=dict)
+    events: dict[str, int] = field(default_factory=dict)
+    delivered: list[tuple[Subscription, Notification]] = field(default_factory=list)
 
 
 class Dispatcher:
@@ -88,36 +98,44 @@ class Dispatcher:
 
     # -- one round -----------------------------------------------------------------------------
     def deliver_due(self) -> int:
-        """Deliver what is due now; the number of rows looked at."""
-        with self.repo.side_engine.connect() as conn:
-            rows = outbox.due(conn, _BATCH, ("rest-hook", "amqp"))
+        """Deliver what is due now; the number of rows taken. The rows are taken in one
+        statement and those delivered marked in another (notify/outbox.py ``claim``)."""
+        with begin_write(self.repo.side_engine) as conn:
+            rows = outbox.claim(conn, _BATCH, ("rest-hook", "amqp"))
             bound = self.hub.subscriptions()
             if bound:
-                rows += outbox.due(conn, _BATCH, ("websocket",), bound)
-        for row in rows:
-            if self._stop.is_set():
-                break  # stopping: the rest stays in the outbox for the next worker
+                rows += outbox.claim(conn, _BATCH, ("websocket",), bound)
+        batch = _Batch()
+        try:
+            for i, row in enumerate(rows):
+                if self._stop.is_set():  # stopping: the rest goes back to the outbox for the next worker
+                    with begin_write(self.repo.side_engine) as conn:
+                        for untried in rows[i:]:
+                            outbox.release(conn, untried)
+                    break
+                self._attempt(row, batch)
+        finally:
             with begin_write(self.repo.side_engine) as conn:
-                if not outbox.take(conn, row):
-                    continue  # another worker has it
-            self._attempt(row)
+                outbox.delivered_all(conn, [row for _sub, row in batch.delivered])
+            if self.audit is not None:
+                for sub, row in batch.delivered:
+                    self.audit(sub, row, True, None)
         return len(rows)
 
-    def _attempt(self, row: Notification) -> None:
-        sub = self.subscriptions.get(row.subscription)
+    def _attempt(self, row: Notification, batch: _Batch) -> None:
+        if row.subscription not in batch.subscriptions:
+            batch.subscriptions[row.subscription] = self.subscriptions.get(row.subscription)
+        sub = batch.subscriptions[row.subscription]
         if sub is None or sub.status not in ("active", "requested"):
             with begin_write(self.repo.side_engine) as conn:  # nobody to tell any more: not a failure to notice
                 outbox.failed(conn, row, "the subscription was deleted or turned off before delivery")
             return
         try:
-            self._send(sub, row)
+            self._send(sub, row, batch)
         except DeliveryError as exc:
             self._failed(sub, row, str(exc))
             return
-        with begin_write(self.repo.side_engine) as conn:
-            outbox.delivered(conn, row)
-        if self.audit is not None:
-            self.audit(sub, row, True, None)
+        batch.delivered.append((sub, row))
 
     def _failed(self, sub: Subscription, row: Notification, error: str) -> None:
         delay = self.policy.next_delay(row.attempts + 1)
@@ -143,7 +161,7 @@ class Dispatcher:
             self.audit(sub, row, False, error)
 
     # -- sending --------------------------------------------------------------------------------
-    def _send(self, sub: Subscription, row: Notification) -> None:
+    def _send(self, sub: Subscription, row: Notification, batch: _Batch) -> None:
         classic = sub.topic is None and row.kind == "event-notification"
         focus = self._focus(sub, row) if sub.payload == "full-resource" or (classic and sub.mime) else None
         headers = {
@@ -161,7 +179,10 @@ class Dispatcher:
         if sub.channel == "websocket" and classic:
             self.hub.send(sub.id, f"ping {sub.id}")
             return
-        body = fjson.dumps(payload.bundle(self.base_url, sub, row, self._events_since_start(sub), focus))
+        if sub.id not in batch.events:
+            batch.events[sub.id] = self._events_since_start(sub)
+        since_start = max(batch.events[sub.id], row.event_number)
+        body = fjson.dumps(payload.bundle(self.base_url, sub, row, since_start, focus))
         if sub.channel == "rest-hook":
             rest_hook.send("POST", str(sub.endpoint), body, headers, sub.headers)
         elif sub.channel == "amqp":

@@ -72,13 +72,19 @@ def enqueue(session: Session, sub: Subscription, kind: str, focus: str | None, o
     )
 
 
-def due(
+def claim(
     conn: Connection, limit: int, channels: tuple[str, ...], subscriptions: set[str] | None = None
 ) -> list[Notification]:
-    """Pending rows whose time has come and that nobody holds, oldest first."""
+    """Take up to ``limit`` due rows for this worker in one statement, oldest first.
+
+    Why at once and skipping locked rows: workers taking the oldest rows one by one all reached
+    for the same row, and each delivery cost a transaction of its own to take it
+    (scripts/bench/consultations: notifications 14 s late at 42 a second). On PostgreSQL ``SKIP
+    LOCKED`` gives each worker rows no other is taking; SQLite's write lock serializes the claims.
+    """
     stamp = now()
-    query = (
-        select(O)
+    wanted = (
+        select(O.c.id)
         .where(
             O.c.status == PENDING,
             O.c.next_attempt_us <= stamp,
@@ -87,33 +93,26 @@ def due(
         )
         .order_by(O.c.id)
         .limit(limit)
+        .with_for_update(skip_locked=True)
     )
     if subscriptions is not None:
-        query = query.where(O.c.subscription.in_(sorted(subscriptions)))
-    return [_row(r) for r in conn.execute(query)]
-
-
-def take(conn: Connection, row: Notification) -> bool:
-    """Hold ``row`` for this worker; False when another worker took it first."""
-    stamp = now()
+        wanted = wanted.where(O.c.subscription.in_(sorted(subscriptions)))
     result = conn.execute(
-        update(O)
-        .where(
-            O.c.id == row.id,
-            O.c.status == PENDING,
-            or_(O.c.lease_until_us.is_(None), O.c.lease_until_us < stamp),
+        update(O).where(O.c.id.in_(wanted.scalar_subquery())).values(lease_until_us=stamp + LEASE_US).returning(O)
+    )
+    return sorted((_row(r) for r in result), key=lambda n: n.id)
+
+
+def delivered_all(conn: Connection, rows: list[Notification]) -> None:
+    """Mark ``rows`` delivered, in one statement."""
+    if rows:
+        conn.execute(
+            update(O)
+            .where(O.c.id.in_([r.id for r in rows]))
+            .values(
+                status=DELIVERED, delivered_us=now(), attempts=O.c.attempts + 1, lease_until_us=None, last_error=None
+            )
         )
-        .values(lease_until_us=stamp + LEASE_US)
-    )
-    return result.rowcount == 1
-
-
-def delivered(conn: Connection, row: Notification) -> None:
-    conn.execute(
-        update(O)
-        .where(O.c.id == row.id)
-        .values(status=DELIVERED, delivered_us=now(), attempts=row.attempts + 1, lease_until_us=None, last_error=None)
-    )
 
 
 def retry(conn: Connection, row: Notification, delay_s: float, error: str) -> None:

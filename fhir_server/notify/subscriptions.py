@@ -35,6 +35,7 @@ from fhir_server.errors import FhirError
 from fhir_server.formats import json as fjson
 from fhir_server.model import get_model
 from fhir_server.notify import outbox
+from fhir_server.notify.prefilter import may_match
 from fhir_server.notify.topics import TOPICS, Topic
 from fhir_server.security.tenancy import institution_access
 from fhir_server.storage.repository import Repository, Session, StoredVersion
@@ -287,17 +288,20 @@ class Subscriptions:
         changes = session.scratch.pop("notify", [])
         queued = 0
         now = outbox.now()
+        contents = {id(w): fjson.loads(w.content or b"{}") for w, _, _ in changes}
+        matches = _SharedMatches(self, session)
         for sub in [s for t in {w.res_type for w, _, _ in changes} for s in self.active(t) if s.live(now)]:
-            candidates = [(w, p, o) for w, p, o in changes if w.res_type == sub.resource_type]
+            candidates = [
+                (w, p, o)
+                for w, p, o in changes
+                if w.res_type == sub.resource_type
+                and may_match(self.search.registry, w.res_type, sub.filters, contents[id(w)])
+            ]
             if sub.topic is not None:
-                candidates = [
-                    (w, p, o)
-                    for w, p, o in candidates
-                    if sub.topic.trigger(_content(p), fjson.loads(w.content or b"{}"))
-                ]
+                candidates = [(w, p, o) for w, p, o in candidates if sub.topic.trigger(_content(p), contents[id(w)])]
             if not candidates:
                 continue
-            matched = self._matching(session, sub, [w.res_id for w, _, _ in candidates])
+            matched = matches.of(sub, [w.res_id for w, _, _ in candidates])
             for written, _previous, origin in candidates:
                 if written.res_id in matched:
                     outbox.enqueue(session, sub, "event-notification", written.location, origin)
@@ -307,8 +311,62 @@ class Subscriptions:
 
     def _matching(self, session: Session, sub: Subscription, ids: list[str]) -> set[str]:
         with session.acting(institution_access(sub.owner)):
-            page = self.search.search(session, sub.resource_type, [*sub.filters, ("_id", ",".join(ids))], len(ids))
+            return self._search_ids(session, sub.resource_type, list(sub.filters), ids)
+
+    def _search_ids(self, session: Session, res_type: str, filters: list[tuple[str, str]], ids: list[str]) -> set[str]:
+        page = self.search.search(session, res_type, [*filters, ("_id", ",".join(ids))], len(ids))
         return {v.res_id for v in page.versions}
+
+
+class _SharedMatches:
+    """One transaction's matching, sharing the search among subscriptions with the same filters.
+
+    Why: each institution subscribing to the same topic with the same filter (every institution's
+    ``Observation?status=final`` on the opinion topic) made every opinion one search per
+    institution. Filters without chains, ``_has`` or ``_list`` depend on the resource alone, so they are
+    searched once, unrestricted, and each subscriber keeps the matches its institution can see —
+    the same answer as searching under its access, for the price of one indexed lookup each.
+    Filters that reach other resources are searched per subscriber, under its access.
+    """
+
+    def __init__(self, subscriptions: Subscriptions, session: Session) -> None:
+        self.subscriptions = subscriptions
+        self.session = session
+        self.found: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, bool]] = {}
+
+    def of(self, sub: Subscription, ids: list[str]) -> set[str]:
+        if any(_reaches_beyond(name) for name, _ in sub.filters):
+            return self.subscriptions._matching(self.session, sub, ids)
+        known = self.found.setdefault((sub.resource_type, sub.filters), {})
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            with self.session.unrestricted():
+                hits = self.subscriptions._search_ids(self.session, sub.resource_type, list(sub.filters), unknown)
+            known.update({i: i in hits for i in unknown})
+        hits = [i for i in ids if known[i]]
+        return _visible_to(self.session, sub, hits) if hits else set()
+
+
+#: parameters about the resource itself, whatever their prefix
+_OWN_SPECIALS = frozenset({"_id", "_tag", "_profile", "_security", "_lastUpdated", "_source"})
+
+
+def _reaches_beyond(name: str) -> bool:
+    """A filter whose answer depends on other resources (chains, ``_has``, ``_list`` …)."""
+    base = name.split(":", 1)[0]
+    return "." in name or (base.startswith("_") and base not in _OWN_SPECIALS)
+
+
+def _visible_to(session: Session, sub: Subscription, ids: list[str]) -> set[str]:
+    """Of ``ids``, those the subscription's institution may see."""
+    access = institution_access(sub.owner)
+    query = select(resources.c.res_id).where(
+        resources.c.res_type == sub.resource_type, resources.c.res_id.in_(ids), resources.c.deleted.is_(False)
+    )
+    predicate = access.visible(resources) if access is not None else None
+    if predicate is not None:
+        query = query.where(predicate)
+    return set(session.conn.execute(query).scalars())
 
 
 def _content(version: StoredVersion | None) -> dict[str, Any] | None:

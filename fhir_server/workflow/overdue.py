@@ -19,6 +19,8 @@ import logging
 import threading
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
+
 from fhir_server.errors import FhirError
 from fhir_server.search.engine import Cursor, SearchEngine
 from fhir_server.security.tenancy import institution_access
@@ -70,6 +72,8 @@ class OverdueSweep:
                 flagged += self._flag(task_id, now)
             except FhirError as exc:  # changed meanwhile: answered, or flagged by another worker
                 log.debug("invitation Task/%s not flagged: %s", task_id, exc)
+            except DBAPIError as exc:  # e.g. a deadlock with another worker's pass: the next pass looks again
+                log.warning("invitation Task/%s not flagged this time: %s", task_id, exc)
         return flagged
 
     def _overdue(self, now: int) -> list[str]:

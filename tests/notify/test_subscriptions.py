@@ -128,6 +128,8 @@ def test_an_institution_is_told_only_of_what_it_may_see(net: Net, receiver: Rece
         "channel": {"type": "rest-hook", "endpoint": receiver.url, "payload": "application/fhir+json"},
     }
     sub = n.post("b-admin", classic)
+    # the platform subscribes with the same criteria: one shared search, each told what it may see
+    own = n.post("plat", {**classic, "channel": {**classic["channel"], "endpoint": receiver.url + "/a"}})
     shared, _ = consultation(n)  # A's request to B: B sees its Task
     private = n.post("a-doc", {"resourceType": "Task", "status": "requested", "intent": "order",
                                "description": "A's own work"})["id"]  # fmt: skip
@@ -135,7 +137,9 @@ def test_an_institution_is_told_only_of_what_it_may_see(net: Net, receiver: Rece
     puts = {(r.method, r.path) for r in receiver.kept.values()}
     assert ("PUT", f"/hook/Task/{shared}") in puts  # R4 rest-hook with a payload: the resource is PUT
     assert ("PUT", f"/hook/Task/{private}") not in puts
+    assert {("PUT", f"/hook/a/Task/{shared}"), ("PUT", f"/hook/a/Task/{private}")} <= puts  # the platform's: all
     n.call("b-admin", "DELETE", f"Subscription/{sub['id']}")
+    n.call("plat", "DELETE", f"Subscription/{own['id']}")
 
 
 def test_after_three_retries_the_sender_is_told(net: Net) -> None:
