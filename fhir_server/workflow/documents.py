@@ -33,6 +33,8 @@ from fhir_server.security.keys import SigningKeys
 from fhir_server.storage.repository import Session, StoredVersion
 from fhir_server.util.clock import instant, now_us
 from fhir_server.workflow import machine as m
+from fhir_server.workflow.multicentre import workflow_code
+from fhir_server.workflow.shared_records import as_stored
 
 CN = "http://fhir.telefhir.cn"
 REPORT_PROFILE = f"{CN}/StructureDefinition/consultation-report"
@@ -234,7 +236,40 @@ def publish(
     }
     with session.unrestricted():  # the server's record of the step
         session.create(provenance)
+    for request in _requests(content):
+        for task in find("Task", [("based-on", request)]):
+            _mark_published(session, task, indexed)
     return stored
+
+
+def _requests(composition: dict[str, Any]) -> list[str]:
+    """The requests a report answers (its ``event.detail``)."""
+    return [
+        d["reference"]
+        for e in composition.get("event") or ()
+        for d in e.get("detail") or ()
+        if isinstance(d, dict) and str(d.get("reference", "")).startswith("ServiceRequest/")
+    ]
+
+
+def _mark_published(session: Session, task: StoredVersion, reference: StoredVersion) -> None:
+    """A Task of the request that the publisher may move to ``published`` goes there, with the
+    report's DocumentReference as its output; any other stays where it is (its own steps first)."""
+    content = as_stored(task)  # as stored: the publisher may read another institution's Task de-identified
+    source = m.business_status(content)
+    if source is None or "published" not in m.transitions(m.kind_of(content), source):
+        return
+    content["businessStatus"] = {"coding": [{"system": m.SYSTEM, "code": "published"}]}
+    content["status"] = m.TASK_STATUS["published"]
+    content.setdefault("output", []).append(
+        {"type": workflow_code("report"), "valueReference": {"reference": f"DocumentReference/{reference.res_id}"}}
+    )
+    try:
+        session.update(task, content)
+    except FhirError as exc:
+        if exc.kind != "forbidden":
+            raise
+        # not a step the publisher may take (the state machine says whose it is): left as it is
 
 
 def _document_reference(

@@ -303,8 +303,12 @@ def test_package_merge_publish_to_every_participant_and_archive(net: Net) -> Non
     assert n.call("a-doc", "PUT", f"Composition/{draft['id']}", draft).status_code == 200
     published = n.call("a-doc", "POST", f"Composition/{draft['id']}/$document?persist=true")
     assert published.status_code == 200, _diagnostics(published)
-    for org in (B, C):
-        assert _move(n, "a-doc", invitations[org]["id"], "published").status_code == 200
+    index = published.headers["Location"]
+    for org in (B, C):  # the publication moved the reported invitations on, the report as their output
+        task = n.call("a-doc", "GET", f"Task/{invitations[org]['id']}").get_json()
+        assert task["businessStatus"]["coding"][0]["code"] == "published" and task["status"] == "completed"
+        [report] = [o for o in task["output"] if o["type"]["coding"][0]["code"] == "report"]
+        assert report["valueReference"]["reference"].startswith("DocumentReference/"), index
 
     early = n.call("a-doc", "POST", f"ServiceRequest/{request['id']}/$archive")
     assert early.status_code == 409 and "completed" in _diagnostics(early)[0]

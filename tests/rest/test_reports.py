@@ -133,3 +133,23 @@ def test_document_refuses_what_it_does_not_do(net: Net) -> None:
     draft = n.call("b-expert", "POST", f"ServiceRequest/{request['id']}/$draft-report").get_json()
     graph = n.call("b-expert", "GET", f"Composition/{draft['id']}/$document?graph=GraphDefinition/x")
     assert graph.status_code == 400 and "not supported" in graph.get_json()["issue"][0]["diagnostics"]
+
+
+def test_publishing_moves_the_reviewed_task_to_published(net: Net) -> None:
+    n = net
+    task, request = consultation(n)
+    assert n.move("p-sched", task, "pre-reviewed").status_code == 200
+    for step in ("accepted", "scheduled", "in-progress", "reported", "reviewed"):
+        assert n.move("b-expert", task, step).status_code == 200, step
+    _opinion(n, request)
+    draft = n.call("b-expert", "POST", f"ServiceRequest/{request['id']}/$draft-report").get_json()
+    _finalize(n, draft["id"], "不寐。")
+    assert n.call("b-expert", "POST", f"Composition/{draft['id']}/$document?persist=true").status_code == 200
+    moved = n.call("a-doc", "GET", f"Task/{task}").get_json()  # the requester sees it published
+    assert moved["businessStatus"]["coding"][0]["code"] == "published" and moved["status"] == "completed"
+    [output] = [o for o in moved["output"] if o["type"]["coding"][0]["code"] == "report"]
+    reference = n.call("a-doc", "GET", output["valueReference"]["reference"]).get_json()
+    assert reference["status"] == "current" and reference["context"]["related"][0] == {
+        "reference": f"Composition/{draft['id']}"
+    }
+    assert n.move("a-doc", task, "evaluated").status_code == 200  # the requester evaluates next
