@@ -32,6 +32,7 @@ DEMO_PASSWORD = "Demo-Passw0rd!"
 CHINA = timezone(timedelta(hours=8))
 SERVICE = m.SERVICE_TYPES
 CONSENT_SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
+WORKFLOW = f"{CN}/CodeSystem/consultation-workflow"
 
 #: id, Chinese name, English name, kind
 ORGANIZATIONS = (
@@ -272,13 +273,34 @@ def _consultation(n: int, state: str, patient: str, clinic: str, performer: str,
         request["status"] = "completed"
     elif state in ("cancelled", "rejected"):
         request["status"] = "revoked"
-    out: list[dict[str, Any]] = [request, _task(f"demo-consult-{n}-task", request, performer, state, authored)]
+    task = _task(f"demo-consult-{n}-task", request, performer, state, authored)
+    out: list[dict[str, Any]] = [request]
+    if state == "evaluated":  # the requester's evaluation (workflow/evaluation.py), stored before its Task
+        response = _evaluation(f"demo-consult-{n}-evaluation", request)
+        out.append(response)
+        reference = {"reference": f"QuestionnaireResponse/{response['id']}"}
+        task["output"] = [
+            {"type": {"coding": [{"system": WORKFLOW, "code": "evaluation"}]}, "valueReference": reference}
+        ]
+    out.append(task)
     expert = "demo-expert-li" if performer == "demo-hospital" else "demo-expert-wang"
     if m.TASK_STATUS[state] in ("in-progress", "completed") and state != "in-progress":
         out.append(_opinion(f"demo-consult-{n}-opinion", request, expert,
                             "建议完善相关检查，调整用药，两周后复诊。Complete the work-up, adjust the medication, "
                             "review in two weeks.", when))  # fmt: skip
     return out
+
+
+def _evaluation(rid: str, request: dict[str, Any]) -> dict[str, Any]:
+    answers = {"satisfaction": {"valueInteger": 5}, "rating": {"valueInteger": 5},
+               "concordance": {"valueCoding": {"system": WORKFLOW, "code": "partially-concordant"}},
+               "comment": {"valueString": "会诊及时，建议明确。Timely, with clear advice."}}  # fmt: skip
+    return {
+        "resourceType": "QuestionnaireResponse", "id": rid, "status": "completed",
+        "questionnaire": f"{CN}/Questionnaire/consultation-evaluation", "subject": request["subject"],
+        "author": request["requester"],
+        "item": [{"linkId": link, "answer": [answer]} for link, answer in answers.items()],
+    }  # fmt: skip
 
 
 def _multicentre(today: datetime) -> list[dict[str, Any]]:

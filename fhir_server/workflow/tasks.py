@@ -35,7 +35,7 @@ from fhir_server.security.grants import institutions
 from fhir_server.security.tenancy import organization_id
 from fhir_server.storage.repository import Repository, Session, StoredVersion
 from fhir_server.util.clock import instant, now_us
-from fhir_server.workflow import data_requests
+from fhir_server.workflow import data_requests, evaluation
 from fhir_server.workflow import machine as m
 from fhir_server.workflow.multicentre import ensure_deadline
 from fhir_server.workflow.shared_records import as_stored, keep_owners_part, provenance_agent
@@ -138,6 +138,8 @@ class TaskRules:
                 f"{target!r}",
                 "Task.businessStatus",
             )
+        if target == "evaluated":
+            evaluation.require(session, res_id, resource)  # satisfaction, concordance, rating (R3)
 
     def after_write(self, session: Session, written: StoredVersion, previous: StoredVersion | None) -> None:
         """A Provenance of each step (and of a Task's creation)."""

@@ -14,7 +14,7 @@ import pytest
 from joserfc.jwk import KeySet
 
 from fhir_server.security.document_signature import SignatureInvalid, verify
-from tests.rest.workflow_network import B, Net, consultation, example, network
+from tests.rest.workflow_network import B, Net, consultation, evaluation, example, network
 
 REPORT = "http://fhir.telefhir.cn/StructureDefinition/consultation-report"
 
@@ -152,4 +152,14 @@ def test_publishing_moves_the_reviewed_task_to_published(net: Net) -> None:
     assert reference["status"] == "current" and reference["context"]["related"][0] == {
         "reference": f"Composition/{draft['id']}"
     }
-    assert n.move("a-doc", task, "evaluated").status_code == 200  # the requester evaluates next
+
+    # the requester evaluates: the step carries a complete evaluation (R3)
+    bare = n.move("a-doc", task, "evaluated")
+    assert bare.status_code == 422 and "carries the evaluation" in bare.get_json()["issue"][0]["diagnostics"]
+    output = evaluation(n, "a-doc", request["subject"], rating=9)
+    wrong = n.move("a-doc", task, "evaluated", output=[*moved["output"], output])
+    assert (
+        wrong.status_code == 422 and "rating as an integer from 1 to 5" in wrong.get_json()["issue"][0]["diagnostics"]
+    )
+    done = n.move("a-doc", task, "evaluated", output=[*moved["output"], evaluation(n, "a-doc", request["subject"])])
+    assert done.status_code == 200, done.get_json()

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.rest.workflow_network import NUMBER, A, B, Net, consultation, network
+from tests.rest.workflow_network import NUMBER, A, B, Net, consultation, evaluation, network
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -50,7 +50,10 @@ def test_the_consultation_chain_with_who_may_take_each_step(net: Net) -> None:
     for step in ("in-progress", "reported", "reviewed", "published"):
         assert n.move("b-expert", task_id, step).status_code == 200, step
     assert n.move("b-expert", task_id, "evaluated").status_code == 403  # the requester evaluates
-    assert n.move("a-doc", task_id, "evaluated").status_code == 200
+    bare = n.move("a-doc", task_id, "evaluated")  # an evaluation is data, not just a status
+    assert bare.status_code == 422 and "carries the evaluation" in bare.get_json()["issue"][0]["diagnostics"]
+    subject = n.call("a-doc", "GET", f"Task/{task_id}").get_json()["for"]
+    assert n.move("a-doc", task_id, "evaluated", output=[evaluation(n, "a-doc", subject)]).status_code == 200
     final = n.move("a-doc", task_id, "cancelled")
     assert final.status_code == 409 and "none: it is final" in final.get_json()["issue"][0]["diagnostics"]
     provenance = n.call("a-doc", "GET", f"Provenance?target=Task/{task_id}&_count=50").get_json()

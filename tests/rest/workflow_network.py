@@ -141,3 +141,19 @@ def consultation(n: Net) -> tuple[str, dict[str, Any]]:
     )
     task["for"] = {"reference": f"Patient/{patient['id']}", "display": "王秀英"}
     return n.post("a-doc", task)["id"], sr
+
+
+WORKFLOW = "http://fhir.telefhir.cn/CodeSystem/consultation-workflow"
+
+
+def evaluation(n: Net, who: str, subject: dict[str, Any], rating: int = 4) -> dict[str, Any]:
+    """The requester's evaluation stored (a QuestionnaireResponse), as the Task output that names it."""
+    answers = {"satisfaction": {"valueInteger": 5}, "rating": {"valueInteger": rating},
+               "concordance": {"valueCoding": {"system": WORKFLOW, "code": "concordant"}}}  # fmt: skip
+    response = n.post(who, {
+        "resourceType": "QuestionnaireResponse", "status": "completed", "subject": subject,
+        "questionnaire": "http://fhir.telefhir.cn/Questionnaire/consultation-evaluation",
+        "item": [{"linkId": link, "answer": [answer]} for link, answer in answers.items()],
+    })  # fmt: skip
+    return {"type": {"coding": [{"system": WORKFLOW, "code": "evaluation"}]},
+            "valueReference": {"reference": f"QuestionnaireResponse/{response['id']}"}}  # fmt: skip
