@@ -53,6 +53,7 @@ from fhir_server.terminology import table as terminology_rows
 from fhir_server.validation.conformance import ProfileStore, complete_snapshot, enforce_profiles
 from fhir_server.validation.rules import ProfileRules, guide_write_hook
 from fhir_server.workflow import numbers, scheduling
+from fhir_server.workflow.encounters import VirtualEncounters
 from fhir_server.workflow.overdue import OverdueSweep
 from fhir_server.workflow.retention import Retention
 from fhir_server.workflow.tasks import TaskRules
@@ -103,6 +104,7 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
     Retention(settings.archive_retention_days).install(repo)  # archives and signed reports kept (workflow/retention.py)
     numbers.install(repo)  # consultation numbers (workflow/numbers.py)
     scheduling.install(repo)  # appointments take and free slots (workflow/scheduling.py)
+    VirtualEncounters(settings.meeting_url_template).install(repo)  # a booked session's Encounter
     search_params = CustomSearchParameters(engine, registry, settings.search_param_refresh)
     search_params.refresh(force=True)  # the stored active SearchParameters, before any write is indexed
     repo.write_hooks["SearchParameter"] = search_params.on_write

@@ -135,6 +135,11 @@ def cli(log_level: str) -> None:
     help="days a consultation's archive and a signed report are kept at least (three years or more)",
 )
 @click.option(
+    "--meeting-url-template",
+    default=None,
+    help="the conferencing service's room address for booked consultations, e.g. https://meet.example.cn/{room}",
+)
+@click.option(
     "--demo",
     is_flag=True,
     help="store a bilingual demo network once (institutions, experts, patients, consultations in every "
@@ -175,6 +180,7 @@ def serve(
     invitation_hours: float,
     overdue_sweep_interval: float,
     archive_retention_days: int,
+    meeting_url_template: str | None,
     demo: bool,
     audit: str,
 ) -> None:
@@ -211,7 +217,10 @@ def serve(
         overdue_sweep_interval=overdue_sweep_interval,
         archive_retention_days=archive_retention_days,
         demo=demo,
+        meeting_url_template=meeting_url_template,
     )
+    if meeting_url_template is not None and "{room}" not in meeting_url_template:
+        raise click.UsageError("--meeting-url-template: the address needs {room}, where the room's name goes")
     if demo and settings.platform_organization is None:
         from fhir_server.demo import CENTRE
 

@@ -87,6 +87,9 @@ class Settings:
     archive_retention_days: int = 1096
     #: store the demo network (fhir_server/demo.py) at start, once
     demo: bool = False
+    #: the platform's conferencing service: a booked consultation's meeting room address, ``{room}``
+    #: replaced by an unguessable name (workflow/encounters.py); None: Encounters without a room
+    meeting_url_template: str | None = None
 
     def with_overrides(self, **values: object) -> Settings:
         return replace(self, **{k: v for k, v in values.items() if v is not None})

@@ -21,7 +21,10 @@ HOLDER = "http://fhir.telefhir.cn/StructureDefinition/slot-holder"
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
-    yield from network(request, tmp_path_factory)
+    yield from network(request, tmp_path_factory, meeting_url_template=MEETING)
+
+
+MEETING = "https://meet.example.cn/r/{room}"
 
 
 class Calendar:
@@ -294,3 +297,31 @@ def test_the_operations_are_declared_and_defined(net: Net) -> None:
         definition = net.call("plat", "GET", f"OperationDefinition/appointment-{code}").get_json()
         assert definition["base"] == f"https://profiles.ihe.net/ITI/Scheduling/OperationDefinition/appointment-{code}"
         assert {p["name"] for p in definition["parameter"] if p["use"] == "in"} == set(spec)
+
+
+def test_booking_a_consultation_opens_its_virtual_encounter_with_a_room(net: Net) -> None:
+    n = net
+    cal = Calendar(n, 9)
+    slot = cal.slot(0)
+    _, request = consultation(n)
+    patient = request["subject"]["reference"]
+    booked = n.call("a-doc", "POST", "Appointment/$book", _booking(n, slot, request["id"], patient))
+    assert booked.status_code == 200, booked.get_json()
+    appointment = booked.get_json()["entry"][0]["resource"]
+    found = n.call("a-doc", "GET", f"Encounter?appointment=Appointment/{appointment['id']}").get_json()
+    [encounter] = [e["resource"] for e in found["entry"]]
+    assert encounter["class"]["code"] == "VR" and encounter["status"] == "planned"
+    assert encounter["subject"]["reference"] == patient and encounter["basedOn"] == appointment["basedOn"]
+    assert encounter["period"]["start"] == appointment["start"]
+    assert encounter["location"] == [{"location": {"reference": "#room"}, "status": "planned"}]
+    url = encounter["contained"][0]["telecom"][0]["value"]
+    prefix = MEETING.replace("{room}", "")
+    assert url.startswith(prefix) and len(url) >= len(prefix) + 20  # an unguessable room
+    seen = n.call("b-expert", "GET", f"Encounter/{encounter['id']}")  # the expert's side meets there too
+    assert seen.status_code == 200 and seen.get_json()["contained"][0]["telecom"][0]["value"] == url
+    appointment["status"] = "cancelled"
+    assert n.call("a-doc", "PUT", f"Appointment/{appointment['id']}", appointment).status_code == 200
+    assert n.call("a-doc", "GET", f"Encounter/{encounter['id']}").get_json()["status"] == "cancelled"
+    assert (
+        len(n.call("a-doc", "GET", f"Encounter?appointment=Appointment/{appointment['id']}").get_json()["entry"]) == 1
+    )

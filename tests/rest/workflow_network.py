@@ -54,7 +54,7 @@ class Net:
         return self.call(who, "PUT", f"Task/{task_id}", task)
 
 
-def network(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+def network(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, **settings: Any) -> Iterator[Net]:
     from fhir_server.app import build_services, create_app
     from fhir_server.config import Settings
     from fhir_server.security.authcode import AccountUser
@@ -66,6 +66,7 @@ def network(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             base_url="http://testserver/fhir",
             audit=False,
             platform_organization=f"Organization/{P}",
+            **settings,
         )
         services = build_services(settings)
         security = services.security
