@@ -20,6 +20,11 @@ What it enforces on a Task whose ``businessStatus`` is one of ours (workflow/mac
   ``statusReason``, ``output``, ``note``, ``lastModified``, ``executionPeriod``; everything else
   stays as the requester wrote it, whatever the request body says.
 
+Two more kinds of Task pass the same hook: data and correction requests of a multi-centre
+consultation, judged by workflow/data_requests.py on ``Task.status``; and a multi-centre
+invitation written without a deadline is given one (workflow/multicentre.py). The step to
+``evaluated`` carries the requester's evaluation (workflow/evaluation.py).
+
 Each step is recorded: the Task keeps its history (every version), and a ``Provenance`` of the new
 version (its activity the new business status, its agent who took the step for which institution)
 is written in the same transaction. The audit record of the update is written as for any update.
