@@ -126,8 +126,10 @@ def observation(
     subject: dict[str, Any] | None,
     effective: str | None,
     derived_from: dict[str, Any] | None,
+    based_on: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The constitution assessment Observation (shape fixed in the issue 4 brief)."""
+    """The constitution assessment Observation (shape fixed in the issue 4 brief); ``based_on``:
+    the requests it answers (a diagnosis request's finding goes back to its requester)."""
     obs: dict[str, Any] = {
         "resourceType": "Observation",
         "meta": {"profile": [codes.CONSTITUTION_PROFILE]},
@@ -140,6 +142,8 @@ def observation(
         obs["subject"] = subject
     if effective is not None:
         obs["effectiveDateTime"] = effective
+    if based_on:
+        obs["basedOn"] = based_on
     if derived_from is not None:
         obs["derivedFrom"] = [derived_from]
     obs["component"] = [_component(assessment, t) for t in TYPES]

@@ -149,6 +149,8 @@ def of_resource(resource: dict[str, Any], in_patient_compartment: bool) -> int:
         for code in _codes(resource.get("category")):
             if code in _OBSERVATION_CATEGORY:
                 return _OBSERVATION_CATEGORY[code]
+        if _answers_a_request(resource):
+            return EXAMINATION  # a finding made for a request (a diagnosis request's result): it goes back
     elif res_type == "DiagnosticReport":
         for code in _codes(resource.get("category")):
             if code in _REPORT_CATEGORY:
@@ -161,6 +163,13 @@ def of_resource(resource: dict[str, Any], in_patient_compartment: bool) -> int:
 
 
 _WORKFLOW = "http://fhir.telefhir.cn/CodeSystem/consultation-workflow"
+
+
+def _answers_a_request(resource: dict[str, Any]) -> bool:
+    return any(
+        isinstance(b, dict) and str(b.get("reference", "")).startswith("ServiceRequest/")
+        for b in resource.get("basedOn") or ()
+    )
 
 
 def _archive(bundle: dict[str, Any]) -> bool:

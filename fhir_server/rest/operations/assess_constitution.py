@@ -64,6 +64,11 @@ def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
             subject=copy.deepcopy(response.get("subject")),
             effective=response.get("authored"),
             derived_from=_derived_from(response, stored_ref),
+            based_on=[
+                copy.deepcopy(b)
+                for b in response.get("basedOn") or ()
+                if isinstance(b, dict) and str(b.get("reference", "")).startswith("ServiceRequest/")
+            ],
         )
         check_resource(obs, "Observation")
         if not persist:
