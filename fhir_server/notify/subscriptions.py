@@ -288,7 +288,8 @@ class Subscriptions:
         changes = session.scratch.pop("notify", [])
         queued = 0
         now = outbox.now()
-        contents = {id(w): fjson.loads(w.content or b"{}") for w, _, _ in changes}
+        contents = {id(w): fjson.loads(w.content or b"{}") for w, _, _ in changes}  # each parsed once
+        before = {id(w): _content(p) for w, p, _ in changes}
         matches = _SharedMatches(self, session)
         for sub in [s for t in {w.res_type for w, _, _ in changes} for s in self.active(t) if s.live(now)]:
             candidates = [
@@ -298,7 +299,7 @@ class Subscriptions:
                 and may_match(self.search.registry, w.res_type, sub.filters, contents[id(w)])
             ]
             if sub.topic is not None:
-                candidates = [(w, p, o) for w, p, o in candidates if sub.topic.trigger(_content(p), contents[id(w)])]
+                candidates = [(w, p, o) for w, p, o in candidates if sub.topic.trigger(before[id(w)], contents[id(w)])]
             if not candidates:
                 continue
             matched = matches.of(sub, [w.res_id for w, _, _ in candidates])

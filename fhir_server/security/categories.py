@@ -155,14 +155,15 @@ def of_resource(resource: dict[str, Any], in_patient_compartment: bool) -> int:
         for code in _codes(resource.get("category")):
             if code in _REPORT_CATEGORY:
                 return _REPORT_CATEGORY[code]
-    elif res_type == "Bundle" and (resource.get("type") == "document" or _archive(resource)):
+    elif res_type == "Bundle" and (resource.get("type") == "document" or is_archive(resource)):
         return CONSULTATION  # a published report (workflow/documents.py), a consultation's archive
     elif res_type == "DocumentReference" and _about_a_request(resource):
         return CONSULTATION  # the index entry of a request's report: it goes where the report goes
     return of_type(res_type, in_patient_compartment)
 
 
-_WORKFLOW = "http://fhir.telefhir.cn/CodeSystem/consultation-workflow"
+#: the tag of a consultation's archive Bundle (workflow/case_package.py)
+ARCHIVE_TAG = ("http://fhir.telefhir.cn/CodeSystem/consultation-workflow", "consultation-archive")
 
 
 def _answers_a_request(resource: dict[str, Any]) -> bool:
@@ -172,11 +173,11 @@ def _answers_a_request(resource: dict[str, Any]) -> bool:
     )
 
 
-def _archive(bundle: dict[str, Any]) -> bool:
-    """A consultation's archive (workflow/case_package.py): tagged consultation-archive."""
+def is_archive(bundle: dict[str, Any]) -> bool:
+    """A consultation's archive (workflow/case_package.py): a collection Bundle tagged consultation-archive."""
     tags = (bundle.get("meta") or {}).get("tag") or ()
-    return any(
-        isinstance(t, dict) and (t.get("system"), t.get("code")) == (_WORKFLOW, "consultation-archive") for t in tags
+    return bundle.get("type") == "collection" and any(
+        isinstance(t, dict) and (t.get("system"), t.get("code")) == ARCHIVE_TAG for t in tags
     )
 
 

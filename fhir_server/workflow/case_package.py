@@ -18,12 +18,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from fhir_server.security.categories import ARCHIVE_TAG
 from fhir_server.storage.repository import Session, StoredVersion
 from fhir_server.util.clock import instant, now_us
 from fhir_server.workflow import data_requests
 from fhir_server.workflow.multicentre import NUMBER_SYSTEM, WORKFLOW, consultation_number
 
-ARCHIVE = "consultation-archive"
+ARCHIVE = ARCHIVE_TAG[1]
 OPINION_PROFILE = "http://fhir.telefhir.cn/StructureDefinition/consultation-opinion"
 
 #: finds current resources: (resource type, search parameters) → versions the session may see
@@ -53,13 +54,6 @@ def archive(session: Session, request: StoredVersion, find: Finder, base_url: st
         {"fullUrl": f"{base_url}/DocumentReference/{v.res_id}", "resource": v.resource()} for v in reports
     ]
     return bundle
-
-
-def is_archive(bundle: dict[str, Any]) -> bool:
-    return bundle.get("type") == "collection" and any(
-        isinstance(t, dict) and t.get("system") == WORKFLOW and t.get("code") == ARCHIVE
-        for t in (bundle.get("meta") or {}).get("tag") or ()
-    )
 
 
 def _parts(session: Session, request: StoredVersion, content: dict[str, Any], find: Finder) -> Iterator[StoredVersion]:

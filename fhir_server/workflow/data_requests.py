@@ -27,12 +27,13 @@ from typing import Any
 
 from fhir_server.errors import FhirError
 from fhir_server.security import categories as cat
+from fhir_server.security.grants import institutions
 from fhir_server.security.tenancy import institution_access
 from fhir_server.storage.repository import Session, StoredVersion
 from fhir_server.util.clock import instant, now_us
 from fhir_server.workflow import machine as m
 from fhir_server.workflow import quality
-from fhir_server.workflow.multicentre import HOUR_US, WORKFLOW, workflow_code
+from fhir_server.workflow.multicentre import HOUR_US, WORKFLOW, typed, workflow_code
 
 DATA_REQUEST, DATA_CORRECTION = "data-request", "data-correction"
 REQUIRED, PROVIDED = "required-data", "provided-data"
@@ -83,7 +84,7 @@ def requested_categories(task: dict[str, Any]) -> int:
     """The data categories (001 表1) a data request asks for."""
     mask = 0
     for item in task.get("input") or ():
-        if not _typed(item, REQUIRED):
+        if not typed(item, REQUIRED):
             continue
         for coding in (item.get("valueCodeableConcept") or {}).get("coding", []):
             if coding.get("system") == cat.SYSTEM:
@@ -95,16 +96,10 @@ def provided(task: dict[str, Any]) -> list[str]:
     """The references a data request's participant listed as provided."""
     found = []
     for item in task.get("output") or ():
-        ref = (item.get("valueReference") or {}).get("reference") if _typed(item, PROVIDED) else None
+        ref = (item.get("valueReference") or {}).get("reference") if typed(item, PROVIDED) else None
         if isinstance(ref, str):
             found.append(ref.split("/_history")[0])
     return found
-
-
-def _typed(item: Any, code: str) -> bool:
-    return isinstance(item, dict) and any(
-        c.get("system") == WORKFLOW and c.get("code") == code for c in (item.get("type") or {}).get("coding", [])
-    )
 
 
 # -- the write rules -------------------------------------------------------------------------
@@ -145,8 +140,10 @@ def _outputs_changed(task: dict[str, Any], stored: dict[str, Any]) -> bool:
 
 def _record_quality(session: Session, res_id: str, task: dict[str, Any]) -> None:
     refs = provided(task)
-    owner = _organization(task.get("owner"))
-    patient = _reference_id((task.get("for") or {}).get("reference"), "Patient")
+    owners = institutions(session, [task.get("owner")])
+    owner = owners[0] if owners else None
+    subject = str((task.get("for") or {}).get("reference", ""))
+    patient = subject.split("/")[1] if subject.startswith("Patient/") else None
     records = []
     with session.unrestricted():  # the platform checks the data as stored
         for ref in refs:
@@ -168,7 +165,7 @@ def _record_quality(session: Session, res_id: str, task: dict[str, Any]) -> None
             "Task.output",
         )
     report = quality.check(records)
-    outputs = [o for o in task.get("output") or () if not (_typed(o, COMPLETENESS) or _typed(o, MISSING))]
+    outputs = [o for o in task.get("output") or () if not (typed(o, COMPLETENESS) or typed(o, MISSING))]
     outputs.append({"type": workflow_code(COMPLETENESS), "valueDecimal": round(report.completeness, 4)})
     outputs += [{"type": workflow_code(MISSING), "valueString": text} for text in report.missing[:_MAX_LISTED]]
     task["output"] = outputs
@@ -176,7 +173,7 @@ def _record_quality(session: Session, res_id: str, task: dict[str, Any]) -> None
 
 def completeness(task: dict[str, Any]) -> float | None:
     for item in task.get("output") or ():
-        if _typed(item, COMPLETENESS) and isinstance(item.get("valueDecimal"), int | float):
+        if typed(item, COMPLETENESS) and isinstance(item.get("valueDecimal"), int | float):
             return float(item["valueDecimal"])
     return None
 
@@ -193,7 +190,7 @@ def after_write(session: Session, written: StoredVersion, previous_task: dict[st
         and not _outputs_changed(task, previous_task)
     ):
         return
-    missing = [o["valueString"] for o in task.get("output") or () if _typed(o, MISSING)]
+    missing = [o["valueString"] for o in task.get("output") or () if typed(o, MISSING)]
     now = now_us()
     correction: dict[str, Any] = {
         "resourceType": "Task",
@@ -219,13 +216,3 @@ def after_write(session: Session, written: StoredVersion, previous_task: dict[st
     correction = {k: v for k, v in correction.items() if v not in (None, [])}
     with session.acting(institution_access(written.tenant) if written.tenant else None):
         session.create(correction)  # the receiver's request to the sender, as if it had written it
-
-
-def _organization(value: Any) -> str | None:
-    return _reference_id(value.get("reference") if isinstance(value, dict) else None, "Organization")
-
-
-def _reference_id(ref: Any, res_type: str) -> str | None:
-    if isinstance(ref, str) and ref.startswith(f"{res_type}/"):
-        return ref.split("/")[1]
-    return None

@@ -68,7 +68,7 @@ def draft_report(
             f"ServiceRequest/{request['id']} has no expert opinion yet (Observations of the consultation-opinion "
             "profile basedOn it): a report is drafted from the opinions",
         )
-    services = [c for c in (request.get("code") or {}).get("coding", []) if c.get("system") == SERVICE_SYSTEM]
+    services = m.service_codings(request)
     if not services:
         raise FhirError(
             "processing",

@@ -24,7 +24,10 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from sqlalchemy import select
+
 from fhir_server.storage.repository import Repository, Session, StoredVersion
+from fhir_server.storage.schema import idx_reference, resources
 from fhir_server.workflow import machine as m
 
 V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -60,10 +63,6 @@ class VirtualEncounters:
                 session.update(existing, encounter)
 
     def _existing(self, session: Session, appointment_id: str) -> StoredVersion | None:
-        from sqlalchemy import select
-
-        from fhir_server.storage.schema import idx_reference, resources
-
         ref = idx_reference
         rid = session.conn.execute(
             select(ref.c.rid)

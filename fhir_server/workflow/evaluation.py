@@ -14,7 +14,7 @@ from typing import Any
 
 from fhir_server.errors import FhirError
 from fhir_server.storage.repository import Session
-from fhir_server.workflow.multicentre import WORKFLOW
+from fhir_server.workflow.multicentre import WORKFLOW, typed
 
 QUESTIONNAIRE = "http://fhir.telefhir.cn/Questionnaire/consultation-evaluation"
 CONCORDANCE = frozenset({"concordant", "partially-concordant", "discordant"})
@@ -24,13 +24,7 @@ _SCALES = ("satisfaction", "rating")
 def require(session: Session, task_id: str, task: dict[str, Any]) -> None:
     """The Task moving to ``evaluated`` names a complete evaluation, or 422 saying what is wrong."""
     refs = [
-        (o.get("valueReference") or {}).get("reference")
-        for o in task.get("output") or ()
-        if isinstance(o, dict)
-        and any(
-            c.get("system") == WORKFLOW and c.get("code") == "evaluation"
-            for c in (o.get("type") or {}).get("coding", [])
-        )
+        (o.get("valueReference") or {}).get("reference") for o in task.get("output") or () if typed(o, "evaluation")
     ]
     if not refs or not isinstance(refs[-1], str) or not refs[-1].startswith("QuestionnaireResponse/"):
         raise FhirError(
@@ -68,7 +62,3 @@ def check(response: dict[str, Any]) -> list[str]:
     if coding.get("system") != WORKFLOW or coding.get("code") not in CONCORDANCE:
         problems.append(f"needs concordance, one of {', '.join(sorted(CONCORDANCE))} ({WORKFLOW})")
     return problems
-
-
-def _is_evaluation(coding: Any) -> bool:
-    return isinstance(coding, dict) and coding.get("system") == WORKFLOW and coding.get("code") == "evaluation"

@@ -69,13 +69,18 @@ _MULTICENTRE = {
 }
 
 
-def kind_of(task: dict[str, Any]) -> str:
-    """``consultation``, ``multicentre``, ``referral`` or ``diagnosis``, from the Task's service type code."""
-    codes = [
-        c.get("code", "")
-        for c in (task.get("code") or {}).get("coding", [])
+def service_codings(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    """The codings of ``resource.code`` in the platform's service types."""
+    return [
+        c
+        for c in (resource.get("code") or {}).get("coding", [])
         if isinstance(c, dict) and c.get("system") == SERVICE_TYPES
     ]
+
+
+def kind_of(task: dict[str, Any]) -> str:
+    """``consultation``, ``multicentre``, ``referral`` or ``diagnosis``, from the Task's service type code."""
+    codes = [c.get("code", "") for c in service_codings(task)]
     code = codes[0] if codes else ""
     if code == "teleconsultation-multicentre":
         return "multicentre"

@@ -39,17 +39,17 @@ def workflow_code(code: str) -> dict[str, Any]:
     return {"coding": [{"system": WORKFLOW, "code": code}]}
 
 
-def service_codes(resource: dict[str, Any]) -> list[dict[str, Any]]:
-    return [
-        c
-        for c in (resource.get("code") or {}).get("coding", [])
-        if isinstance(c, dict) and c.get("system") == m.SERVICE_TYPES
-    ]
+def typed(item: Any, code: str) -> bool:
+    """A Task input or output whose ``type`` is consultation-workflow|``code``."""
+    return isinstance(item, dict) and any(
+        isinstance(c, dict) and c.get("system") == WORKFLOW and c.get("code") == code
+        for c in (item.get("type") or {}).get("coding", [])
+    )
 
 
 def is_multicentre(resource: dict[str, Any] | None) -> bool:
     """A multi-centre consultation's request or invitation."""
-    return isinstance(resource, dict) and any(c.get("code") == MULTICENTRE for c in service_codes(resource))
+    return isinstance(resource, dict) and any(c.get("code") == MULTICENTRE for c in m.service_codings(resource))
 
 
 def deadline_us(task: dict[str, Any]) -> int | None:
@@ -114,7 +114,7 @@ def invitation(request: dict[str, Any], participant: str, now: int, hours: float
         "status": m.TASK_STATUS[m.INITIAL],
         "businessStatus": {"coding": [{"system": m.SYSTEM, "code": m.INITIAL}]},
         "intent": "order",
-        "code": {"coding": service_codes(request)},
+        "code": {"coding": m.service_codings(request)},
         "description": "；".join(filter(None, [f"多中心会诊邀请 {number or ''}".strip(), *needs])),
         "focus": reference,
         "for": request["subject"],

@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from fhir_server.errors import FhirError
 from fhir_server.search.engine import Cursor, SearchEngine
+from fhir_server.security.grants import institutions
 from fhir_server.security.tenancy import institution_access
 from fhir_server.storage.repository import Repository
 from fhir_server.util.clock import instant, now_us
@@ -110,7 +111,8 @@ class OverdueSweep:
             session.update(current, task)
             reminder = _reminder(task_id, task, now)
             # the invited institution's own record (it has no patient to be shared through)
-            with session.acting(institution_access(_organization(task.get("owner")))):
+            invited = institutions(session, [task.get("owner")])
+            with session.acting(institution_access(invited[0] if invited else None)):
                 session.create(reminder)
         log.info("invitation Task/%s is overdue: flagged and reminded", task_id)
         return 1
@@ -136,8 +138,3 @@ def _reminder(task_id: str, task: dict[str, Any], now: int) -> dict[str, Any]:
     if task.get("requester"):
         reminder["sender"] = task["requester"]
     return reminder
-
-
-def _organization(value: Any) -> str | None:
-    ref = value.get("reference") if isinstance(value, dict) else None
-    return ref.split("/")[1] if isinstance(ref, str) and ref.startswith("Organization/") else None

@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_server.errors import FhirError
+from fhir_server.security.categories import is_archive
 from fhir_server.storage.repository import Repository, Session, StoredVersion
 from fhir_server.util.clock import instant, now_us
 from fhir_server.util.fhirdate import parse_range
-from fhir_server.workflow.case_package import is_archive
 from fhir_server.workflow.shared_records import as_stored
 
 DAY_US = 86_400_000_000

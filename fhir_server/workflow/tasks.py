@@ -97,9 +97,9 @@ class TaskRules:
             return  # a deletion: only its creator may (tenancy), whatever the state
         stored = as_stored(current) if current is not None and not current.deleted else None
         access = session.access
+        if stored is not None and access is not None and access.organization not in (None, current.tenant):
+            keep_owners_part(resource, stored, PERFORMER_WRITABLE)  # a co-owner changes the progress only
         if data_requests.task_type(resource) or data_requests.task_type(stored):
-            if stored is not None and access is not None and access.organization not in (None, current.tenant):
-                keep_owners_part(resource, stored, PERFORMER_WRITABLE)
             tenant = current.tenant if current is not None else None
             data_requests.before_write(
                 session, res_id, resource, stored, self.parties(session, stored or resource, tenant)
@@ -109,9 +109,6 @@ class TaskRules:
         source = m.business_status(stored)
         if target is None and source is None:
             return  # not one of our workflow Tasks
-        if stored is not None and access is not None and access.organization not in (None, current.tenant):
-            keep_owners_part(resource, stored, PERFORMER_WRITABLE)  # the performer changes the progress only
-            target = m.business_status(resource)
         if target is None:
             raise FhirError("processing", f"Task/{res_id}: its businessStatus ({m.SYSTEM}) cannot be removed")
         if target not in m.TASK_STATUS:
