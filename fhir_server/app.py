@@ -52,10 +52,12 @@ from fhir_server.storage.repository import Repository
 from fhir_server.terminology import table as terminology_rows
 from fhir_server.validation.conformance import ProfileStore, complete_snapshot, enforce_profiles
 from fhir_server.validation.rules import ProfileRules, guide_write_hook
-from fhir_server.workflow import numbers, scheduling
+from fhir_server.workflow import follow_up, numbers, scheduling
 from fhir_server.workflow.encounters import VirtualEncounters
-from fhir_server.workflow.overdue import OverdueSweep
+from fhir_server.workflow.follow_up import FollowUpReminders
+from fhir_server.workflow.overdue import OverdueInvitations
 from fhir_server.workflow.retention import Retention
+from fhir_server.workflow.sweeps import Sweeps
 from fhir_server.workflow.tasks import TaskRules
 
 
@@ -80,8 +82,9 @@ class Services:
     #: server worker (server.py), tests call ``deliver_due`` themselves
     subscriptions: Subscriptions | None = None
     dispatcher: Dispatcher | None = None
-    #: flags and reminds overdue multi-centre invitations; runs in a server worker (server.py)
-    overdue: OverdueSweep | None = None
+    #: what falls due without a request: overdue invitations, follow-up reminders (workflow/sweeps.py);
+    #: runs in a server worker (server.py)
+    sweeps: Sweeps | None = None
 
 
 def build_services(settings: Settings, migrate: bool = True) -> Services:
@@ -105,6 +108,7 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
     numbers.install(repo)  # consultation numbers (workflow/numbers.py)
     scheduling.install(repo)  # appointments take and free slots (workflow/scheduling.py)
     VirtualEncounters(settings.meeting_url_template).install(repo)  # a booked session's Encounter
+    follow_up.install(repo)  # follow-up plans checked, their next date kept (workflow/follow_up.py)
     search_params = CustomSearchParameters(engine, registry, settings.search_param_refresh)
     search_params.refresh(force=True)  # the stored active SearchParameters, before any write is indexed
     repo.write_hooks["SearchParameter"] = search_params.on_write
@@ -143,10 +147,13 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
         poll=settings.notify_poll,
     )
     subscriptions.on_queued = dispatcher.wake
-    overdue = OverdueSweep(repo, search, settings.overdue_sweep_interval)
+    sweeps = Sweeps(
+        settings.sweep_interval,
+        [OverdueInvitations(repo, search), FollowUpReminders(repo, search, settings.follow_up_reminder_hours)],
+    )
     return Services(
         settings, repo, search, search_params, jobs, profiles, security, audit, document_keys, subscriptions,
-        dispatcher, overdue,
+        dispatcher, sweeps,
     )  # fmt: skip
 
 

@@ -121,11 +121,21 @@ def cli(log_level: str) -> None:
     help="hours a participating institution has to answer a multi-centre invitation",
 )
 @click.option(
+    "--sweep-interval",
     "--overdue-sweep-interval",
-    default=_DEFAULTS.overdue_sweep_interval,
+    "sweep_interval",
+    default=_DEFAULTS.sweep_interval,
     show_default=True,
     type=click.FloatRange(min=0),
-    help="seconds between looks for overdue invitations (flagged and reminded); 0: never",
+    help="seconds between looks for what fell due: overdue invitations (flagged and reminded), "
+    "follow-ups to remind; 0: never",
+)
+@click.option(
+    "--follow-up-reminder-hours",
+    default=_DEFAULTS.follow_up_reminder_hours,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="hours before a planned follow-up (CarePlan) is due that its reminder is sent",
 )
 @click.option(
     "--archive-retention-days",
@@ -178,7 +188,8 @@ def serve(
     amqp_url: str,
     notify_retry_delays: str,
     invitation_hours: float,
-    overdue_sweep_interval: float,
+    sweep_interval: float,
+    follow_up_reminder_hours: float,
     archive_retention_days: int,
     meeting_url_template: str | None,
     demo: bool,
@@ -214,7 +225,8 @@ def serve(
         amqp_url=amqp_url,
         notify_retry_delays=_delays(notify_retry_delays),
         invitation_hours=invitation_hours,
-        overdue_sweep_interval=overdue_sweep_interval,
+        sweep_interval=sweep_interval,
+        follow_up_reminder_hours=follow_up_reminder_hours,
         archive_retention_days=archive_retention_days,
         demo=demo,
         meeting_url_template=meeting_url_template,

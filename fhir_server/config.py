@@ -81,8 +81,11 @@ class Settings:
     notify_poll: float = 0.2
     #: hours a participating institution has to answer a multi-centre invitation (001 §7.2 c)
     invitation_hours: float = 24.0
-    #: seconds between a worker's looks for overdue invitations (workflow/overdue.py); 0: never
-    overdue_sweep_interval: float = 60.0
+    #: seconds between a worker's looks for what fell due: overdue invitations (workflow/overdue.py),
+    #: follow-ups to remind (workflow/follow_up.py); 0: never
+    sweep_interval: float = 60.0
+    #: hours before a follow-up is due that its reminder is sent (workflow/follow_up.py)
+    follow_up_reminder_hours: float = 24.0
     #: days a consultation's archive and a signed report are kept at least (001 §7.4 c: ≥ 3 years)
     archive_retention_days: int = 1096
     #: store the demo network (fhir_server/demo.py) at start, once

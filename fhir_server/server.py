@@ -98,8 +98,8 @@ def run_worker(settings: Settings, sock: socket.socket) -> None:
     jobs.start_polling()  # run $reindex jobs that were given back or whose worker died
     dispatcher = app.config["SERVICES"].dispatcher
     dispatcher.start()  # deliver Subscription notifications from the outbox (notify/)
-    overdue = app.config["SERVICES"].overdue
-    overdue.start()  # flag and remind overdue multi-centre invitations (workflow/overdue.py)
+    sweeps = app.config["SERVICES"].sweeps
+    sweeps.start()  # overdue invitations flagged, follow-ups reminded (workflow/sweeps.py)
     recorder = app.config["AUDIT_RECORDER"]
     gevent.spawn(_refresh_statistics_hourly, app.config["SERVICES"].repo.engine)
     gc.freeze()
@@ -129,7 +129,7 @@ def run_worker(settings: Settings, sock: socket.socket) -> None:
     server.serve_forever()
     jobs.stop(timeout=GRACE)
     dispatcher.stop(timeout=GRACE)  # a notification being sent is finished and recorded, not cut off
-    overdue.stop(timeout=GRACE)
+    sweeps.stop(timeout=GRACE)
     if recorder is not None:
         recorder.close()  # its spool is complete: the audit writer stores the rest
 

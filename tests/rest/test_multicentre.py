@@ -7,15 +7,14 @@ PostgreSQL, with real tokens of each institution."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from fhir_server.util.clock import instant, now_us
-from fhir_server.workflow.overdue import OverdueSweep
-from tests.rest.workflow_network import PASSWORD, A, B, Net, consent, example, network
+from fhir_server.workflow.overdue import OverdueInvitations
+from tests.rest.workflow_network import PASSWORD, A, B, Net, concurrently, consent, example, network
 
 C = "wf-c"
 WORKFLOW = "http://fhir.telefhir.cn/CodeSystem/consultation-workflow"
@@ -101,16 +100,10 @@ def test_invitations_are_due_in_24_hours_and_the_overdue_one_is_flagged_and_remi
     # B answers directly (no pre-review for a multi-centre invitation); C does not
     assert _move(n, "b-expert", invitations[B]["id"], "accepted").status_code == 200
 
-    sweep = OverdueSweep(n.services.repo, n.services.search)
+    sweep = OverdueInvitations(n.services.repo, n.services.search)
     assert sweep.sweep(now_us()) == 0  # nothing is due yet
     later = now_us() + 25 * HOUR_US
-    results: list[int] = []
-    threads = [threading.Thread(target=lambda: results.append(sweep.sweep(later))) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sum(results) == 1  # four workers looked; one flagged it
+    assert sum(concurrently(lambda: sweep.sweep(later))) == 1  # four workers looked; one flagged it
     assert sweep.sweep(later) == 0
 
     flagged = n.call("a-doc", "GET", f"Task?_tag={WORKFLOW}|invitation-overdue&based-on=ServiceRequest/{request['id']}")

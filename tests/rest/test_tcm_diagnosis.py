@@ -6,12 +6,11 @@ PostgreSQL, with real tokens of each institution."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterator
 
 import pytest
 
-from tests.rest.workflow_network import STATUS, A, B, Net, consent, example, network
+from tests.rest.workflow_network import A, B, Net, consent, diagnosis_request, example, network
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -24,20 +23,8 @@ def test_a_constitution_diagnosis_goes_back_to_the_requester(net: Net) -> None:
     patient = n.post("a-doc", {"resourceType": "Patient", "name": [{"family": "Sun"}], "gender": "female",
                                "birthDate": "1970-04-02"})["id"]  # fmt: skip
     n.post("a-doc", consent(patient, B))
-    request = example("tcm-diagnosis-request-example")
-    for key in ("id", "identifier", "supportingInfo"):
-        request.pop(key, None)
-    request.update(subject={"reference": f"Patient/{patient}"}, requester={"reference": f"Organization/{A}"},
-                   performer=[{"reference": f"Organization/{B}"}])  # fmt: skip
-    request["authoredOn"] = dt.datetime.now(dt.UTC).isoformat()
-    sr = n.post("a-doc", request)
+    sr, task = diagnosis_request(n, "a-doc", A, B, patient)
     assert sr["identifier"][-1]["value"].startswith("ZD-")  # a diagnosis request's number
-    task = n.post("a-doc", {
-        "resourceType": "Task", "status": "requested", "intent": "order", "authoredOn": request["authoredOn"],
-        "businessStatus": {"coding": [{"system": STATUS, "code": "applied"}]}, "code": request["code"],
-        "basedOn": [{"reference": f"ServiceRequest/{sr['id']}"}], "focus": {"reference": f"ServiceRequest/{sr['id']}"},
-        "for": request["subject"], "requester": request["requester"], "owner": {"reference": f"Organization/{B}"},
-    })  # fmt: skip
     for step in ("accepted", "scheduled", "in-progress"):  # no pre-review for a diagnosis request
         assert n.move("b-expert", task["id"], step).status_code == 200, step
 

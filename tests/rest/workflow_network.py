@@ -3,10 +3,12 @@ platform P, with people of each holding real tokens, on SQLite and PostgreSQL.""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import pathlib
-from collections.abc import Iterator
-from typing import Any
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import pytest
 
@@ -158,3 +160,75 @@ def evaluation(n: Net, who: str, subject: dict[str, Any], rating: int = 4) -> di
     })  # fmt: skip
     return {"type": {"coding": [{"system": WORKFLOW, "code": "evaluation"}]},
             "valueReference": {"reference": f"QuestionnaireResponse/{response['id']}"}}  # fmt: skip
+
+
+class Poster(Protocol):
+    """A client that posts a resource as one of the network's people: ``Net`` in-process, or the
+    end-to-end tests' HTTP client (tests/e2e/test_referral_and_diagnosis_http.py)."""
+
+    def post(self, who: str, resource: dict[str, Any]) -> dict[str, Any]: ...
+
+
+def requested(n: Poster, who: str, request: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Post ``request`` (a ServiceRequest to one performing institution) and its Task at 'applied'."""
+    request["authoredOn"] = dt.datetime.now(dt.UTC).isoformat()
+    sr = n.post(who, request)
+    task = {
+        "resourceType": "Task", "status": "requested", "intent": "order", "authoredOn": request["authoredOn"],
+        "businessStatus": {"coding": [{"system": STATUS, "code": "applied"}]}, "code": request["code"],
+        "basedOn": [{"reference": f"ServiceRequest/{sr['id']}"}], "focus": {"reference": f"ServiceRequest/{sr['id']}"},
+        "for": request["subject"], "requester": request["requester"], "owner": request["performer"][0],
+    }  # fmt: skip
+    return sr, n.post(who, task)
+
+
+def referral(
+    n: Poster, who: str, sender: str, receiver: str, patient: str, direction: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A referral (``referral-up`` or ``referral-down``) from ``sender`` to ``receiver`` and its Task."""
+    request = example("referral-request-example")
+    for key in ("id", "identifier", "supportingInfo"):
+        request.pop(key)
+    request["code"]["coding"][0].update(
+        code=direction, display={"referral-up": "上转", "referral-down": "下转"}[direction]
+    )
+    request["subject"] = {"reference": f"Patient/{patient}"}
+    request["requester"] = {"reference": f"Organization/{sender}"}
+    request["performer"] = [{"reference": f"Organization/{receiver}"}]
+    return requested(n, who, request)
+
+
+def diagnosis_request(
+    n: Poster, who: str, requester: str, performer: str, patient: str, kind: str = "tcm-diagnosis-request"
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A diagnosis request (the packaged example of ``kind``) from ``requester`` and its Task."""
+    request = example(f"{kind}-example")
+    for key in ("id", "identifier", "supportingInfo"):
+        request.pop(key, None)
+    request.update(subject={"reference": f"Patient/{patient}"}, requester={"reference": f"Organization/{requester}"},
+                   performer=[{"reference": f"Organization/{performer}"}])  # fmt: skip
+    return requested(n, who, request)
+
+
+def discharge_summary(patient: str, request: dict[str, Any], author: str) -> dict[str, Any]:
+    """The receiving hospital's discharge summary (a Composition) for the referral ``request``."""
+    return {
+        "resourceType": "Composition", "status": "final",
+        "type": {"coding": [{"system": "http://loinc.org", "code": "18842-5", "display": "Discharge summary"}]},
+        "subject": {"reference": f"Patient/{patient}"}, "date": dt.datetime.now(dt.UTC).isoformat(),
+        "author": [{"reference": f"Organization/{author}"}], "title": "出院小结 Discharge summary",
+        "event": [{"detail": [{"reference": f"ServiceRequest/{request['id']}"}]}],
+        "section": [{"title": "出院医嘱 Discharge advice", "text": {"status": "generated",
+                     "div": '<div xmlns="http://www.w3.org/1999/xhtml">回社区随访，两周后复查。</div>'}}],
+    }  # fmt: skip
+
+
+def concurrently(job: Callable[[], int], times: int = 4) -> list[int]:
+    """What ``job`` returned in each of ``times`` threads run at once (workers looking together)."""
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda: results.append(job())) for _ in range(times)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
