@@ -20,6 +20,12 @@ or a PractitionerRole's organization) include institutions B…:
   performers see each other's consultation data (a multi-centre consultation's opinions) and A's,
   as far as P's consents permit disclosing it to them (the report A publishes, also once the
   request is closed).
+* a referral (R9) also returns its results to the patient's community clinic — an institution
+  ``Patient.generalPractitioner`` names (an Organization, or a PractitionerRole's) that is neither
+  the sender nor the receiver: from when it was authored, for good, it sees what the receiver
+  records about P in the results categories (the discharge summary above all), as far as P's
+  consents permit the receiver disclosing it to the clinic. Without that consent the clinic sees
+  nothing, and the referral is not refused: the sender is the one it reports to.
 
 From a data request (a Task of A, ``owner`` B, workflow/data_requests.py) that B has accepted:
 A and the other performers of its consultation see B's data about P in the requested categories,
@@ -53,6 +59,7 @@ from fhir_server.storage.repository import Repository, Session, StoredVersion
 from fhir_server.storage.schema import access_grants, idx_reference, resources
 from fhir_server.util.clock import now_us
 from fhir_server.util.fhirdate import parse_range
+from fhir_server.workflow import machine as m
 
 SHARED_CATEGORY_URL = "http://fhir.telefhir.cn/StructureDefinition/shared-data-category"
 #: what the requester sees back from the performers, and the performers from each other
@@ -127,13 +134,19 @@ def _on_data_request(session: Session, written: StoredVersion, previous: StoredV
 
 
 def _on_patient(session: Session, written: StoredVersion, previous: StoredVersion | None) -> None:
-    """A Patient's labels or age changed: its rows inherit the new ones, its grants follow."""
+    """A Patient's labels or age changed: its rows inherit the new ones, its grants follow; its
+    community clinic changed: its referrals' results go to the new one."""
     if previous is None or written.deleted:
         return
-    if (written.labels, written.minor_until_us) == (previous.labels, previous.minor_until_us):
-        return
-    propagate_labels(session, written.res_id, written.labels, written.minor_until_us)
-    _schedule(session, written.res_id)
+    if (written.labels, written.minor_until_us) != (previous.labels, previous.minor_until_us):
+        propagate_labels(session, written.res_id, written.labels, written.minor_until_us)
+        _schedule(session, written.res_id)
+    elif _general_practitioner(written) != _general_practitioner(previous):
+        _schedule(session, written.res_id)
+
+
+def _general_practitioner(version: StoredVersion) -> Any:
+    return fjson.loads(version.content).get("generalPractitioner") if version.content else None
 
 
 def propagate_labels(session: Session, patient: str, labels: int, minor_until_us: int | None) -> None:
@@ -242,7 +255,24 @@ def _request_grants(
         for peer in grantees:
             if peer != grantee:
                 grants.append(Grant(peer, patient, grantee, cat.CONSULTATION, lab.ALL, 0, FOREVER_US, since, source))
+    if m.kind_of(request) == "referral":
+        for clinic in sorted(set(community_clinics(session, patient)) - {grantor, *grantees}):
+            actor = f"Organization/{clinic}"
+            allowed = consents.permitted_categories(found, "disclose", actor, now) & RESULTS
+            if allowed:
+                labels = consents.permitted_labels(found, "disclose", actor, allowed, now)
+                grants += [Grant(clinic, patient, g, allowed, labels, 0, FOREVER_US, since, source) for g in grantees]
     return grants
+
+
+def community_clinics(session: Session, patient: str) -> list[str]:
+    """The institutions ``Patient.generalPractitioner`` names: the patient's community clinic."""
+    content = session.conn.execute(
+        select(resources.c.content).where(
+            resources.c.res_type == "Patient", resources.c.res_id == patient, resources.c.deleted.is_(False)
+        )
+    ).scalar()
+    return institutions(session, fjson.loads(content).get("generalPractitioner") or []) if content else []
 
 
 def _data_request_grants(

@@ -14,7 +14,7 @@ import pytest
 
 from fhir_server.util.clock import instant, now_us
 from fhir_server.workflow.overdue import OverdueInvitations
-from tests.rest.workflow_network import PASSWORD, A, B, Net, concurrently, consent, example, network
+from tests.rest.workflow_network import A, B, Net, concurrently, consent, example, network
 
 C = "wf-c"
 WORKFLOW = "http://fhir.telefhir.cn/CodeSystem/consultation-workflow"
@@ -25,17 +25,8 @@ HOUR_US = 3_600_000_000
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
-    from fhir_server.security.authcode import AccountUser
-
     for n in network(request, tmp_path_factory):
-        security = n.services.security
-        assert n.call("plat", "PUT", f"Organization/{C}", {"resourceType": "Organization", "id": C}).status_code == 201
-        security.users.create("c-expert", PASSWORD, organization=f"Organization/{C}", roles=("expert",),
-                              fhir_user="Practitioner/c-expert")  # fmt: skip
-        plat = security.clients.get("plat")
-        n.tokens["c-expert"] = security.tokens.issue(
-            plat, "user/*.cruds", user=AccountUser(security.users.get("c-expert"))
-        )
+        n.join(C, "c-expert", "expert")
         for who, org in (("a-doc", A), ("b-expert", B), ("c-expert", C)):
             practitioner = {"resourceType": "Practitioner", "id": who, "name": [{"text": who}]}
             assert n.call("plat", "PUT", f"Practitioner/{who}", practitioner).status_code in (200, 201)

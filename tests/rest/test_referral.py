@@ -15,9 +15,14 @@ from tests.rest.workflow_network import A, B, Net, consent, discharge_summary, n
 NUMBER = "http://fhir.telefhir.cn/sid/consultation-number"
 
 
+CLINIC = "wf-clinic"  # the patient's community clinic, neither sender nor receiver
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
-    yield from network(request, tmp_path_factory)
+    for n in network(request, tmp_path_factory):
+        n.join(CLINIC, "clinic-doc", "requesting-doctor")
+        yield n
 
 
 def test_a_referral_up_and_back_down_with_the_discharge_summary(net: Net) -> None:
@@ -56,3 +61,40 @@ def test_a_refused_referral_says_why_and_only_the_sender_cancels(net: Net) -> No
     assert n.call("a-doc", "GET", f"Task/{again['id']}").get_json()["businessStatus"]["coding"][0]["code"] == (
         "cancelled"
     )
+
+
+def test_the_discharge_summary_also_reaches_the_patients_community_clinic_with_consent(net: Net) -> None:
+    n = net
+    family = {
+        "resourceType": "Patient",
+        "gender": "male",
+        "generalPractitioner": [{"reference": f"Organization/{CLINIC}"}],
+    }
+    patient = n.post("a-doc", {**family, "name": [{"family": "Sun"}]})["id"]
+    n.post("a-doc", consent(patient, B, CLINIC))  # the township hospital A refers up to B
+    up, task = referral(n, "a-doc", A, B, patient, "referral-up")
+    assert n.move("b-expert", task["id"], "accepted").status_code == 200
+    summary = n.post("b-expert", discharge_summary(patient, up, B))
+    discharge = f"Composition?subject=Patient/{patient}&type=http://loinc.org|18842-5"
+    for who in ("a-doc", "clinic-doc"):
+        found = n.call(who, "GET", discharge).get_json()
+        assert [e["resource"]["id"] for e in found["entry"]] == [summary["id"]], who
+    # the clinic sees the referral's results, not the sender's record of the patient
+    assert n.call("clinic-doc", "GET", f"ServiceRequest/{up['id']}").status_code == 404
+
+    # without the patient's consent to disclose to the clinic, it sees nothing
+    private = n.post("a-doc", {**family, "name": [{"family": "Li"}]})["id"]
+    n.post("a-doc", consent(private, B))
+    up, _ = referral(n, "a-doc", A, B, private, "referral-up")
+    summary = n.post("b-expert", discharge_summary(private, up, B))
+    assert n.call("clinic-doc", "GET", f"Composition/{summary['id']}").status_code == 404
+
+    # a patient who names the clinic only later: the referral's results follow
+    moved = n.post("a-doc", {"resourceType": "Patient", "gender": "female", "name": [{"family": "Zhou"}]})
+    n.post("a-doc", consent(moved["id"], B, CLINIC))
+    up, _ = referral(n, "a-doc", A, B, moved["id"], "referral-up")
+    summary = n.post("b-expert", discharge_summary(moved["id"], up, B))
+    assert n.call("clinic-doc", "GET", f"Composition/{summary['id']}").status_code == 404
+    moved["generalPractitioner"] = family["generalPractitioner"]
+    assert n.call("a-doc", "PUT", f"Patient/{moved['id']}", moved).status_code == 200
+    assert n.call("clinic-doc", "GET", f"Composition/{summary['id']}").status_code == 200

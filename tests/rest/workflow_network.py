@@ -48,6 +48,18 @@ class Net:
         assert resp.status_code == 201, [i["diagnostics"] for i in resp.get_json()["issue"] if i["severity"] == "error"]
         return resp.get_json()
 
+    def join(self, org: str, username: str, role: str) -> None:
+        """Another institution ``org`` on the network, with ``username`` holding ``role`` there."""
+        from fhir_server.security.authcode import AccountUser
+
+        security = self.services.security
+        organization = {"resourceType": "Organization", "id": org, "name": org}
+        assert self.call("plat", "PUT", f"Organization/{org}", organization).status_code == 201
+        security.users.create(username, PASSWORD, organization=f"Organization/{org}", roles=(role,),
+                              fhir_user=f"Practitioner/{username}")  # fmt: skip
+        user = AccountUser(security.users.get(username))
+        self.tokens[username] = security.tokens.issue(security.clients.get("plat"), "user/*.cruds", user=user)
+
     def move(self, who: str, task_id: str, business: str, **extra: Any) -> Any:
         task = self.call(who, "GET", f"Task/{task_id}").get_json()
         task["businessStatus"] = {"coding": [{"system": STATUS, "code": business}]}
