@@ -55,7 +55,7 @@ from fhir_server.validation.rules import ProfileRules, guide_write_hook
 from fhir_server.workflow import follow_up, numbers, scheduling
 from fhir_server.workflow.encounters import VirtualEncounters
 from fhir_server.workflow.follow_up import FollowUpReminders
-from fhir_server.workflow.overdue import OverdueInvitations
+from fhir_server.workflow.overdue import OverdueTasks
 from fhir_server.workflow.retention import Retention
 from fhir_server.workflow.sweeps import Sweeps
 from fhir_server.workflow.tasks import TaskRules
@@ -149,7 +149,7 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
     subscriptions.on_queued = dispatcher.wake
     sweeps = Sweeps(
         settings.sweep_interval,
-        [OverdueInvitations(repo, search), FollowUpReminders(repo, search, settings.follow_up_reminder_hours)],
+        [OverdueTasks(repo, search), FollowUpReminders(repo, search, settings.follow_up_reminder_hours)],
     )
     return Services(
         settings, repo, search, search_params, jobs, profiles, security, audit, document_keys, subscriptions,

@@ -16,6 +16,13 @@ a correction request: a Task (``code`` data-correction, ``partOf`` the data requ
 sender, due within 12 hours, §7.5 b) listing the missing elements; completing it (after the
 records were corrected or more provided) is checked again the same way.
 
+Deadlines: the participant provides the data at least 48 hours before the consultation (001 §7.2
+f). A data request written without ``restriction.period.end`` is due then — the consultation
+request's ``occurrence[x]`` less 48 hours, or the consultation's start when less than that is
+left; none when the request has no time. A correction is due 12 hours after it is written. One
+still unanswered or unfinished when due is flagged and its institution reminded
+(workflow/overdue.py).
+
 Steps (``Task.status``): the participant takes requested → accepted | rejected | in-progress |
 completed, accepted/in-progress → completed | failed, completed → in-progress (to provide again);
 the leader cancels one not finished. 409 names the allowed steps, 403 who may take them.
@@ -33,7 +40,7 @@ from fhir_server.storage.repository import Session, StoredVersion
 from fhir_server.util.clock import instant, now_us
 from fhir_server.workflow import machine as m
 from fhir_server.workflow import quality
-from fhir_server.workflow.multicentre import HOUR_US, WORKFLOW, typed, workflow_code
+from fhir_server.workflow.multicentre import HOUR_US, WORKFLOW, deadline_us, occurrence_start, typed, workflow_code
 
 DATA_REQUEST, DATA_CORRECTION = "data-request", "data-correction"
 REQUIRED, PROVIDED = "required-data", "provided-data"
@@ -42,9 +49,12 @@ COMPLETENESS, MISSING = "quality-completeness", "missing-element"
 PROVIDING = frozenset({"accepted", "in-progress", "completed"})
 #: 001 §7.5 b): the sender corrects within 12 hours
 CORRECTION_HOURS = 12
+#: 001 §7.2 f): the data reaches the leader at least 48 hours before the consultation
+BEFORE_CONSULTATION_HOURS = 48
 _MAX_LISTED = 100
 
-_NOT_FINISHED = ("requested", "accepted", "in-progress")
+#: a data request or correction still to be answered or finished (overdue once its deadline passes)
+NOT_FINISHED = ("requested", "accepted", "in-progress")
 #: from -> to -> the parties that may take the step
 STEPS: dict[str, dict[str, frozenset[str]]] = {
     "requested": {
@@ -57,7 +67,7 @@ STEPS: dict[str, dict[str, frozenset[str]]] = {
     "in-progress": {"completed": frozenset({m.PERFORMER}), "failed": frozenset({m.PERFORMER})},
     "completed": {"in-progress": frozenset({m.PERFORMER})},
 }
-for _source in _NOT_FINISHED:
+for _source in NOT_FINISHED:
     STEPS[_source]["cancelled"] = frozenset({m.REQUESTER})
 STEPS["accepted"]["failed"] = frozenset({m.PERFORMER})
 
@@ -115,6 +125,8 @@ def before_write(
             f"a {cat.SYSTEM} code",
             "Task.input",
         )
+    if kind == DATA_REQUEST and stored is None and deadline_us(task) is None:
+        _default_deadline(session, task)
     source, target = (stored or {}).get("status"), task.get("status")
     if stored is None or source == target:
         if target == "completed" and (stored is None or _outputs_changed(task, stored)):
@@ -132,6 +144,23 @@ def before_write(
         )
     if target == "completed":
         _record_quality(session, res_id, task)
+
+
+def _default_deadline(session: Session, task: dict[str, Any]) -> None:
+    """Due 48 hours before the consultation (or at its start when less is left); none without a time."""
+    starts = []
+    with session.unrestricted():  # the consultation request as stored, whoever writes the Task
+        for ref in task.get("basedOn") or ():
+            target = ref.get("reference") if isinstance(ref, dict) else None
+            if isinstance(target, str) and target.startswith("ServiceRequest/"):
+                version = session.read_current("ServiceRequest", target.split("/")[1].split("/_history")[0])
+                if version is not None and not version.deleted:
+                    starts.append(occurrence_start(version.resource()))
+    start = min((s for s in starts if s is not None), default=None)
+    if start is None:
+        return
+    due = start - BEFORE_CONSULTATION_HOURS * HOUR_US
+    task.setdefault("restriction", {}).setdefault("period", {})["end"] = instant(due if due > now_us() else start)
 
 
 def _outputs_changed(task: dict[str, Any], stored: dict[str, Any]) -> bool:

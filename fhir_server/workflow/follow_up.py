@@ -254,7 +254,7 @@ class FollowUpReminders:
         return each(plans, lambda plan_id: self._remind(plan_id, horizon), "follow-up CarePlan")
 
     def _remind(self, plan_id: str, horizon: int) -> int:
-        with self.repo.session(write=True, side=True) as session:
+        with self.repo.session(write=True) as session:
             current = session.read_current("CarePlan", plan_id)
             if current is None or current.deleted:
                 return 0

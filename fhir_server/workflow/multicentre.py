@@ -63,6 +63,17 @@ def deadline_us(task: dict[str, Any]) -> int | None:
         return None
 
 
+def occurrence_start(request: dict[str, Any]) -> int | None:
+    """When a request's consultation starts (``occurrenceDateTime``, ``occurrencePeriod.start``), or None."""
+    when = request.get("occurrenceDateTime") or (request.get("occurrencePeriod") or {}).get("start")
+    if not isinstance(when, str):
+        return None
+    try:
+        return parse_range(when)[0]
+    except ValueError:
+        return None
+
+
 def ensure_deadline(task: dict[str, Any], now: int, hours: float) -> None:
     """An invitation written without a deadline is due ``hours`` after it is written."""
     if deadline_us(task) is not None:

@@ -69,11 +69,14 @@ def matching_ids(
     params: list[tuple[str, str]],
     keep: Callable[[dict[str, Any]], bool] = lambda _: True,
 ) -> list[str]:
-    """The ids of every current ``res_type`` the search finds and ``keep`` accepts, all pages,
-    read through the side pool (a sweep holds no request's connection)."""
+    """The ids of every current ``res_type`` the search finds and ``keep`` accepts, all pages.
+
+    A sweep's sessions come from the main pool, not the side pool: a sweep holds no request's
+    connection, and its writes' own lookups (profiles, catalogue stamps) take side connections —
+    several workers' sweeps writing through side connections would wait on each other."""
     found: list[str] = []
     cursor = None
-    with repo.session(side=True) as session:
+    with repo.session() as session:
         while True:
             page = search.search(session, res_type, params, _PAGE, cursor)
             found += [v.res_id for v in page.versions if keep(v.resource())]

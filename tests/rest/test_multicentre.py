@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from fhir_server.util.clock import instant, now_us
-from fhir_server.workflow.overdue import OverdueInvitations
+from fhir_server.workflow.overdue import DATA, INVITATIONS, OverdueTasks
 from tests.rest.workflow_network import A, B, Net, concurrently, consent, example, network
 
 C = "wf-c"
@@ -47,7 +47,7 @@ def _patient(n: Net, disclose_to: tuple[str, ...] = (A, B, C)) -> str:
     return str(patient["id"])
 
 
-def _request(n: Net, patient: str, performers: tuple[str, ...] = (B, C)) -> dict[str, Any]:
+def _request(n: Net, patient: str, performers: tuple[str, ...] = (B, C), in_hours: float = 120) -> dict[str, Any]:
     request = example("consultation-request-example")
     for key in ("id", "identifier", "supportingInfo", "extension"):
         request.pop(key, None)
@@ -56,6 +56,8 @@ def _request(n: Net, patient: str, performers: tuple[str, ...] = (B, C)) -> dict
     request["performer"] = [{"reference": f"Organization/{org}"} for org in performers]
     request["orderDetail"] = [{"coding": [{"system": CATEGORY, "code": "examination"}]}]
     request["authoredOn"] = instant(now_us())  # what the performers record from now on is the requester's to see
+    start = now_us() + int(in_hours * HOUR_US)
+    request["occurrencePeriod"] = {"start": instant(start), "end": instant(start + HOUR_US)}
     return n.post("a-doc", request)
 
 
@@ -91,7 +93,7 @@ def test_invitations_are_due_in_24_hours_and_the_overdue_one_is_flagged_and_remi
     # B answers directly (no pre-review for a multi-centre invitation); C does not
     assert _move(n, "b-expert", invitations[B]["id"], "accepted").status_code == 200
 
-    sweep = OverdueInvitations(n.services.repo, n.services.search)
+    sweep = OverdueTasks(n.services.repo, n.services.search, kinds=(INVITATIONS,))
     assert sweep.sweep(now_us()) == 0  # nothing is due yet
     later = now_us() + 25 * HOUR_US
     assert sum(concurrently(lambda: sweep.sweep(later))) == 1  # four workers looked; one flagged it
@@ -218,6 +220,41 @@ def test_data_requests_share_what_is_asked_check_its_quality_and_send_it_back_fo
         "valueDecimal"
     ] == 1.0
     assert len(n.call("b-expert", "GET", f"Task?part-of=Task/{correction['id']}").get_json().get("entry", [])) == 0
+
+
+def test_data_is_due_48_hours_before_the_consultation_and_the_late_is_flagged_and_reminded(net: Net) -> None:
+    from fhir_server.util.fhirdate import parse_range
+
+    n = net
+    patient = _patient(n)
+    request = _request(n, patient, in_hours=120)
+    _invite(n, request)
+    ask = _data_request(n, request, patient, B)
+    start = parse_range(request["occurrencePeriod"]["start"])[0]
+    assert parse_range(ask["restriction"]["period"]["end"])[0] == start - 48 * HOUR_US
+    soon = _request(n, patient, in_hours=24)  # less than 48 hours left: due at the start
+    assert (
+        parse_range(_data_request(n, soon, patient, C)["restriction"]["period"]["end"])[0]
+        == parse_range(soon["occurrencePeriod"]["start"])[0]
+    )
+    answered = _data_request(n, request, patient, C)
+    assert _provide(n, "c-expert", answered["id"], "rejected", []).status_code == 200
+
+    sweep = OverdueTasks(n.services.repo, n.services.search, kinds=(DATA,))
+    sweep.sweep(now_us())
+    later = start - 47 * HOUR_US  # B has not provided; C declined
+    assert sum(concurrently(lambda: sweep.sweep(later))) >= 1
+    sweep.sweep(later)
+    flagged = n.call("a-doc", "GET", f"Task?_tag={WORKFLOW}|data-overdue&based-on=ServiceRequest/{request['id']}")
+    assert [e["resource"]["id"] for e in flagged.get_json()["entry"]] == [ask["id"]]
+    reminders = n.call("b-expert", "GET", f"Communication?based-on=Task/{ask['id']}").get_json()["entry"]
+    assert (
+        len(reminders) == 1
+        and "48 hours before the consultation" in reminders[0]["resource"]["payload"][0]["contentString"]
+    )
+    assert reminders[0]["resource"]["recipient"] == [{"reference": f"Organization/{B}"}]
+    # still answerable: B provides late
+    assert _provide(n, "b-expert", ask["id"], "accepted", []).status_code == 200
 
 
 def test_providing_data_needs_the_patients_consent(net: Net) -> None:
