@@ -6,17 +6,23 @@ it takes each due row by its lease (notify/outbox.py), so two workers never send
 builds the notification as the subscription's institution may see it (notify/payload.py) and
 sends it on its channel. A failed attempt is retried after the policy's delay; after the last,
 the failure is noticed (notify/retry.py). Every final outcome is audited.
+
+A delivered handshake activates its subscription. Once a second it also queues the heartbeats
+due: a subscription with a heartbeat period to which nothing was queued for that long gets one —
+whichever worker looks first (a compare-and-set on its ``heartbeat-<id>`` counter).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlparse
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from fhir_server.formats import json as fjson
 from fhir_server.notify import outbox, payload
@@ -25,17 +31,21 @@ from fhir_server.notify.channels.amqp import AmqpPublisher
 from fhir_server.notify.channels.websocket import WebsocketHub
 from fhir_server.notify.outbox import Notification
 from fhir_server.notify.retry import RetryPolicy, notice_failure
-from fhir_server.notify.subscriptions import Subscription, Subscriptions, amqp_address
+from fhir_server.notify.subscriptions import ACTIVATING, Subscription, Subscriptions, amqp_address
 from fhir_server.security.tenancy import institution_access
 from fhir_server.storage.engine import begin_write
 from fhir_server.storage.repository import Repository, StoredVersion
 from fhir_server.storage.schema import counters
+from fhir_server.storage.schema import subscription_outbox as O
+from fhir_server.util.clock import now_us
 
 log = logging.getLogger(__name__)
 
 #: (subscription, notification, delivered?, error) → the audit record of the outcome
 Auditor = Callable[[Subscription, Notification, bool, str | None], None]
 _BATCH = 100
+#: seconds between looks for heartbeats due
+HEARTBEAT_CHECK_S = 1.0
 
 
 @dataclass
@@ -87,14 +97,44 @@ class Dispatcher:
         self._wake.set()
 
     def _run(self) -> None:
+        next_heartbeats = 0.0
         while not self._stop.is_set():
             self._wake.wait(self.poll)
             self._wake.clear()
             try:
+                if time.monotonic() >= next_heartbeats:
+                    next_heartbeats = time.monotonic() + HEARTBEAT_CHECK_S
+                    self.queue_heartbeats()
                 while self.deliver_due() == _BATCH and not self._stop.is_set():
                     pass  # a full batch: there may be more
             except Exception:  # noqa: BLE001 - a database outage: the next round tries again
                 log.exception("notification dispatch failed; retrying in %.1f s", self.poll)
+
+    def queue_heartbeats(self, now: int | None = None) -> int:
+        """Queue a heartbeat for each subscription that asked for one and was sent nothing for
+        its period; the number queued."""
+        subs = self.subscriptions.heartbeats()
+        if not subs:
+            return 0
+        now = now_us() if now is None else now
+        queued = 0
+        with self.repo.session(write=True, side=True) as session:
+            last = dict(
+                session.conn.execute(
+                    select(O.c.subscription, func.max(O.c.created_us))
+                    .where(O.c.subscription.in_([s.id for s in subs]))
+                    .group_by(O.c.subscription)
+                ).all()
+            )
+            for sub in subs:
+                period = sub.heartbeat_s * 1_000_000  # type: ignore[operator]
+                sent = last.get(sub.id)
+                if (sent is None or now - sent >= period) and _heartbeat_due(
+                    session, sub.id, now, period, sent is None
+                ):
+                    outbox.enqueue(session, sub, "heartbeat", None, sub.owner)
+                    queued += 1
+        return queued
 
     # -- one round -----------------------------------------------------------------------------
     def deliver_due(self) -> int:
@@ -117,10 +157,27 @@ class Dispatcher:
         finally:
             with begin_write(self.repo.side_engine) as conn:
                 outbox.delivered_all(conn, [row for _sub, row in batch.delivered])
+            for sub, row in batch.delivered:
+                if row.kind == "handshake":
+                    self._activate(sub)
             if self.audit is not None:
                 for sub, row in batch.delivered:
                     self.audit(sub, row, True, None)
         return len(rows)
+
+    def _activate(self, sub: Subscription) -> None:
+        """The handshake arrived: the subscription is active (unless it changed meanwhile)."""
+        with self.repo.session(write=True, side=True) as session:
+            current = session.read_current("Subscription", sub.id)
+            if current is None or current.deleted:
+                return
+            content = current.resource()
+            if content.get("status") != "requested":
+                return
+            content["status"] = "active"
+            session.scratch[ACTIVATING] = sub.id
+            session.update(current, content)
+        log.info("Subscription/%s: handshake delivered, active", sub.id)
 
     def _attempt(self, row: Notification, batch: _Batch) -> None:
         if row.subscription not in batch.subscriptions:
@@ -215,3 +272,22 @@ def endpoint_host(sub: Subscription) -> str:
     if sub.channel == "rest-hook":
         return urlparse(sub.endpoint or "").netloc or "rest-hook"
     return sub.channel
+
+
+def _heartbeat_due(session: Any, sub_id: str, now: int, period: int, never_sent: bool) -> bool:
+    """Claim the heartbeat of ``sub_id`` at ``now``: True for the one caller whose insert or
+    compare-and-set moves its counter. A subscription sent nothing yet starts its period when first
+    seen."""
+    placeholder = "%s" if session.repo.postgres else "?"
+    name = f"heartbeat-{sub_id}"[:64]
+    first = session.conn.exec_driver_sql(
+        f"INSERT INTO counters (name, value) VALUES ({placeholder}, {placeholder}) ON CONFLICT (name) DO NOTHING",
+        (name, now),
+    )
+    if first.rowcount == 1:
+        return not never_sent
+    moved = session.conn.exec_driver_sql(
+        f"UPDATE counters SET value = {placeholder} WHERE name = {placeholder} AND value <= {placeholder}",
+        (now, name, now - period),
+    )
+    return bool(moved.rowcount == 1)

@@ -54,7 +54,7 @@ def history(
     parameters: list[dict[str, Any]] = [
         {"name": "subscription", "valueReference": {"reference": sub_url}},
         {"name": "topic", "valueCanonical": sub.topic.url if sub.topic else sub_url},
-        {"name": "status", "valueCode": sub.status if sub.status != "requested" else "active"},
+        {"name": "status", "valueCode": sub.status},
         {"name": "type", "valueCode": kind},
         {"name": "events-since-subscription-start", "valueString": str(events_since_start)},
     ]

@@ -44,7 +44,7 @@ def notice_failure(repo: Repository, sub: Subscription, row: Notification, error
         current = session.read_current("Subscription", sub.id)
         if current is not None and not current.deleted:
             content = current.resource()
-            if content.get("status") == "active":
+            if content.get("status") in ("active", "requested"):  # a failed handshake too
                 content["status"] = "error"
                 content["error"] = text[:1000]
                 session.update(current, content)

@@ -13,6 +13,16 @@ Channels: ``rest-hook`` (an HTTP POST), ``websocket`` (a socket bound to the sub
 ``backport-channel-type`` extension with code ``amqp``; the endpoint is
 ``amqp:///<exchange>/<routing key>``). Email, SMS and ``message`` are refused (422).
 
+Handshake and heartbeat (Subscriptions Backport, channels): a topic subscription on rest-hook or
+amqp starts ``requested``; a ``handshake`` notification is queued with it, and the dispatcher turns
+it ``active`` once the handshake is delivered, or ``error`` once the handshake's retries are spent
+(notify/retry.py). Only the server activates it: a client's ``active`` on a subscription that is
+not active yet, or whose channel it changes, is ``requested`` again. Until then no event is
+matched for it. A websocket subscription is active at once (its socket binds later); an R4
+criteria subscription too (R4 has no handshake). With the ``backport-heartbeat-period`` extension
+on ``channel`` (seconds), a ``heartbeat`` notification goes out when nothing was sent to the
+subscription for that long (notify/dispatcher.py).
+
 Why matching happens in the writing transaction: the outbox row of each event is committed with
 the change it announces (notify/outbox.py), so neither exists without the other, whichever door
 the change came in by. A subscription sees what its institution sees: matches are searched under
@@ -48,6 +58,11 @@ BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
 FILTER_URL = BACKPORT + "backport-filter-criteria"
 PAYLOAD_URL = BACKPORT + "backport-payload-content"
 CHANNEL_TYPE_URL = BACKPORT + "backport-channel-type"
+HEARTBEAT_URL = BACKPORT + "backport-heartbeat-period"
+#: the channels whose endpoint a handshake verifies before events flow (the server sends to it)
+HANDSHAKE_CHANNELS = ("rest-hook", "amqp")
+#: session.scratch key: the Subscription the dispatcher activates after its handshake
+ACTIVATING = "subscription-handshake-done"
 CHANNEL_SYSTEM = "http://fhir.telefhir.cn/CodeSystem/subscription-channel-type"
 CHANNELS = ("rest-hook", "websocket", "amqp")
 PAYLOADS = ("empty", "id-only", "full-resource")
@@ -71,9 +86,15 @@ class Subscription:
     #: R4 ``channel.payload`` (a criteria subscription's rest-hook PUTs the resource when set)
     mime: str | None
     end_us: int | None
+    #: seconds without any notification after which a heartbeat is sent (None: never)
+    heartbeat_s: int | None = None
 
     def live(self, now_us: int) -> bool:
         return self.status == "active" and (self.end_us is None or now_us < self.end_us)
+
+    @property
+    def needs_handshake(self) -> bool:
+        return self.topic is not None and self.channel in HANDSHAKE_CHANNELS
 
 
 # -- reading a Subscription resource ---------------------------------------------------------------
@@ -126,7 +147,20 @@ def parse(resource: dict[str, Any], res_id: str, owner: str | None) -> Subscript
         headers=tuple(h for h in channel.get("header") or () if isinstance(h, str)),
         mime=mime,
         end_us=end_us,
+        heartbeat_s=_heartbeat(channel, topic is not None),
     )
+
+
+def _heartbeat(channel: dict[str, Any], topic: bool) -> int | None:
+    for ext in _extensions(channel):
+        if ext.get("url") == HEARTBEAT_URL:
+            value = ext.get("valueUnsignedInt")
+            if not topic:
+                raise _invalid("a heartbeat is sent to topic subscriptions only", "Subscription.channel.extension")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise _invalid("backport-heartbeat-period is a number of seconds, at least 1", "Subscription.channel")
+            return value
+    return None
 
 
 def _search(text: str, res_type: str | None, where: str) -> list[tuple[str, str]]:
@@ -211,13 +245,14 @@ class Subscriptions:
 
     def install(self) -> None:
         self.repo.write_hooks["Subscription"] = self.before_write
+        self.repo.after_write.setdefault("Subscription", []).append(self._handshake)
         self.repo.after_any_write.append(self.after_write)
 
     # ---- the Subscription resources ---------------------------------------------------------
     def before_write(
         self, session: Session, res_id: str, resource: dict[str, Any] | None, current: StoredVersion | None
     ) -> None:
-        """Refuse what cannot be served (422); a requested subscription is served at once."""
+        """Refuse what cannot be served (422); set the status the handshake rule gives."""
         self._next_load = 0.0  # this process sees the change at its next transaction
         if resource is None:
             return
@@ -226,14 +261,46 @@ class Subscriptions:
             self.search.search(session, sub.resource_type, [*sub.filters, ("_id", "-")], 1)
         except FhirError as err:
             raise _invalid(f"its search cannot run here: {err.diagnostics}", "Subscription.criteria") from None
-        if resource.get("status") == "requested":
+        status = resource.get("status")
+        if status not in ("requested", "active") or session.scratch.get(ACTIVATING) == res_id:
+            return
+        if sub.needs_handshake:
+            stored = _content(current) if current is not None and not current.deleted else None
+            verified = stored is not None and stored.get("status") == "active"
+            if status == "active" and verified and stored.get("channel") == resource.get("channel"):  # type: ignore[union-attr]
+                return
+            resource["status"] = "requested"  # the handshake activates it (notify/dispatcher.py)
+        else:
             resource["status"] = "active"
-            resource.pop("error", None)
+        resource.pop("error", None)
+
+    def _handshake(self, session: Session, written: StoredVersion, previous: StoredVersion | None) -> None:
+        """Queue the handshake of a subscription that became ``requested``, with its write."""
+        content = _content(written)
+        if written.deleted or content is None or content.get("status") != "requested":
+            return
+        before = _content(previous) if previous is not None and not previous.deleted else None
+        if (
+            before is not None
+            and before.get("status") == "requested"
+            and before.get("channel") == content.get("channel")
+        ):
+            return  # its handshake is already on its way
+        sub = parse(content, written.res_id, written.tenant)
+        if sub.needs_handshake:
+            outbox.enqueue(session, sub, "handshake", None, sub.owner)
+            if self.on_queued is not None:
+                session.after_commit.append(self.on_queued)
 
     def active(self, res_type: str) -> list[Subscription]:
         if time.monotonic() >= self._next_load:
             self._load()
         return self._by_type.get(res_type, [])
+
+    def heartbeats(self) -> list[Subscription]:
+        """The active subscriptions that asked for heartbeats."""
+        self.active("")  # reloads when due
+        return [s for subs in self._by_type.values() for s in subs if s.heartbeat_s]
 
     def get(self, sub_id: str) -> Subscription | None:
         """A subscription as stored now (any status), or None."""

@@ -18,7 +18,7 @@ import requests
 from simple_websocket import Client
 
 from tests.conftest import ServerProcess
-from tests.notify.receiver import Receiver, consume, event_number, start_receiver
+from tests.notify.receiver import Receiver, consume, event_number, notification_type, start_receiver
 from tests.notify.test_subscriptions import AMQP_URL, topic_subscription
 
 STATUS = "http://fhir.telefhir.cn/CodeSystem/consultation-task-status"
@@ -48,10 +48,14 @@ def _task(tag: str) -> dict[str, Any]:
 
 
 def _subscribe(base: str, body: dict[str, Any]) -> str:
+    """Subscribe and wait for the handshake to activate it (rest-hook, amqp; a websocket one is
+    active at once), then for every worker to serve it."""
     resp = requests.post(f"{base}/Subscription", json=body, timeout=10)
     assert resp.status_code == 201, resp.text
-    time.sleep(0.6)  # every worker sees a new subscription within half a second
-    return str(resp.json()["id"])
+    sub = str(resp.json()["id"])
+    _wait(lambda: requests.get(f"{base}/Subscription/{sub}", timeout=10).json()["status"] == "active")
+    time.sleep(0.6)  # every worker sees a changed subscription within half a second
+    return sub
 
 
 def _wait(condition: Any, seconds: float = 15.0) -> None:
@@ -141,7 +145,9 @@ def test_a_late_amqp_consumer_gets_every_message(database_url: str, tmp_path_fac
             task = _task(tag)
             assert requests.post(f"{server.base}/Task", json=task, timeout=10).status_code == 201
         time.sleep(1.0)  # the consumer comes only now
-        seen = {props.message_id: event_number(bundle) for props, bundle in consume(channel, queue, 20)}
+        messages = consume(channel, queue, 21)
+        assert [notification_type(bundle) for _, bundle in messages].count("handshake") == 1
+        seen = {props.message_id: event_number(b) for props, b in messages if notification_type(b) != "handshake"}
         assert sorted(seen.values()) == list(range(1, 21))
     finally:
         server.stop()

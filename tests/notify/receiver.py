@@ -28,8 +28,10 @@ class Receiver:
     requests: list[Received] = field(default_factory=list)
     #: answer 503 to this many requests before accepting
     failures: int = 0
-    #: notification ids already kept (the consumer's deduplication)
+    #: notification ids already kept (the consumer's deduplication): events
     kept: dict[str, Received] = field(default_factory=dict)
+    #: handshakes and heartbeats (notifications without an event), as received
+    signals: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -42,6 +44,9 @@ class Receiver:
             if self.failures > 0:
                 self.failures -= 1
                 return 503
+            if notification_type(received.body) in ("handshake", "heartbeat"):
+                self.signals.append(received)
+                return 200
             key = received.headers.get("X-Notification-Id") or str(len(self.requests))
             self.kept.setdefault(key, received)
             return 200
@@ -94,3 +99,14 @@ def event_number(bundle: dict[str, Any]) -> int:
     """The event number of a notification Bundle (its subscription status's notification-event)."""
     status = {p["name"]: p for p in bundle["entry"][0]["resource"]["parameter"]}
     return int({p["name"]: p for p in status["notification-event"]["part"]}["event-number"]["valueString"])
+
+
+def notification_type(body: bytes | dict[str, Any]) -> str | None:
+    """A backport notification's type (event-notification, handshake, heartbeat …); None for
+    anything else (an R4 rest-hook's resource, an empty ping)."""
+    try:
+        bundle = json.loads(body) if isinstance(body, bytes) else body
+        status = bundle["entry"][0]["resource"]
+        return next(str(p["valueCode"]) for p in status["parameter"] if p["name"] == "type")
+    except (ValueError, KeyError, IndexError, TypeError, StopIteration):
+        return None

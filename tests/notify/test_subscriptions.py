@@ -14,7 +14,7 @@ import pika
 import pytest
 
 from fhir_server.notify.retry import RetryPolicy
-from tests.notify.receiver import Receiver, consume, event_number, start_receiver
+from tests.notify.receiver import Receiver, consume, event_number, notification_type, start_receiver
 from tests.rest.workflow_network import STATUS, A, B, Net, consultation, network
 
 CONSULTATION = "http://fhir.telefhir.cn/SubscriptionTopic/consultation"
@@ -40,6 +40,15 @@ def receiver() -> Iterator[Receiver]:
 def _deliver(n: Net, rounds: int = 5) -> None:
     for _ in range(rounds):
         n.services.dispatcher.deliver_due()
+
+
+def _subscribe(n: Net, who: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Subscribe, and let the handshake through: the subscription is active once it arrives."""
+    created = n.post(who, body)
+    _deliver(n, 1)
+    stored = n.call(who, "GET", f"Subscription/{created['id']}").get_json()
+    assert stored["status"] == "active", stored
+    return stored
 
 
 def topic_subscription(
@@ -72,10 +81,62 @@ def _move(n: Net, who: str, task_id: str, business: str) -> None:
     assert resp.status_code == 200, resp.get_json()
 
 
-def test_a_subscription_is_checked_and_activated(net: Net) -> None:
+def test_a_subscription_is_active_once_its_handshake_arrives(net: Net, receiver: Receiver) -> None:
     n = net
-    created = n.post("a-doc", topic_subscription("http://127.0.0.1:9/hook", f"Task?requester=Organization/{A}"))
-    assert created["status"] == "active"
+    created = n.post("a-doc", topic_subscription(receiver.url, f"Task?requester=Organization/{A}"))
+    assert created["status"] == "requested"  # until the handshake is delivered: nothing is matched
+    forced = n.call("a-doc", "PUT", f"Subscription/{created['id']}", {**created, "status": "active"})
+    assert forced.get_json()["status"] == "requested"  # only the handshake activates it
+    consultation(n)
+    _deliver(n)
+    [handshake] = receiver.signals
+    status = {p["name"]: p for p in handshake.json()["entry"][0]["resource"]["parameter"]}
+    assert status["type"]["valueCode"] == "handshake" and status["status"]["valueCode"] == "requested"
+    assert status["events-since-subscription-start"]["valueString"] == "0" and "notification-event" not in status
+    assert receiver.kept == {}  # the consultation came before it was active
+    assert n.call("a-doc", "GET", f"Subscription/{created['id']}").get_json()["status"] == "active"
+    # a new endpoint is verified again
+    moved = {**created, "status": "active", "channel": {**created["channel"], "endpoint": receiver.url + "/new"}}
+    assert n.call("a-doc", "PUT", f"Subscription/{created['id']}", moved).get_json()["status"] == "requested"
+    _deliver(n)
+    assert [s.path for s in receiver.signals] == ["/hook", "/hook/new"]
+    assert n.call("a-doc", "GET", f"Subscription/{created['id']}").get_json()["status"] == "active"
+    n.call("a-doc", "DELETE", f"Subscription/{created['id']}")
+
+    # an endpoint that never answers: after the retries the subscription is in error, never active
+    dead = n.post("a-doc", topic_subscription("http://127.0.0.1:9/hook", f"Task?requester=Organization/{A}"))
+    _deliver(n)
+    stored = n.call("a-doc", "GET", f"Subscription/{dead['id']}").get_json()
+    assert stored["status"] == "error" and "after 4 attempts" in stored["error"]
+    n.call("a-doc", "DELETE", f"Subscription/{dead['id']}")
+
+
+def test_heartbeats_go_out_when_nothing_was_sent_for_the_period(net: Net, receiver: Receiver) -> None:
+    from fhir_server.util.clock import now_us
+    from tests.rest.workflow_network import concurrently
+
+    n = net
+    body = topic_subscription(receiver.url, f"Task?requester=Organization/{A}")
+    body["channel"]["extension"] = [{"url": BACKPORT + "backport-heartbeat-period", "valueUnsignedInt": 60}]
+    sub = _subscribe(n, "a-doc", body)
+    dispatcher = n.services.dispatcher
+    start = now_us()
+    assert dispatcher.queue_heartbeats(start) == 0  # the handshake was just sent
+    later = start + 61_000_000
+    assert sum(concurrently(lambda: dispatcher.queue_heartbeats(later))) == 1  # one worker queues it
+    assert dispatcher.queue_heartbeats(later + 30_000_000) == 0  # the heartbeat itself was sent
+    _deliver(n)
+    kinds = [{p["name"]: p for p in s.json()["entry"][0]["resource"]["parameter"]}["type"]["valueCode"]
+             for s in receiver.signals]  # fmt: skip
+    assert kinds == ["handshake", "heartbeat"] and receiver.kept == {}
+    bad = {**body, "channel": {**body["channel"], "extension": [{"url": BACKPORT + "backport-heartbeat-period",
+                                                                 "valueUnsignedInt": 0}]}}  # fmt: skip
+    assert n.call("a-doc", "POST", "Subscription", bad).status_code == 422
+    n.call("a-doc", "DELETE", f"Subscription/{sub['id']}")
+
+
+def test_a_subscription_is_checked(net: Net) -> None:
+    n = net
     for change, expected in (
         ({"criteria": "http://example.org/SubscriptionTopic/nope"}, "not a topic of this server"),
         ({"criteria": "Task?colour=red"}, "cannot run here"),
@@ -87,12 +148,11 @@ def test_a_subscription_is_checked_and_activated(net: Net) -> None:
         resp = n.call("a-doc", "POST", "Subscription", body)
         assert resp.status_code == 422, change
         assert expected in resp.get_json()["issue"][0]["diagnostics"], resp.get_json()
-    n.call("a-doc", "DELETE", f"Subscription/{created['id']}")
 
 
 def test_consultation_steps_reach_a_rest_hook_once_each_in_order(net: Net, receiver: Receiver) -> None:
     n = net
-    sub = n.post("a-doc", topic_subscription(receiver.url, f"Task?requester=Organization/{A}"))
+    sub = _subscribe(n, "a-doc", topic_subscription(receiver.url, f"Task?requester=Organization/{A}"))
     task_id, _ = consultation(n)
     _move(n, "p-sched", task_id, "pre-reviewed")
     _move(n, "b-expert", task_id, "accepted")
@@ -112,7 +172,7 @@ def test_consultation_steps_reach_a_rest_hook_once_each_in_order(net: Net, recei
         assert event["focus"]["valueReference"]["reference"].endswith(f"Task/{task_id}")
         steps.append((int(event["event-number"]["valueString"]), task["businessStatus"]["coding"][0]["code"]))
     assert sorted(steps) == [(1, "applied"), (2, "pre-reviewed"), (3, "accepted")]
-    assert len(receiver.requests) == 4  # one refused, then each of the three once
+    assert len(receiver.requests) == 5  # the handshake, one refused, then each of the three once
     for key, received in receiver.kept.items():
         assert received.json()["id"] == key  # the Bundle's id is the idempotency key
     n.call("a-doc", "DELETE", f"Subscription/{sub['id']}")
@@ -142,9 +202,10 @@ def test_an_institution_is_told_only_of_what_it_may_see(net: Net, receiver: Rece
     n.call("plat", "DELETE", f"Subscription/{own['id']}")
 
 
-def test_after_three_retries_the_sender_is_told(net: Net) -> None:
+def test_after_three_retries_the_sender_is_told(net: Net, receiver: Receiver) -> None:
     n = net
-    sub = n.post("b-admin", topic_subscription("http://127.0.0.1:9/hook", f"Task?owner=Organization/{B}"))
+    sub = _subscribe(n, "b-admin", topic_subscription(receiver.url, f"Task?owner=Organization/{B}"))
+    receiver.failures = 10**6  # the subscriber goes down
     task_id, _ = consultation(n)  # A's change: A is the sender to tell
     _deliver(n)
     stored = n.call("b-admin", "GET", f"Subscription/{sub['id']}").get_json()
@@ -180,8 +241,10 @@ def test_amqp_messages_wait_in_the_broker_for_a_consumer_that_is_away(net: Net) 
     queue = channel.queue_declare(queue="", exclusive=False, auto_delete=False).method.queue
     channel.queue_bind(queue=queue, exchange=exchange, routing_key=key)
     try:
-        sub = n.post("a-doc", topic_subscription(f"amqp:///{exchange}/{key}", f"Task?requester=Organization/{A}",
-                                                 channel="amqp", content="id-only"))  # fmt: skip
+        sub = _subscribe(n, "a-doc", topic_subscription(f"amqp:///{exchange}/{key}", f"Task?requester=Organization/{A}",
+                                                        channel="amqp", content="id-only"))  # fmt: skip
+        [(_, handshake)] = consume(channel, queue, 1)
+        assert notification_type(handshake) == "handshake"
         task_id, _ = consultation(n)
         _move(n, "p-sched", task_id, "pre-reviewed")
         _deliver(n)  # nobody consumes yet: the broker keeps them
