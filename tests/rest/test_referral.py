@@ -98,3 +98,20 @@ def test_the_discharge_summary_also_reaches_the_patients_community_clinic_with_c
     moved["generalPractitioner"] = family["generalPractitioner"]
     assert n.call("a-doc", "PUT", f"Patient/{moved['id']}", moved).status_code == 200
     assert n.call("clinic-doc", "GET", f"Composition/{summary['id']}").status_code == 200
+
+
+def test_outpatient_and_inpatient_referrals_are_told_apart(net: Net) -> None:
+    n = net
+    patient = n.post("a-doc", {"resourceType": "Patient", "name": [{"family": "Wu"}], "gender": "female"})["id"]
+    n.post("a-doc", consent(patient, B))
+    clinic, _ = referral(n, "a-doc", A, B, patient, "referral-up", setting="AMB")
+    ward, _ = referral(n, "a-doc", A, B, patient, "referral-up", setting="IMP")
+    act = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+    for code, expected in (("AMB", clinic), ("IMP", ward)):
+        found = n.call("b-expert", "GET", f"ServiceRequest?subject=Patient/{patient}&category={act}|{code}").get_json()
+        assert [e["resource"]["id"] for e in found["entry"]] == [expected["id"]], code
+    emergency = {**clinic, "category": [clinic["category"][0], {"coding": [{"system": act, "code": "EMER"}]}]}
+    emergency.pop("id"), emergency.pop("identifier")
+    resp = n.call("a-doc", "POST", "ServiceRequest", emergency)
+    assert resp.status_code == 422, resp.get_json()
+    assert "referral-setting" in " ".join(i.get("diagnostics", "") for i in resp.get_json()["issue"])

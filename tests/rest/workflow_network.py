@@ -195,10 +195,13 @@ def requested(n: Poster, who: str, request: dict[str, Any]) -> tuple[dict[str, A
 
 
 def referral(
-    n: Poster, who: str, sender: str, receiver: str, patient: str, direction: str
+    n: Poster, who: str, sender: str, receiver: str, patient: str, direction: str, setting: str = "IMP"
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A referral (``referral-up`` or ``referral-down``) from ``sender`` to ``receiver`` and its Task."""
+    """A referral (``referral-up`` or ``referral-down``; inpatient ``IMP`` or outpatient ``AMB``)
+    from ``sender`` to ``receiver`` and its Task."""
     request = example("referral-request-example")
+    request["category"][1]["coding"][0].update(code=setting, display=None)
+    del request["category"][1]["coding"][0]["display"], request["category"][1]["text"]
     for key in ("id", "identifier", "supportingInfo"):
         request.pop(key)
     request["code"]["coding"][0].update(
