@@ -11,7 +11,9 @@ hospitals (Western and TCM), three primary-care and TCM clinics; experts and gen
 with their roles, the experts' schedules and free slots for the coming working days; patients
 with their consent to collection and to sharing with the hospitals; a consultation in every
 business state of the machine (with opinions and a report where it has them), a multi-centre
-consultation with its invitations, a TCM constitution diagnosis request and a referral up. With
+consultation with its invitations, a TCM constitution diagnosis request, a referral up, and the
+follow-up plan of the evaluated consultation (its first follow-up due within a day, so it is
+reminded at once). Each patient's community clinic is their ``generalPractitioner``. With
 auth on, one account per role, all with the password ``DEMO_PASSWORD``.
 """
 
@@ -154,6 +156,7 @@ def resources(today: datetime) -> list[dict[str, Any]]:
             "resourceType": "Patient", "id": pid, "active": True, "gender": gender, "birthDate": birth,
             "name": [{"use": "official", "text": f"{family}{given}", "family": family, "given": [given]}],
             "managingOrganization": {"reference": f"Organization/{clinic}"},
+            "generalPractitioner": [{"reference": f"Organization/{clinic}"}],
         })  # fmt: skip
         out.append(_consent(pid, clinic))
     for n, (state, patient, clinic, performer, reason) in enumerate(CONSULTATIONS, start=1):
@@ -283,12 +286,34 @@ def _consultation(n: int, state: str, patient: str, clinic: str, performer: str,
             {"type": {"coding": [{"system": WORKFLOW, "code": "evaluation"}]}, "valueReference": reference}
         ]
     out.append(task)
+    if state == "evaluated":
+        out.append(_follow_up(f"demo-consult-{n}-follow-up", request, today))
     expert = "demo-expert-li" if performer == "demo-hospital" else "demo-expert-wang"
     if m.TASK_STATUS[state] in ("in-progress", "completed") and state != "in-progress":
         out.append(_opinion(f"demo-consult-{n}-opinion", request, expert,
                             "建议完善相关检查，调整用药，两周后复诊。Complete the work-up, adjust the medication, "
                             "review in two weeks.", when))  # fmt: skip
     return out
+
+
+def _follow_up(rid: str, request: dict[str, Any], today: datetime) -> dict[str, Any]:
+    """The requester's follow-up plan (workflow/follow_up.py): a revisit tomorrow morning, then a
+    monthly phone call, three times."""
+    revisit = (today + timedelta(hours=20)).isoformat()
+    calls = {"boundsPeriod": {"start": (today + timedelta(days=30)).isoformat()}, "period": 1, "periodUnit": "mo",
+             "count": 3}  # fmt: skip
+    return {
+        "resourceType": "CarePlan", "id": rid, "status": "active", "intent": "plan",
+        "category": [{"coding": [{"system": WORKFLOW, "code": "follow-up", "display": "随访计划 Follow-up plan"}]}],
+        "title": "会诊后随访 Follow-up after the consultation", "subject": request["subject"],
+        "author": request["requester"], "supportingInfo": [{"reference": f"ServiceRequest/{request['id']}"}],
+        "activity": [
+            {"detail": {"status": "scheduled", "description": "门诊复诊 Outpatient revisit",
+                        "performer": [request["requester"]], "scheduledPeriod": {"start": revisit}}},
+            {"detail": {"status": "scheduled", "description": "电话随访 Phone follow-up",
+                        "performer": [request["requester"]], "scheduledTiming": {"repeat": calls}}},
+        ],
+    }  # fmt: skip
 
 
 def _evaluation(rid: str, request: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ NUMBER = "http://fhir.telefhir.cn/sid/consultation-number"
 WORKFLOW = "http://fhir.telefhir.cn/CodeSystem/consultation-workflow"
 SERVICE = "http://fhir.telefhir.cn/CodeSystem/telemedicine-service-type"
 CLIENT = ("demo-test", "demo-test-secret-1")
-ARGS = ("--demo", "--bootstrap-client", ":".join(CLIENT), "--overdue-sweep-interval", "0.5")
+ARGS = ("--demo", "--bootstrap-client", ":".join(CLIENT), "--sweep-interval", "0.5")
 FHIR_SERVER = pathlib.Path(sys.executable).with_name("fhir-server")
 
 
@@ -40,11 +40,12 @@ def _found(server: ServerProcess, headers: dict[str, str], query: str) -> list[d
     return [e["resource"] for e in resp.json().get("entry", [])]
 
 
-def _flagged(server: ServerProcess, headers: dict[str, str]) -> list[dict[str, Any]]:
+def _eventually(server: ServerProcess, headers: dict[str, str], query: str, count: int) -> list[dict[str, Any]]:
+    """What ``query`` finds once it finds ``count`` (or after 15 s)."""
     deadline = time.monotonic() + 15
     while True:
-        found = _found(server, headers, f"Task?_tag={WORKFLOW}|invitation-overdue")
-        if found or time.monotonic() > deadline:
+        found = _found(server, headers, query)
+        if len(found) >= count or time.monotonic() > deadline:
             return found
         time.sleep(0.25)
 
@@ -71,8 +72,14 @@ def test_the_demo_network_is_there_at_once(kind: str, tmp_path_factory: pytest.T
                 patients = {p["name"][0]["text"] for p in _found(server, headers, "Patient?_count=50")}
                 assert {"王秀英", "李建国"} <= patients
                 # the invitation left unanswered past its 24 hours is flagged and reminded, once
-                assert [t["id"] for t in _flagged(server, headers)] == ["demo-multicentre-invitation-3"]
-                assert len(_found(server, headers, "Communication?category=reminder")) == 1
+                flagged = _eventually(server, headers, f"Task?_tag={WORKFLOW}|invitation-overdue", 1)
+                assert [t["id"] for t in flagged] == ["demo-multicentre-invitation-3"]
+                # and the follow-up due tomorrow morning is reminded, once
+                plans = _found(server, headers, f"CarePlan?category={WORKFLOW}|follow-up")
+                assert len(plans) == 1 and plans[0]["activity"][0]["detail"]["status"] == "scheduled"
+                reminders = _eventually(server, headers, "Communication?category=reminder", 2)
+                about = sorted(r["about"][0]["reference"].split("/")[0] for r in reminders)
+                assert about == ["CarePlan", "Task"]
             finally:
                 server.stop()
         listed = subprocess.run(
