@@ -36,7 +36,7 @@ from fhir_server.search.engine import SearchEngine
 from fhir_server.search.index import index_rows
 from fhir_server.search.registry import get_registry
 from fhir_server.search.reindex import JobRunner
-from fhir_server.security import grants
+from fhir_server.security import grants, granular
 from fhir_server.security.access import PUBLIC
 from fhir_server.security.deid_key import deidentify_key
 from fhir_server.security.egress import Egress
@@ -103,6 +103,7 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
     repo.egress = Egress(deidentify_key(settings.data_dir))  # another institution's data, de-identified
     repo.row_access = RowAccessRules(registry)  # owner, patient, category, labels (security/tenancy.py)
     grants.install(repo)  # who else may see a patient's data (security/grants.py)
+    granular.install(repo)  # writes under SMART scopes with a query match them (security/granular.py)
     TaskRules(settings.platform_organization, settings.invitation_hours).install(repo)  # workflow/tasks.py
     Retention(settings.archive_retention_days).install(repo)  # archives and signed reports kept (workflow/retention.py)
     numbers.install(repo)  # consultation numbers (workflow/numbers.py)
@@ -183,9 +184,10 @@ def _auditor(
 
 
 def _restriction(principal: Principal | None, settings: Settings) -> Any:
-    """The request's access limits (security/tenancy.py); None when it may see everything."""
+    """The request's access limits (security/tenancy.py); None when it may see everything (a
+    platform client's scopes with a query still limit it)."""
     access = access_for(principal, settings.platform_organization)
-    return None if access.platform else access
+    return None if access.platform and access.scopes is None else access
 
 
 def audit_spool(settings: Settings) -> pathlib.Path:

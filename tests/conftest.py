@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -80,6 +81,30 @@ def fresh_database(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield url
     finally:
         _pg_drop(url)
+
+
+@contextlib.contextmanager
+def in_process(kind: str, tmp_path_factory: pytest.TempPathFactory, name: str, **settings: Any) -> Iterator[Any]:
+    """The server in-process on a new database of ``kind``, audit off unless asked:
+    (services, settings, Flask test client)."""
+    from fhir_server.app import build_services, create_app
+    from fhir_server.config import Settings
+
+    with fresh_database(kind, tmp_path_factory) as url:
+        configured = Settings(
+            **{
+                "database_url": url,
+                "data_dir": tmp_path_factory.mktemp(name),
+                "base_url": "http://testserver/fhir",
+                "audit": False,
+                **settings,
+            }
+        )
+        services = build_services(configured)
+        try:
+            yield services, configured, create_app(configured, services).test_client()
+        finally:
+            services.repo.dispose()
 
 
 @pytest.fixture(scope="session")

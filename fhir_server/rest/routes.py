@@ -309,6 +309,8 @@ def run(
     bind(req, variables)
     try:
         access.check(ctx.principal, route, req)
+        if ctx.access is not None and ctx.access.scopes is not None:  # SMART scopes with a query
+            access.check_rows(ctx, route, req)
         resp = call() if call is not None else route.handler(req, ctx)
     except FhirError as err:
         if ctx.auditor is not None:

@@ -16,6 +16,11 @@ scopes in it grant nothing. A person is limited a second time by their account's
 category the type can have; the repository then filters reads to the categories the roles read
 and checks the category of each row written (security/tenancy.py). Administrative operations
 (``$reindex``) and the audit trail are the business of the roles that name them.
+
+Scopes with a query (``system/Observation.rs?category=…``) grant their letters on the type here,
+and limit the rows in the repository (security/granular.py); an instance the request names that
+their queries do not allow is refused here too (:func:`check_rows`), with the same 403 naming
+the scopes as a missing scope.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from typing import TYPE_CHECKING
 
 from fhir_server.errors import FhirError
 from fhir_server.security import categories as cat
+from fhir_server.security import granular
 from fhir_server.security.roles import Permissions, permissions
 
 if TYPE_CHECKING:
+    from fhir_server.context import RequestContext
     from fhir_server.rest.messages import FhirRequest
     from fhir_server.rest.routes import Route
     from fhir_server.security.tokens import Principal
@@ -79,6 +86,17 @@ def check(principal: Principal | None, route: Route, req: FhirRequest) -> None:
             )
         if perms is not None:
             _check_roles(perms, route, res_type, letters)
+
+
+def check_rows(ctx: RequestContext, route: Route, req: FhirRequest) -> None:
+    """403 naming the scopes when the instance the request names is outside their queries (only
+    for a token with scopes with a query: ``ctx.access.scopes``)."""
+    if route.level != "instance" or not req.res_id or req.res_type not in ctx.access.scopes.types:  # type: ignore[union-attr]
+        return
+    for res_type, letters in required(route, req):
+        if res_type == req.res_type:
+            with ctx.session() as session:
+                granular.check_instance(session, ctx.access, route.interaction, res_type, req.res_id, letters)
 
 
 def _check_roles(perms: Permissions, route: Route, res_type: str, letters: str) -> None:

@@ -44,6 +44,7 @@ from fhir_server.security.authcode import (
     request_urls,
 )
 from fhir_server.security.clients import Client, ClientStore
+from fhir_server.security.granular import check_enforceable
 from fhir_server.security.scopes import ScopeError, ScopeSet
 from fhir_server.security.tokens import TokenService
 
@@ -226,6 +227,15 @@ class _Revocation(RevocationEndpoint):
         self.tokens.revoke(token["jti"], int(token["exp"]))
 
 
+def _check_scope(scope: str | None) -> None:
+    """``invalid_scope`` for a scope this server does not understand, or whose query it could not
+    enforce (security/granular.py): a scope granted is a scope enforced."""
+    try:
+        check_enforceable(ScopeSet.parse(scope))
+    except ScopeError as exc:
+        raise InvalidScopeError(description=str(exc)) from None
+
+
 class OAuthServer(_AuthorizationServer):  # type: ignore[misc]
     def __init__(self, clients: ClientStore, tokens: TokenService, grants: Grants) -> None:
         super().__init__()
@@ -266,10 +276,7 @@ class OAuthServer(_AuthorizationServer):  # type: ignore[misc]
         return status, body, dict(headers)
 
     def validate_requested_scope(self, scope: str | None) -> None:
-        try:
-            ScopeSet.parse(scope)
-        except ScopeError as exc:
-            raise InvalidScopeError(description=str(exc)) from None
+        _check_scope(scope)
 
     # -- tokens ----------------------------------------------------------------------------
     def _ttl(self, client: Client, grant_type: str) -> int:
@@ -278,6 +285,7 @@ class OAuthServer(_AuthorizationServer):  # type: ignore[misc]
     def _access_token(self, client: Client, grant_type: str, user: Any, scope: str) -> str:
         if not scope:
             raise InvalidScopeError(description="none of the requested scopes is allowed for this client")
+        _check_scope(scope)  # what was granted, the registration's scopes when none were asked for
         bound = _certificate.get() if client.auth_method == "tls_client_auth" else None
         return self.tokens.issue(client, scope, user=user, certificate=bound)
 

@@ -18,7 +18,9 @@ What a request sees, by its token (docs/security.md has the table):
   terminology, the directory); another institution's rows about a patient while a grant for
   them is in force; a supervisor also the consultations of every institution;
 * a patient (a resident's account, or ``patient/`` scopes with a patient in context): that
-  patient's own rows (those of other institutions included), and the catalogue.
+  patient's own rows (those of other institutions included), and the catalogue;
+* and, whoever it is, within the rows its SMART scopes with a query allow (security/granular.py),
+  in the same predicate.
 
 Writes: a row belongs to the institution that created it (``tenant``), for good; only it may
 update or delete it. A platform client's rows belong to the institution they name (the patient's,
@@ -30,20 +32,22 @@ patient's consent (security/consent.py).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BigInteger, ColumnElement, and_, bindparam, exists, false, or_, select, text
+from sqlalchemy import BigInteger, ColumnElement, and_, bindparam, exists, false, or_, select, text, true
 
 from fhir_server.errors import FhirError
 from fhir_server.security import categories as cat
 from fhir_server.security import consent as consents
 from fhir_server.security import labels as lab
+from fhir_server.security.granular import ScopeFilter
 from fhir_server.security.roles import Permissions, permissions
 from fhir_server.storage.schema import access_grants, resources
 from fhir_server.util.clock import now_us
 
 if TYPE_CHECKING:
+    from fhir_server.security.scopes import ScopeSet
     from fhir_server.security.tokens import Principal
     from fhir_server.storage.repository import IndexRows, Session, StoredVersion
 
@@ -94,6 +98,8 @@ class Access:
     curates: bool = False
     #: the person's FHIR resource ("Practitioner/12"), for the records the server writes for them
     user: str | None = None
+    #: SMART scopes with a query: the rows they allow (security/granular.py); None: the types alone
+    scopes: ScopeFilter | None = None
     #: statements built from this access, kept with it (an Access lives as long as its token's
     #: shape is in use: :func:`access_for` caches them)
     cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -105,7 +111,7 @@ class Access:
         The time it compares grants and birthdays with is the statement's execution time (a
         bind parameter computed then), unless ``at_us`` fixes it; the predicate on ``resources``
         itself is built once and reused."""
-        if self.platform:
+        if self.platform and self.scopes is None:
             return None
         if res is resources and at_us is None:
             pred = self.cache.get("resources")
@@ -115,6 +121,20 @@ class Access:
         return self._visible(res, NOW if at_us is None else at_us)
 
     def _visible(self, res: Any, at: Any) -> ColumnElement[bool]:
+        """The rows below (:meth:`_rows`; all for the platform), within those its scopes' queries allow."""
+        rows = None if self.platform else self._rows(res, at)
+        granted = None if self.scopes is None else self.scopes.readable(res)
+        if granted is None:
+            return true() if rows is None else rows
+        return granted if rows is None else and_(rows, granted)
+
+    def tenancy(self, res: Any) -> ColumnElement[bool] | None:
+        """The rows it may see whatever its scopes' queries (None: every row), to tell a row the
+        queries refuse (403) from one it may not know of (404)."""
+        return None if self.platform else self._rows(res, NOW)
+
+    def _rows(self, res: Any, at: Any) -> ColumnElement[bool]:
+        """The rows of its institution, patient, roles and grants."""
         c = res.c
         catalogue = c.category == cat.CATALOGUE if self.readable & cat.CATALOGUE else false()
         if self.own_records:  # a resident: their own rows in every institution
@@ -263,7 +283,7 @@ def access_for(principal: Principal | None, platform_organization: str | None = 
         and organization_id(principal.organization) == organization_id(platform_organization)
         and bool(PLATFORM_DESK & set(principal.roles))
     )
-    return _access(
+    shape = (
         principal.organization,
         principal.roles,
         principal.patient,
@@ -272,6 +292,9 @@ def access_for(principal: Principal | None, platform_organization: str | None = 
         principal.person,
         desk,
     )
+    if principal.scopes.queried:
+        return _within_scopes(shape, principal.scopes)
+    return _access(*shape)
 
 
 def organization_id(reference: str | None) -> str | None:
@@ -327,6 +350,17 @@ def _access(
         curates="$reindex" in perms.operations,
         user=user,
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _within_scopes(shape: tuple[Any, ...], scopes: ScopeSet) -> Access:
+    """:func:`_access` of ``shape``, limited to the rows the token's scopes with a query allow (a
+    person's token counts its ``user/`` and ``patient/`` scopes, a client's its ``system/`` ones,
+    as security/access.py does)."""
+    access = _access(*shape)
+    person = shape[5]
+    limits = ScopeFilter.of(scopes, ("user", "patient") if person else ("system",))
+    return access if limits is None else replace(access, scopes=limits, cache={})
 
 
 # -- the access columns of a row being written -----------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import fresh_database
+from tests.conftest import in_process
 
 A, B, C, S = "org-a", "org-b", "org-c", "org-s"
 TEST_CODE = "http://example.org/test"
@@ -132,17 +132,7 @@ def request(subject: str, performers: list[str], status: str = "active", **extra
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    from fhir_server.app import build_services, create_app
-    from fhir_server.config import Settings
-
-    with fresh_database(request.param, tmp_path_factory) as url:
-        settings = Settings(
-            database_url=url,
-            data_dir=tmp_path_factory.mktemp("tenancy"),
-            base_url="http://testserver/fhir",
-            audit=False,
-        )
-        services = build_services(settings)
+    with in_process(request.param, tmp_path_factory, "tenancy") as (services, _settings, client):
         security = services.security
         for cid, org in (("plat", None), ("a-sys", A), ("b-sys", B), ("c-sys", C)):
             security.clients.save(cid, secret="s3cret-s3cret", organization=f"Organization/{org}" if org else None)
@@ -159,8 +149,7 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             security.users.create(
                 username, PASSWORD, organization=f"Organization/{org}", roles=roles, fhir_user=fhir_user
             )
-        app = create_app(settings, services)
-        w = World(app.test_client(), services)
+        w = World(client, services)
         w.mint("plat", "plat", "system/*.*")
         for org in "abc":
             w.mint(org, f"{org}-sys", "system/*.*")
@@ -168,7 +157,6 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             w.mint(username, "plat", "user/*.cruds", username)
         _populate(w)
         yield w
-        services.repo.dispose()
 
 
 def _populate(w: World) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from tests.conftest import fresh_database
+from tests.conftest import in_process
 
 A, B, P = "wf-a", "wf-b", "wf-p"
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "profiles" / "examples"
@@ -69,20 +69,11 @@ class Net:
 
 
 def network(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, **settings: Any) -> Iterator[Net]:
-    from fhir_server.app import build_services, create_app
-    from fhir_server.config import Settings
     from fhir_server.security.authcode import AccountUser
 
-    with fresh_database(request.param, tmp_path_factory) as url:
-        settings = Settings(
-            database_url=url,
-            data_dir=tmp_path_factory.mktemp("workflow"),
-            base_url="http://testserver/fhir",
-            audit=False,
-            platform_organization=f"Organization/{P}",
-            **settings,
-        )
-        services = build_services(settings)
+    with in_process(
+        request.param, tmp_path_factory, "workflow", platform_organization=f"Organization/{P}", **settings
+    ) as (services, _settings, client):
         security = services.security
         security.clients.save("plat", secret="s3cret-s3cret")
         users = (
@@ -95,7 +86,7 @@ def network(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         for username, org, role in users:
             security.users.create(username, PASSWORD, organization=f"Organization/{org}", roles=(role,),
                                   fhir_user=f"Practitioner/{username}")  # fmt: skip
-        n = Net(create_app(settings, services).test_client(), services)
+        n = Net(client, services)
         plat = security.clients.get("plat")
         n.tokens["plat"] = security.tokens.issue(plat, "system/*.*")
         for username, *_ in users:
@@ -110,7 +101,6 @@ def network(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
                 == 201
             )
         yield n
-        services.repo.dispose()
 
 
 def consent(patient: str, *disclose_to: str) -> dict[str, Any]:

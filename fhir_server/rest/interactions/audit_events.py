@@ -55,7 +55,7 @@ def _trail(ctx: RequestContext) -> Any:
     """Whose records the request may see: an institution its own (the records of requests made
     for it), the platform and a supervisor every institution's (security/tenancy.py)."""
     access = ctx.access
-    if access is None or access.cross_tenant:
+    if access is None or access.platform or access.cross_tenant:
         return None
     if access.organization is None:
         return false()
@@ -149,7 +149,7 @@ def create(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
     resource = req.resource
     check_resource(resource, "AuditEvent")
     assert resource is not None
-    if ctx.access is not None:
+    if ctx.access is not None and not ctx.access.platform:
         resource = _own_trail(resource, ctx.access.organization)
     (event_id,) = _store(ctx).append([resource])
     location = f"{ctx.base_url}/AuditEvent/{event_id}"

@@ -38,7 +38,7 @@ def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
                 "bad-request", f"The id {body_id!r} in the body does not match {res_id!r} in the URL", f"{res_type}.id"
             )
         current = session.read_current(res_type, res_id)
-        if current is None and ctx.access is not None:
+        if current is None and ctx.access is not None and not ctx.access.platform:
             # Update-as-create with an id of the client's choosing would answer "taken" for an id
             # another institution uses, and so tell that it exists: institutions create with POST.
             raise FhirError(
@@ -56,7 +56,7 @@ def _conditional(
     body_id = resource.get("id")
     if match is None:
         # a create: an institution's resources get ids from the server (see _store)
-        chosen = body_id if ctx.access is None else None
+        chosen = body_id if ctx.access is None or ctx.access.platform else None
         return _store(req, ctx, session, None, resource, chosen or new_id())
     if body_id is not None and body_id != match.res_id:
         raise FhirError(

@@ -116,7 +116,7 @@ def ledger(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
         except ValueError:
             raise FhirError("invalid-param", f"_since must be a FHIR instant, not {since!r}", "_since") from None
     access = ctx.access
-    if access is not None and not access.cross_tenant:
+    if access is not None and not access.platform and not access.cross_tenant:
         query = query.where(X.c.organization == f"Organization/{access.organization}")
     with ctx.repo.engine.connect() as conn:
         rows = conn.execute(query).all()
