@@ -279,7 +279,10 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
     if services.dispatcher is not None:  # websocket subscriptions (notify/channels/websocket.py)
         from fhir_server.rest import websocket_http
 
-        websocket_http.register(app, services.repo.engine, services.dispatcher.hub, services.dispatcher.wake)
+        websocket_http.register(
+            app, services.repo.engine, services.dispatcher.hub, services.dispatcher.wake,
+            services.subscriptions.queue_handshake,
+        )  # fmt: skip
     if security is not None:
         from fhir_server.rest import auth_http
 

@@ -18,10 +18,11 @@ amqp starts ``requested``; a ``handshake`` notification is queued with it, and t
 it ``active`` once the handshake is delivered, or ``error`` once the handshake's retries are spent
 (notify/retry.py). Only the server activates it: a client's ``active`` on a subscription that is
 not active yet, or whose channel it changes, is ``requested`` again. Until then no event is
-matched for it. A websocket subscription is active at once (its socket binds later); an R4
-criteria subscription too (R4 has no handshake). With the ``backport-heartbeat-period`` extension
-on ``channel`` (seconds), a ``heartbeat`` notification goes out when nothing was sent to the
-subscription for that long (notify/dispatcher.py).
+matched for it. A websocket subscription is active at once, and its handshake goes out on each
+socket that binds it; an R4 criteria subscription is active at once (R4 has no handshake). With
+the ``backport-heartbeat-period`` extension on ``channel`` (seconds), a ``heartbeat``
+notification goes out when nothing was sent to the subscription for that long
+(notify/dispatcher.py).
 
 Why matching happens in the writing transaction: the outbox row of each event is committed with
 the change it announces (notify/outbox.py), so neither exists without the other, whichever door
@@ -296,6 +297,15 @@ class Subscriptions:
         if time.monotonic() >= self._next_load:
             self._load()
         return self._by_type.get(res_type, [])
+
+    def queue_handshake(self, sub_id: str) -> None:
+        """A socket bound to a topic subscription: its handshake goes out on it (delivered by the
+        dispatcher, like any notification)."""
+        sub = self.get(sub_id)
+        if sub is None or sub.topic is None:
+            return
+        with self.repo.session(write=True, side=True) as session:
+            outbox.enqueue(session, sub, "handshake", None, sub.owner)
 
     def heartbeats(self) -> list[Subscription]:
         """The active subscriptions that asked for heartbeats."""

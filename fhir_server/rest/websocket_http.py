@@ -2,8 +2,9 @@
 
 The protocol is the Subscriptions Backport's: the client sends ``bind-with-token <token>`` (a
 token of ``Subscription/[id]/$get-ws-binding-token``); the server answers ``bound <id>`` — or
-``error <reason>`` and closes — and from then sends the subscription's notifications on the
-socket (a notification Bundle as JSON text; ``ping <id>`` for an R4 criteria subscription). The
+``error <reason>`` and closes — then sends a topic subscription's ``handshake`` notification, and
+from then its notifications on the socket (a notification Bundle as JSON text; ``ping <id>`` for
+an R4 criteria subscription). The
 token is the authentication: the socket carries no access token. A socket may bind several
 subscriptions. The worker that holds the socket delivers its notifications (notify/dispatcher.py).
 """
@@ -21,7 +22,7 @@ from fhir_server.notify.channels.websocket import WebsocketHub, redeem
 log = logging.getLogger(__name__)
 
 
-def register(app: Flask, engine: Any, hub: WebsocketHub, wake: Any) -> None:
+def register(app: Flask, engine: Any, hub: WebsocketHub, wake: Any, handshake: Any) -> None:
     @app.get("/websocket")
     def websocket_help() -> Response:
         return Response("a websocket endpoint (Subscriptions Backport)\n", status=426, mimetype="text/plain")
@@ -45,6 +46,7 @@ def register(app: Flask, engine: Any, hub: WebsocketHub, wake: Any) -> None:
                     continue
                 hub.bind(subscription, socket)
                 socket.send(f"bound {subscription}")
+                handshake(subscription)  # queued: the dispatcher sends it on this socket
                 wake()  # what waited for a socket goes now
         except ConnectionClosed:
             pass

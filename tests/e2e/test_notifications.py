@@ -77,6 +77,7 @@ def test_a_websocket_gets_each_notification(database_url: str, tmp_path_factory:
         try:
             socket.send(f"bind-with-token {params['token']}")
             assert socket.receive(timeout=5) == f"bound {sub}"
+            assert notification_type(json.loads(socket.receive(timeout=10))) == "handshake"  # on binding
             socket.send(f"bind-with-token {params['token']}")
             assert socket.receive(timeout=5).startswith("error")  # a token binds once
             task = _task(tag)
