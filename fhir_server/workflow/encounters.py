@@ -88,7 +88,7 @@ class VirtualEncounters:
                 with session.unrestricted():
                     request = session.read_current("ServiceRequest", ref.split("/")[1])
                 if request is not None and not request.deleted and m.kind_of(request.resource()) in (
-                    "consultation", "multicentre",
+                    "consultation", "offline", "multicentre",
                 ):  # fmt: skip
                     return True
         return False

@@ -56,6 +56,8 @@ _COMMON: dict[str, dict[str, frozenset[str]]] = {
     "reviewed": {"published": frozenset({PERFORMER}), "in-progress": frozenset({PERFORMER})},
     "published": {"evaluated": frozenset({REQUESTER})},
 }
+#: an offline consultation (离线会诊) has no session to schedule: the experts take it up once accepted
+_OFFLINE = {"accepted": {"in-progress": frozenset({PERFORMER})}}
 #: a diagnosis request or a referral needs no pre-review: the performer answers it directly
 _DIRECT = {"applied": {"accepted": frozenset({PERFORMER}), "rejected": frozenset({PERFORMER, PLATFORM})}}
 #: a multi-centre invitation (001 §7): the participant answers it directly (within 24 hours), the
@@ -79,11 +81,14 @@ def service_codings(resource: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def kind_of(task: dict[str, Any]) -> str:
-    """``consultation``, ``multicentre``, ``referral`` or ``diagnosis``, from the Task's service type code."""
+    """``consultation``, ``offline``, ``multicentre``, ``referral`` or ``diagnosis``, from the Task's
+    service type code."""
     codes = [c.get("code", "") for c in service_codings(task)]
     code = codes[0] if codes else ""
     if code == "teleconsultation-multicentre":
         return "multicentre"
+    if code == "teleconsultation-offline":
+        return "offline"
     if code.startswith("teleconsultation"):
         return "consultation"
     if code.startswith("referral"):
@@ -96,7 +101,7 @@ def transitions(kind: str, source: str) -> dict[str, frozenset[str]]:
     if kind == "multicentre" and source == "pre-reviewed":
         return {}  # an invitation is not pre-reviewed
     steps = dict(_COMMON.get(source, {}))
-    extra = {"consultation": {}, "multicentre": _MULTICENTRE}.get(kind, _DIRECT)
+    extra = {"consultation": {}, "offline": _OFFLINE, "multicentre": _MULTICENTRE}.get(kind, _DIRECT)
     if kind == "multicentre":
         steps.pop("pre-reviewed", None)
     for target, parties in extra.get(source, {}).items():

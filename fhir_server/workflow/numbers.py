@@ -19,7 +19,7 @@ from fhir_server.workflow import machine as m
 
 SYSTEM = "http://fhir.telefhir.cn/sid/consultation-number"
 CHINA = timezone(timedelta(hours=8))
-PREFIX = {"consultation": "HZ", "multicentre": "HZ", "diagnosis": "ZD", "referral": "ZZ"}
+PREFIX = {"consultation": "HZ", "offline": "HZ", "multicentre": "HZ", "diagnosis": "ZD", "referral": "ZZ"}
 
 
 def install(repo: Repository) -> None:

@@ -64,6 +64,22 @@ def test_the_consultation_chain_with_who_may_take_each_step(net: Net) -> None:
     assert len(history["entry"]) == 9  # every step is a version of the Task
 
 
+def test_an_offline_consultation_has_no_session_to_schedule(net: Net) -> None:
+    n = net
+    online, _ = consultation(n)
+    offline, request = consultation(n, "teleconsultation-offline")
+    assert request["identifier"][-1]["value"].startswith("HZ-")
+    for task_id in (online, offline):
+        assert n.move("p-sched", task_id, "pre-reviewed").status_code == 200
+        assert n.move("b-expert", task_id, "accepted").status_code == 200
+    refused = n.move("b-expert", online, "in-progress")  # a live consultation is scheduled first
+    assert refused.status_code == 409 and "scheduled (by the" in refused.get_json()["issue"][0]["diagnostics"]
+    assert n.move("a-doc", offline, "in-progress").status_code == 403  # the experts take it up
+    assert n.move("b-expert", offline, "in-progress").status_code == 200
+    for step in ("reported", "reviewed", "published"):
+        assert n.move("b-expert", offline, step).status_code == 200, step
+
+
 def test_every_write_path_is_judged(net: Net) -> None:
     n = net
     task_id, _ = consultation(n)

@@ -121,8 +121,9 @@ def consent(patient: str, *disclose_to: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def consultation(n: Net) -> tuple[str, dict[str, Any]]:
-    """A patient of A with consent, A's consultation request to B and its Task at 'applied'."""
+def consultation(n: Net, code: str = "teleconsultation-online") -> tuple[str, dict[str, Any]]:
+    """A patient of A with consent, A's consultation request to B (online, or ``code``) and its
+    Task at 'applied'."""
     patient = n.post("a-doc", {"resourceType": "Patient", "name": [{"family": "Wang"}], "gender": "female"})
     n.post("a-doc", consent(patient["id"], B))
     request = example("consultation-request-example")
@@ -131,7 +132,9 @@ def consultation(n: Net) -> tuple[str, dict[str, Any]]:
     request["subject"] = {"reference": f"Patient/{patient['id']}"}
     request["requester"] = {"reference": f"Organization/{A}"}
     request["performer"] = [{"reference": f"Organization/{B}"}]
-    request["code"]["coding"][0].update(code="teleconsultation-online", display="实时远程会诊")
+    request["code"]["coding"][0].update(
+        code=code, display={"teleconsultation-offline": "离线远程会诊"}.get(code, "实时远程会诊")
+    )
     sr = n.post("a-doc", request)
     task = example("consultation-task-example")
     task.pop("id")

@@ -16,6 +16,7 @@ def _task(code: str) -> dict:
 def test_kinds_come_from_the_service_type() -> None:
     assert m.kind_of(_task("teleconsultation-multicentre")) == "multicentre"
     assert m.kind_of(_task("teleconsultation-online")) == "consultation"
+    assert m.kind_of(_task("teleconsultation-offline")) == "offline"
     assert m.kind_of(_task("referral-up")) == "referral"
     assert m.kind_of(_task("tcm-constitution-identification")) == "diagnosis"
     assert m.kind_of(_task("imaging-diagnosis")) == "diagnosis"
@@ -55,5 +56,5 @@ def test_the_codes_are_those_of_the_code_system() -> None:
 
 def test_the_workflow_docs_draw_the_machines_the_code_enforces() -> None:
     doc = (ROOT / "docs" / "workflows.md").read_text()
-    for kind in ("consultation", "multicentre", "diagnosis", "referral"):
+    for kind in ("consultation", "offline", "multicentre", "diagnosis", "referral"):
         assert m.mermaid(kind) in doc, kind
