@@ -72,6 +72,17 @@ for _source in NOT_FINISHED:
 STEPS["accepted"]["failed"] = frozenset({m.PERFORMER})
 
 
+def mermaid() -> str:
+    """The data request's machine (``Task.status``) as a Mermaid state diagram (docs/workflows.md is
+    checked against it)."""
+    lines = ["stateDiagram-v2", "    [*] --> requested"]
+    for source, steps in STEPS.items():
+        for target, parties in sorted(steps.items()):
+            lines.append(f"    {m.node(source)} --> {m.node(target)}: {' / '.join(sorted(parties))}")
+    lines += [f"    {m.node(s)} --> [*]" for s in ("completed", "rejected", "failed", "cancelled")]
+    return "\n".join(lines)
+
+
 def task_type(task: dict[str, Any] | None) -> str | None:
     """``data-request`` or ``data-correction`` for such a Task, else None."""
     if not isinstance(task, dict):

@@ -128,13 +128,14 @@ def describe(steps: dict[str, frozenset[str]]) -> str:
 
 def mermaid(kind: str) -> str:
     """The machine of a kind as a Mermaid state diagram (docs/workflows.md is checked against it)."""
-    lines = ["stateDiagram-v2", f"    [*] --> {_node(INITIAL)}"]
+    lines = ["stateDiagram-v2", f"    [*] --> {node(INITIAL)}"]
     for source in TASK_STATUS:
         for target, parties in sorted(transitions(kind, source).items()):
-            lines.append(f"    {_node(source)} --> {_node(target)}: {' / '.join(sorted(parties))}")
-    lines += [f"    {_node(s)} --> [*]" for s in ("evaluated", "rejected", "cancelled")]
+            lines.append(f"    {node(source)} --> {node(target)}: {' / '.join(sorted(parties))}")
+    lines += [f"    {node(s)} --> [*]" for s in ("evaluated", "rejected", "cancelled")]
     return "\n".join(lines)
 
 
-def _node(state: str) -> str:
+def node(state: str) -> str:
+    """A state as a Mermaid node name."""
     return state.replace("-", "_")

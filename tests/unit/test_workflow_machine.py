@@ -58,3 +58,6 @@ def test_the_workflow_docs_draw_the_machines_the_code_enforces() -> None:
     doc = (ROOT / "docs" / "workflows.md").read_text()
     for kind in ("consultation", "offline", "multicentre", "diagnosis", "referral"):
         assert m.mermaid(kind) in doc, kind
+    from fhir_server.workflow import data_requests
+
+    assert data_requests.mermaid() in doc
