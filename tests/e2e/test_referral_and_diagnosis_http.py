@@ -16,7 +16,8 @@ patient up to the hospital B, which accepts directly, admits, and writes the dis
 then reads; B refers the patient back down, A accepts and B may not schedule it; a refusal needs
 its reason, and only the sender cancels; A asks B for a constitution diagnosis, B scores the
 questionnaire with ``$assess-constitution`` for the request and the finding reaches A, B's
-questionnaire itself not.
+questionnaire itself not; and every step the machine does not have, tried from each state, is
+refused without changing the Task.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from tests.rest.workflow_network import (
     consent,
     diagnosis_request,
     discharge_summary,
+    evaluation,
     example,
     referral,
 )
@@ -176,3 +178,41 @@ def test_a_constitution_diagnosis_goes_back_to_the_requester(http: Http) -> None
     # B's questionnaire itself is its own clinical record: not shared back
     assert a.resources("QuestionnaireResponse").search(subject=f"Patient/{patient}").fetch_all() == []
     assert n.net.fhirpy("b-expert").resources("QuestionnaireResponse").search(subject=f"Patient/{patient}").fetch_all()
+
+
+def test_every_step_the_machine_does_not_have_is_refused_and_changes_nothing(http: Http) -> None:
+    """Issue 6: "every invalid transition rejected" — from each state of a diagnosis request on its
+    way to evaluated, every other business status is tried over HTTP: the steps the machine does not
+    have are 409 naming the allowed ones, a step of the other party is 403, and neither changes the
+    Task."""
+    from fhir_server.workflow import machine as m
+
+    n = http
+    patient = _patient(n, "Feng", "male")
+    n.post("a-doc", consent(patient, n.b))
+    _, task = diagnosis_request(n, "a-doc", n.a, n.b, patient)
+    parties = {"b-expert": m.PERFORMER, "a-doc": m.REQUESTER}
+    path = ("applied", "accepted", "scheduled", "in-progress", "reported", "reviewed", "published", "evaluated")
+    tried = 0
+    for here, following in zip(path, path[1:] + (None,), strict=True):
+        steps = m.transitions("diagnosis", here)
+        for target in sorted(set(TASK_STATUS) - {here}):
+            for who, party in parties.items():
+                if target in steps and party in steps[target]:
+                    continue  # a step this party may take
+                resp = n.move(who, task["id"], target, statusReason={"text": "why"})
+                expected = 403 if target in steps else 409
+                assert resp.status_code == expected, (here, target, who, resp.text)
+                if expected == 409:
+                    assert m.describe(steps) in resp.json()["issue"][0]["diagnostics"]
+                tried += 1
+        assert _business_status(n.call("a-doc", "GET", f"Task/{task['id']}").json()) == here  # unchanged
+        if following == "evaluated":
+            subject = n.call("a-doc", "GET", f"Task/{task['id']}").json()["for"]
+            moved = n.move("a-doc", task["id"], following, output=[evaluation(n, "a-doc", subject)])
+        elif following is not None:
+            moved = n.move("b-expert", task["id"], following)
+        else:
+            break
+        assert moved.status_code == 200, (following, moved.text)
+    assert tried > 100

@@ -154,7 +154,7 @@ def consultation(n: Net, code: str = "teleconsultation-online") -> tuple[str, di
 WORKFLOW = "http://fhir.telefhir.cn/CodeSystem/consultation-workflow"
 
 
-def evaluation(n: Net, who: str, subject: dict[str, Any], rating: int = 4) -> dict[str, Any]:
+def evaluation(n: Poster, who: str, subject: dict[str, Any], rating: int = 4) -> dict[str, Any]:
     """The requester's evaluation stored (a QuestionnaireResponse), as the Task output that names it."""
     answers = {"satisfaction": {"valueInteger": 5}, "rating": {"valueInteger": rating},
                "concordance": {"valueCoding": {"system": WORKFLOW, "code": "concordant"}}}  # fmt: skip
