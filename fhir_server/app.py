@@ -36,7 +36,7 @@ from fhir_server.search.engine import SearchEngine
 from fhir_server.search.index import index_rows
 from fhir_server.search.registry import get_registry
 from fhir_server.search.reindex import JobRunner
-from fhir_server.security import grants, granular
+from fhir_server.security import grants, granular, picker
 from fhir_server.security.access import PUBLIC
 from fhir_server.security.deid_key import deidentify_key
 from fhir_server.security.egress import Egress
@@ -301,7 +301,12 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
                 found = session.read_current(res_type, res_id)
             return found is not None and not found.deleted
 
-        auth_http.register(app, security, lambda: base_url(settings), audit_auth, can_see)
+        def find_patients(principal: Principal, name: str, after: int | None) -> picker.PatientPage:
+            """The standalone launch's patient picker: Patients the person's own search would find."""
+            with services.repo.session(access=_restriction(principal, settings)) as session:
+                return picker.find_patients(session, services.search, name, after)
+
+        auth_http.register(app, security, lambda: base_url(settings), audit_auth, can_see, find_patients)
 
     @app.before_request
     def _start() -> None:

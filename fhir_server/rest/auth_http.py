@@ -2,19 +2,23 @@
 
 URLs (ARCHITECTURE.md contracts): ``/fhir/.well-known/smart-configuration`` (SMART App Launch 2
 §2.1, "well-known"), and under ``/auth``: ``authorize`` (with the login page), ``login``,
-``logout``, ``token``, ``introspect``, ``revoke``, ``jwks``, ``launch`` (an EHR's launch
-context). Like ``adapter.py`` this is the only place these endpoints meet Flask; the protocol is
-in the core.
+``logout``, ``patient`` (the patient picker of a standalone ``launch/patient``), ``token``,
+``introspect``, ``revoke``, ``jwks``, ``launch`` (an EHR's launch context). Like ``adapter.py``
+this is the only place these endpoints meet Flask; the protocol is in the core.
 
-The login page is plain HTML (bilingual, no script, no outside resources) served with a strict
-Content-Security-Policy and ``X-Frame-Options: DENY`` (no clickjacking of the form); its session
-cookie is ``HttpOnly``, ``SameSite=Lax`` and ``Secure`` when the request came over HTTPS. Every
-login, failure and logout is audited (DICOM "User Authentication", BALP-style).
+The login page and the patient picker are plain HTML (bilingual, no script, no outside
+resources) served with a strict Content-Security-Policy and ``X-Frame-Options: DENY`` (no
+clickjacking of the forms); the session cookie is ``HttpOnly``, ``SameSite=Lax`` and ``Secure``
+when the request came over HTTPS. The picker's form also carries a token bound to that session
+and to the pending authorization request (security/sessions.py ``form_token``), and the patient
+chosen is checked again server-side (security/picker.py). Every login, failure and logout is
+audited (DICOM "User Authentication", BALP-style), and so is a refused patient choice.
 """
 
 from __future__ import annotations
 
 import html
+import re
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
@@ -25,10 +29,11 @@ from flask import Flask, Response, request
 from fhir_server.errors import FhirError
 from fhir_server.security.authcode import AccountUser
 from fhir_server.security.launch import CONTEXT_KEYS
-from fhir_server.security.oauth import ASSERTION_ALGORITHMS, HttpRequest
+from fhir_server.security.oauth import ASSERTION_ALGORITHMS, Authorization, HttpRequest
+from fhir_server.security.picker import PAGE_SIZE, PatientChoice, PatientPage, person_principal
 from fhir_server.security.scopes import IDENTITY_SCOPES
 from fhir_server.security.service import Security
-from fhir_server.security.sessions import COOKIE
+from fhir_server.security.sessions import COOKIE, check_form_token, form_token
 from fhir_server.security.tls import CERT_SUBJECT, CERT_THUMBPRINT
 from fhir_server.security.tokens import Principal
 from fhir_server.security.users import LoginOutcome
@@ -93,6 +98,7 @@ def smart_configuration(root: str) -> dict[str, Any]:
         "capabilities": [
             "launch-standalone",
             "launch-ehr",
+            "context-standalone-patient",
             "context-ehr-patient",
             "context-ehr-encounter",
             "permission-patient",
@@ -138,16 +144,121 @@ input{{display:block;width:100%;padding:.4em}}.error{{color:#a00}}</style></head
 {totp}<button type="submit">登录 Sign in</button></form></body></html>"""
 
 
-def _page(body: str, status: int = 200) -> Response:
+def _page(body: str, status: int = 200, redirect_uri: str | None = None) -> Response:
+    """An HTML page with the strict headers; a page whose form ends in a redirect to the client
+    (``redirect_uri``, validated) lets its form go there too: Chrome and Safari apply
+    ``form-action`` to every redirect that follows a form submission."""
     out = Response(body, status=status, mimetype="text/html")
     for name, value in _PAGE_HEADERS.items():
         out.headers[name] = value
+    source = _csp_source(redirect_uri)
+    if source:
+        out.headers["Content-Security-Policy"] += f" {source}"
     return out
+
+
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+_HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]+)?|\[[0-9A-Fa-f:.]+\](:[0-9]+)?")
+
+
+def _csp_source(uri: str | None) -> str:
+    """The CSP source expression of a redirect URI's origin (``https://app.example:8443``, or
+    ``com.example.app:`` for a private-use scheme); "" for anything that would not be one alone."""
+    if not uri:
+        return ""
+    parts = urllib.parse.urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if not _SCHEME.fullmatch(scheme):
+        return ""
+    if not parts.netloc:
+        return f"{scheme}:"
+    return f"{scheme}://{parts.netloc}" if _HOST.fullmatch(parts.netloc) else ""
+
+
+def _message_page(title: str, message: str, status: int) -> Response:
+    body = f"<!doctype html><title>{html.escape(title)}</title><p>{html.escape(message)}</p>"
+    return _page(body, status)
+
+
+def _client_id(continuation: str) -> str | None:
+    """The ``client_id`` of the authorization request a form continues."""
+    return urllib.parse.parse_qs(continuation).get("client_id", [None])[0]
+
+
+#: the purpose of the picker form's token (security/sessions.py ``form_token``)
+_PICKER = "patient-picker"
+_SIGNED_OUT = "登录已失效,请从应用重新开始 / Your sign-in has ended: open the app again."
+_NOT_BOUND = "此表单对您的登录无效,请从应用重新开始 / This form is not valid for your sign-in: open the app again."
+_NOT_YOURS = "您不能选择此患者 / You may not choose this patient."
+_GENDER = {"male": "男 male", "female": "女 female", "other": "其他 other", "unknown": "未知 unknown"}
+
+
+def _patient_row(patient: PatientChoice) -> str:
+    pid = html.escape(patient.id)
+    gender = html.escape(_GENDER.get(patient.gender, patient.gender))
+    return (
+        f"<tr><td>{html.escape(patient.name) or '—'}</td><td>{gender}</td>"
+        f"<td>{html.escape(patient.birth_date)}</td><td><code>{pid}</code></td>"
+        f'<td><button type="submit" name="patient" value="{pid}">选择 Choose</button></td></tr>'
+    )
+
+
+def _no_patients(name: str) -> str:
+    if name:
+        shown = html.escape(name)
+        return f"<p>没有姓名以“{shown}”开头的患者 / No patient's name starts with “{shown}”.</p>"
+    return (
+        '<p class="error" role="alert">没有您可以查看的患者,请取消以返回应用。 / '
+        "There is no patient you may see: cancel to return to the app.</p>"
+    )
+
+
+def _picker_page(
+    decision: Authorization, username: str, continuation: str, bind: str, name: str, found: PatientPage
+) -> str:
+    """The patient picker (standalone ``launch/patient``): a name search (GET, the same page),
+    one choose button per patient and Cancel, in one form bound to the session and request."""
+    keep = html.escape(continuation)
+    rows = "".join(_patient_row(p) for p in found.patients)
+    listing = (
+        f"<table><tr><th>姓名 Name</th><th>性别 Gender</th><th>出生日期 Birth date</th><th>ID</th><th></th></tr>"
+        f"{rows}</table>"
+        if found.patients
+        else _no_patients(name)
+    )
+    more = ""
+    if found.next_after is not None:
+        query = urllib.parse.urlencode({"continue": continuation, "name": name, "after": found.next_after})
+        more = f'<p><a href="patient?{html.escape(query)}">下一页 Next {PAGE_SIZE}</a></p>'
+    return f"""<!doctype html>
+<html lang="zh-CN"><head><meta charset="utf-8"><title>选择患者 Choose a patient — telefhir</title>
+<style>body{{font-family:sans-serif;max-width:44em;margin:3em auto}}td,th{{padding:.3em .6em;text-align:left}}
+.error{{color:#a00}}</style></head>
+<body><h1>远程会诊平台 · 选择患者 Choose a patient</h1>
+<p>{html.escape(decision.client_name or "")} 请求访问一位患者的数据 / asks for one patient's data:
+<code>{html.escape(decision.scope)}</code></p>
+<p>已登录 / Signed in as <b>{html.escape(username)}</b></p>
+<form method="get" action="patient" role="search">
+<input type="hidden" name="continue" value="{keep}">
+<label>按姓名搜索 / Search by name <input name="name" value="{html.escape(name)}" maxlength="100"></label>
+<button type="submit">搜索 Search</button></form>
+<form method="post" action="patient">
+<input type="hidden" name="continue" value="{keep}">
+<input type="hidden" name="bind" value="{html.escape(bind)}">
+{listing}{more}
+<p><button type="submit" name="cancel" value="1">取消 Cancel</button></p></form></body></html>"""
+
+
+def _after(value: str | None) -> int | None:
+    """The picker's page cursor (a row number), None when absent or not a number."""
+    return int(value) if value and value.isdigit() and len(value) < 19 else None
 
 
 #: whether a principal may see a resource (type, id): the launch context must be one the
 #: launching person can see
 CanSee = Callable[[Principal, str, str], bool]
+#: a page of the Patients a principal may see, by name, after a row (security/picker.py)
+FindPatients = Callable[[Principal, str, int | None], PatientPage]
 
 
 def register(
@@ -156,6 +267,7 @@ def register(
     fhir_base: Callable[[], str],
     audit: AuditAuth | None = None,
     can_see: CanSee | None = None,
+    find_patients: FindPatients | None = None,
 ) -> None:
     oauth = security.oauth
 
@@ -166,11 +278,26 @@ def register(
         if audit is not None:
             audit(kind, status, detail, client_id, user, request.remote_addr)
 
-    @app.get("/auth/authorize")
-    def authorize() -> Response:
+    def signed_in() -> AccountUser | None:
+        """The account of the browser's login session, if it is live and enabled."""
         username = security.sessions.user(request.cookies.get(COOKIE))
         account = security.users.get(username) if username else None
-        user = AccountUser(account) if account is not None and not account.disabled else None
+        return AccountUser(account) if account is not None and not account.disabled else None
+
+    def picker(user: AccountUser, continuation: str, decision: Authorization, name: str, after: int | None) -> Response:
+        """The patient picker for ``user``: the Patients a FHIR search by them would find."""
+        principal = person_principal(user.user, _client_id(continuation) or "")
+        try:
+            found = find_patients(principal, name, after) if find_patients is not None else PatientPage([], None)
+        except FhirError as err:
+            return _message_page("Error", f"搜索失败 / The search failed: {err.diagnostics}", 400)
+        bind = form_token(request.cookies.get(COOKIE, ""), _PICKER, continuation)
+        body = _picker_page(decision, user.user.username, continuation, bind, name, found)
+        return _page(body, redirect_uri=decision.redirect_uri)
+
+    @app.get("/auth/authorize")
+    def authorize() -> Response:
+        user = signed_in()
         launch = request.args.get("launch")
         if user is not None and launch and security.launches.context(launch, user.user.username) is None:
             return _page(
@@ -185,7 +312,60 @@ def register(
             out = Response(status=decision.status)
             out.headers["Location"] = decision.redirect
             return out
-        return _page(_login_page(decision.client_name or "", decision.scope, request.query_string.decode()))
+        if decision.choose_patient and user is not None:
+            return picker(user, request.query_string.decode(), decision, "", None)
+        page = _login_page(decision.client_name or "", decision.scope, request.query_string.decode())
+        return _page(page, redirect_uri=decision.redirect_uri)
+
+    @app.get("/auth/patient")
+    def patient_picker() -> Response:
+        """The picker again: a name search, or the next page."""
+        continuation = request.args.get("continue", "")
+        user = signed_in()
+        if user is None:  # signed out meanwhile: the authorization request starts over
+            out = Response(status=303)
+            out.headers["Location"] = f"authorize?{continuation}"
+            return out
+        decision = oauth.pending(_http_request_from_query(continuation), user)
+        if decision.error:
+            return _message_page("Error", decision.error, 400)
+        if not decision.choose_patient:  # nothing to choose (a resident): the flow goes on
+            out = Response(status=303)
+            out.headers["Location"] = f"authorize?{continuation}"
+            return out
+        name = request.args.get("name", "").strip()[:100]
+        return picker(user, continuation, decision, name, _after(request.args.get("after")))
+
+    @app.post("/auth/patient")
+    def patient_chosen() -> Response:
+        """The person chose a patient (or Cancel): checked against the session, the pending
+        request and what the person may see, then the redirect to the app."""
+        form = request.form
+        continuation = form.get("continue", "")
+        client_id = _client_id(continuation)
+        user = signed_in()
+        if user is None:
+            return _message_page("Error", _SIGNED_OUT, 401)
+        username = user.user.username
+        if not check_form_token(request.cookies.get(COOKIE), _PICKER, continuation, form.get("bind", "")):
+            record("login", 403, "patient picker: the form is not this session's for this request", client_id, username)
+            return _message_page("Error", _NOT_BOUND, 403)
+        http = _http_request_from_query(continuation)
+        if form.get("cancel"):
+            decision = oauth.patient_chosen(http, user, None)
+        else:
+            patient = form.get("patient", "")
+            principal = person_principal(user.user, client_id or "")
+            if not patient or can_see is None or not can_see(principal, "Patient", patient):
+                refused = f"patient picker: Patient/{patient} is not one this person may see"
+                record("login", 403, refused, client_id, username)
+                return _message_page("Error", _NOT_YOURS, 403)
+            decision = oauth.patient_chosen(http, user, patient)
+        if decision.error or not decision.redirect:
+            return _message_page("Error", decision.error or "no redirect", 400)
+        out = Response(status=303)
+        out.headers["Location"] = decision.redirect
+        return out
 
     @app.post("/auth/login")
     def login() -> Response:
@@ -195,12 +375,12 @@ def register(
         result = security.users.login(
             username, form.get("password", ""), totp=form.get("totp") or None, address=request.remote_addr
         )
-        client_id = urllib.parse.parse_qs(continuation).get("client_id", [None])[0]
+        client_id = _client_id(continuation)
         if result.outcome != LoginOutcome.OK:
             record("login", 401, f"{result.outcome}: {result.message}", client_id, username or None)
             decision = oauth.authorization(_http_request_from_query(continuation), None)
             page = _login_page(decision.client_name or "", decision.scope, continuation, result.message)
-            return _page(page, 401)
+            return _page(page, 401, decision.redirect_uri)
         record("login", 200, None, client_id, result.user.username if result.user else username)
         session = security.sessions.open(result.user.username if result.user else username, request.remote_addr)
         out = Response(status=303)

@@ -9,7 +9,9 @@ Core §3.1.3.3) signed with the same keys as access tokens, ``sub`` the account,
 (the absolute URL of the user's FHIR resource) with the ``fhirUser`` scope. With
 ``offline_access`` or ``online_access`` it carries a refresh token (90 days or 1 day; stored as
 a hash); each use replaces it by a new one and a replaced token cannot be used again (RFC 6749
-§10.4 rotation).
+§10.4 rotation). The launch context a code carries — an EHR launch's (security/launch.py) or the
+patient chosen on the picker of a standalone ``launch/patient`` (security/picker.py) — passes to
+its access token and refresh tokens.
 
 Consent: a registered client is trusted for the scopes it was registered with (no consent
 screen yet; docs/security.md says so).
@@ -34,6 +36,7 @@ from fhir_server.security import digest
 from fhir_server.security.clients import Client
 from fhir_server.security.keys import ALG, SigningKeys
 from fhir_server.security.launch import LaunchContexts
+from fhir_server.security.picker import STANDALONE_PATIENT
 from fhir_server.security.users import User, UserStore
 from fhir_server.storage.engine import begin_write
 from fhir_server.storage.schema import auth_codes as CODES
@@ -53,7 +56,8 @@ class AccountUser:
     """A user account as authlib's grants see it, with the launch context its tokens carry."""
 
     user: User
-    #: SMART launch context (security/launch.py): ``patient``, ``encounter``
+    #: SMART launch context: ``patient``, ``encounter`` of an EHR launch (security/launch.py), or
+    #: the ``patient`` chosen on the picker (security/picker.py)
     context: dict[str, Any] = field(default_factory=dict)
 
     def get_user_id(self) -> str:
@@ -122,12 +126,19 @@ class Grants:
         self.keys = keys
         self.launches = launches
 
-    def save_code(self, code: str, client_id: str, username: str, request: Any, amr: list[str]) -> None:
+    def save_code(
+        self, code: str, client_id: str, username: str, request: Any, amr: list[str], chosen: dict[str, Any]
+    ) -> None:
+        """Store a code with its launch context: an EHR's (``launch`` with the ``launch`` scope), or
+        the patient the person chose on the picker (``chosen``, with ``launch/patient``)."""
         payload = request.payload.data
         context: dict[str, Any] = {"auth_time": int(time.time()), "amr": amr}
         launch = payload.get("launch")
-        if launch and "launch" in (request.scope or "").split():
+        scopes = (request.scope or "").split()
+        if launch and "launch" in scopes:
             context["launch"] = self.launches.context(launch, username) or {}
+        elif chosen.get("patient") and STANDALONE_PATIENT in scopes:
+            context["launch"] = {"patient": chosen["patient"]}
         with begin_write(self.engine) as conn:
             conn.execute(delete(CODES).where(CODES.c.expires_us < now_us()))
             conn.execute(
@@ -216,7 +227,7 @@ def make_code_grant(grants: Grants) -> type[AuthorizationCodeGrant]:
         def save_authorization_code(self, code: str, request: Any) -> None:
             user: AccountUser = request.user
             amr = ["pwd", "otp"] if user.user.totp_enrolled else ["pwd"]
-            grants.save_code(code, request.client.get_client_id(), user.get_user_id(), request, amr)
+            grants.save_code(code, request.client.get_client_id(), user.get_user_id(), request, amr, user.context)
 
         def query_authorization_code(self, code: str, client: Client) -> _Code | None:
             return grants.code(code, client.get_client_id())

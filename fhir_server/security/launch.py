@@ -7,7 +7,9 @@ app with ``launch`` and ``iss``. The app passes ``launch`` to ``/auth/authorize`
 ``launch`` scope; the code, its access token and its refresh tokens then carry the context
 (``patient``, ``encounter``), and ``patient/`` scopes are limited to that patient
 (security/tenancy.py). A launch id is stored as its digest, works for the person who asked for it
-only, and expires after an hour (long enough for a person to sign in to the app).
+only, and expires after an hour (long enough for a person to sign in to the app). A standalone
+launch's patient (``launch/patient``, chosen on the picker: security/picker.py) needs no launch
+id: the choice goes straight into the code's context, in the same shape.
 """
 
 from __future__ import annotations

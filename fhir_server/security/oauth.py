@@ -45,6 +45,7 @@ from fhir_server.security.authcode import (
 )
 from fhir_server.security.clients import Client, ClientStore
 from fhir_server.security.granular import check_enforceable
+from fhir_server.security.picker import needs_patient
 from fhir_server.security.scopes import ScopeError, ScopeSet
 from fhir_server.security.tokens import TokenService
 
@@ -113,13 +114,17 @@ class _Request(OAuth2Request):
 @dataclass
 class Authorization:
     """What the authorization endpoint does next: show an error, ask the user to log in (for
-    ``client_name``), or redirect back to the client."""
+    ``client_name``) or to choose a patient, or redirect back to the client."""
 
     error: str | None = None
     client_name: str | None = None
     scope: str = ""
     redirect: str | None = None
     status: int = 302
+    #: the validated redirect URI of a request awaiting the user (the page's form-action allows it)
+    redirect_uri: str | None = None
+    #: the person must choose the patient first (standalone ``launch/patient``: security/picker.py)
+    choose_patient: bool = False
 
 
 class _S256(CodeChallenge):  # type: ignore[misc]
@@ -236,6 +241,15 @@ def _check_scope(scope: str | None) -> None:
         raise InvalidScopeError(description=str(exc)) from None
 
 
+def _wants_patient(grant: Any, user: AccountUser) -> bool:
+    """Whether the person must choose the patient before the code is issued: the client may have
+    ``launch/patient`` and asked for it, without an EHR's ``launch``, and the person is not a
+    resident (whose own patient is the context)."""
+    granted = grant.client.get_allowed_scope(grant.request.scope or "")
+    launch = grant.request.payload.data.get("launch")
+    return needs_patient(granted, launch, user.user) and not user.context.get("patient")
+
+
 class OAuthServer(_AuthorizationServer):  # type: ignore[misc]
     def __init__(self, clients: ClientStore, tokens: TokenService, grants: Grants) -> None:
         super().__init__()
@@ -306,16 +320,51 @@ class OAuthServer(_AuthorizationServer):  # type: ignore[misc]
 
     def authorization(self, request: HttpRequest, user: AccountUser | None) -> Authorization:
         """Validate an authorization request; with a logged-in ``user``, the redirect with the
-        code. Errors before the client and redirect URI are known are not redirected (RFC 6749
-        §4.1.2.1): they are shown to the user."""
-        try:
-            grant = self.get_consent_grant(request=request, end_user=user)
-        except OAuth2Error as error:
-            return Authorization(error=f"{error.error}: {error.description or ''}".strip(": "))
-        if user is None:
-            return Authorization(client_name=grant.client.name, scope=grant.request.scope or "")
+        code, unless the user must choose a patient first (``choose_patient``). Errors before the
+        client and redirect URI are known are not redirected (RFC 6749 §4.1.2.1): they are shown
+        to the user."""
+        grant = self._grant(request, user)
+        if isinstance(grant, Authorization):
+            return grant
+        if user is None or _wants_patient(grant, user):
+            return self._pending(grant, user)
         status, _body, headers = self.create_authorization_response(request, grant_user=user, grant=grant)
         return Authorization(redirect=dict(headers).get("Location"), status=status)
+
+    def pending(self, request: HttpRequest, user: AccountUser | None) -> Authorization:
+        """Validate an authorization request without answering it: whom it is for, where it
+        returns, and whether ``user`` must choose a patient (the picker page shows it)."""
+        grant = self._grant(request, user)
+        return grant if isinstance(grant, Authorization) else self._pending(grant, user)
+
+    def patient_chosen(self, request: HttpRequest, user: AccountUser, patient: str | None) -> Authorization:
+        """The redirect once the person has chosen ``patient`` on the picker (its code carries it
+        as an EHR launch's does), or declined (None: ``error=access_denied``, RFC 6749 §4.1.2.1).
+        Whether the person may see ``patient`` is the caller's check, made before this."""
+        grant = self._grant(request, user)
+        if isinstance(grant, Authorization):
+            return grant
+        if not _wants_patient(grant, user):
+            return Authorization(error="invalid_request: this authorization request asks for no patient to be chosen")
+        chosen = AccountUser(user.user, {"patient": patient}) if patient else None
+        status, _body, headers = self.create_authorization_response(request, grant_user=chosen, grant=grant)
+        return Authorization(redirect=dict(headers).get("Location"), status=status)
+
+    def _grant(self, request: HttpRequest, user: AccountUser | None) -> Any:
+        """The validated grant of an authorization request, or the error to show."""
+        try:
+            return self.get_consent_grant(request=request, end_user=user)
+        except OAuth2Error as error:
+            return Authorization(error=f"{error.error}: {error.description or ''}".strip(": "))
+
+    @staticmethod
+    def _pending(grant: Any, user: AccountUser | None) -> Authorization:
+        return Authorization(
+            client_name=grant.client.name,
+            scope=grant.request.scope or "",
+            redirect_uri=grant.redirect_uri,
+            choose_patient=user is not None and _wants_patient(grant, user),
+        )
 
     def introspect(self, request: HttpRequest) -> tuple[int, Any, dict[str, str]]:
         _token_url.set(request.url.split("?", 1)[0].rsplit("/", 1)[0] + "/token")

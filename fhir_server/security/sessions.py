@@ -8,6 +8,8 @@ was opened from and its expiry (8 hours).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 
 from sqlalchemy import and_, delete, insert, select
@@ -56,3 +58,18 @@ class Sessions:
     def close_all(self, username: str) -> None:
         with begin_write(self.engine) as conn:
             conn.execute(delete(S).where(S.c.username == username))
+
+
+def form_token(session: str, purpose: str, request: str) -> str:
+    """The hidden field that binds a form to the browser session ``session`` (the cookie's value)
+    and to the pending authorization ``request`` (its query): an HMAC under the session's secret.
+    Why: a page of another site cannot post the form (the ``SameSite=Lax`` cookie stays home), and
+    a form posted with another authorization request — another client, redirect URI or PKCE
+    challenge — does not match, so a choice made on one request cannot issue a code for another."""
+    return hmac.new(session.encode(), f"{purpose}\0{request}".encode(), hashlib.sha256).hexdigest()
+
+
+def check_form_token(session: str | None, purpose: str, request: str, token: str) -> bool:
+    """Whether ``token`` is :func:`form_token` of this session, purpose and request."""
+    expected = form_token(session or "", purpose, request)
+    return bool(session) and hmac.compare_digest(expected.encode(), token.encode())

@@ -104,7 +104,8 @@ class TokenService:
                 if account.fhir_user.startswith("Patient/"):
                     claims["patient"] = account.fhir_user.split("/", 1)[1]
             launched = getattr(user, "context", None) or {}
-            if "launch" in scope.split():  # SMART EHR launch context (security/launch.py)
+            # SMART launch context: an EHR launch's (security/launch.py), a chosen patient's (picker.py)
+            if {"launch", "launch/patient"} & set(scope.split()):
                 for key in ("patient", "encounter"):
                     if launched.get(key) and key not in claims:
                         claims[key] = launched[key]
