@@ -52,7 +52,7 @@ from fhir_server.storage.repository import Repository
 from fhir_server.terminology import table as terminology_rows
 from fhir_server.validation.conformance import ProfileStore, complete_snapshot, enforce_profiles
 from fhir_server.validation.rules import ProfileRules, guide_write_hook
-from fhir_server.workflow import follow_up, numbers, scheduling
+from fhir_server.workflow import appointment_responses, follow_up, numbers, scheduling
 from fhir_server.workflow.encounters import VirtualEncounters
 from fhir_server.workflow.follow_up import FollowUpReminders
 from fhir_server.workflow.overdue import OverdueTasks
@@ -108,6 +108,7 @@ def build_services(settings: Settings, migrate: bool = True) -> Services:
     Retention(settings.archive_retention_days).install(repo)  # archives and signed reports kept (workflow/retention.py)
     numbers.install(repo)  # consultation numbers (workflow/numbers.py)
     scheduling.install(repo)  # appointments take and free slots (workflow/scheduling.py)
+    appointment_responses.install(repo)  # an expert accepts, declines or proposes a time
     VirtualEncounters(settings.meeting_url_template).install(repo)  # a booked session's Encounter
     follow_up.install(repo)  # follow-up plans checked, their next date kept (workflow/follow_up.py)
     search_params = CustomSearchParameters(engine, registry, settings.search_param_refresh)

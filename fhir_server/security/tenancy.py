@@ -423,8 +423,8 @@ class RowAccessRules:
     ) -> RowAccess:
         res_type, res_id = resource["resourceType"], resource["id"]
         patient = self.patient_of(res_type, res_id, index)
-        if patient is None and res_type == "Provenance":
-            patient = _target_patient(session, resource)  # a Provenance is about its target's patient
+        if patient is None and res_type in _ABOUT_A_ROW:
+            patient = _referenced_patient(session, _ABOUT_A_ROW[res_type](resource))
         elif patient is None and res_type == "Bundle" and resource.get("type") in ("document", "collection"):
             patient = _document_patient(resource)  # a document (an archive) is about its head's subject
         category = cat.of_resource(resource, self.in_compartment(res_type))
@@ -480,11 +480,20 @@ def _document_patient(bundle: dict[str, Any]) -> str | None:
     return None
 
 
-def _target_patient(session: Session, provenance: dict[str, Any]) -> str | None:
-    targets = provenance.get("target")
-    ref = (
-        targets[0].get("reference") if isinstance(targets, list) and targets and isinstance(targets[0], dict) else None
-    )
+def _first_reference(value: Any) -> Any:
+    first = value[0] if isinstance(value, list) and value else value
+    return first.get("reference") if isinstance(first, dict) else None
+
+
+#: resources about another row, and so about its patient: a Provenance its target's, an expert's
+#: AppointmentResponse its appointment's (the booker then reads the answer through the grant)
+_ABOUT_A_ROW = {
+    "Provenance": lambda r: _first_reference(r.get("target")),
+    "AppointmentResponse": lambda r: _first_reference(r.get("appointment")),
+}
+
+
+def _referenced_patient(session: Session, ref: Any) -> str | None:
     if not isinstance(ref, str) or ref.count("/") < 1:
         return None
     res_type, res_id = ref.split("/")[:2]

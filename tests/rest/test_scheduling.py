@@ -325,3 +325,41 @@ def test_booking_a_consultation_opens_its_virtual_encounter_with_a_room(net: Net
     assert (
         len(n.call("a-doc", "GET", f"Encounter?appointment=Appointment/{appointment['id']}").get_json()["entry"]) == 1
     )
+
+
+def test_the_expert_accepts_declines_or_proposes_another_time(net: Net) -> None:
+    """Issue 6, item 1: the invited institution accepts, rejects with a reason or proposes a time —
+    an AppointmentResponse, whose status the booker then sees on the Appointment."""
+    n = net
+    cal = Calendar(n, 10)
+    _, request = consultation(n)
+    patient = request["subject"]["reference"]
+    booked = n.call("a-doc", "POST", "Appointment/$book", _booking(n, cal.slot(0), request["id"], patient))
+    appointment = booked.get_json()["entry"][0]["resource"]
+    expert = f"Practitioner/{cal.expert}"
+    start = dt.datetime.fromisoformat(appointment["start"].replace("Z", "+00:00")) + dt.timedelta(days=1)
+    later = {"start": start.isoformat(), "end": (start + dt.timedelta(minutes=30)).isoformat()}
+    answer = {"resourceType": "AppointmentResponse", "appointment": {"reference": f"Appointment/{appointment['id']}"},
+              "actor": {"reference": expert}}  # fmt: skip
+    for body, says in (
+        ({**answer, "participantStatus": "tentative", "start": later["start"]}, "gives both start and end"),
+        ({**answer, "participantStatus": "declined"}, "gives its reason"),
+        (
+            {**answer, "participantStatus": "accepted", "actor": {"reference": "Practitioner/nobody"}},
+            "not a participant",
+        ),
+        ({**answer, "participantStatus": "tentative", **later, "end": later["start"]}, "start must come before end"),
+    ):
+        refused = n.call("b-expert", "POST", "AppointmentResponse", body)
+        assert refused.status_code == 422 and says in refused.get_json()["issue"][0]["diagnostics"], body
+    away = "专家当日出诊，建议次日同一时间 The expert is away: the next day?"
+    proposal = n.post("b-expert", {**answer, "participantStatus": "tentative", **later, "comment": away})
+    seen = n.call("a-doc", "GET", f"Appointment/{appointment['id']}").get_json()
+    assert {p["actor"]["reference"]: p["status"] for p in seen["participant"]}[expert] == "tentative"
+    found = n.call("a-doc", "GET", f"AppointmentResponse?appointment=Appointment/{appointment['id']}").get_json()
+    [answered] = [e["resource"] for e in found["entry"]]
+    assert answered["id"] == proposal["id"] and answered["start"] == later["start"]  # the booker reads the time
+    n.post("b-expert", {**answer, "participantStatus": "accepted"})
+    seen = n.call("a-doc", "GET", f"Appointment/{appointment['id']}").get_json()
+    assert {p["actor"]["reference"]: p["status"] for p in seen["participant"]}[expert] == "accepted"
+    assert seen["status"] == "booked"  # the answer changes the participant, not the booking
