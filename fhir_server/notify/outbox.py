@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from fhir_server.storage.schema import subscription_outbox as O
@@ -104,11 +104,16 @@ def claim(
 
 
 def delivered_all(conn: Connection, rows: list[Notification]) -> None:
-    """Mark ``rows`` delivered, in one statement."""
-    if rows:
+    """Mark ``rows`` delivered, in one statement. A delivered heartbeat is forgotten: it announces
+    nothing to replay, and one per period per subscription would pile up."""
+    beats = [r.id for r in rows if r.kind == "heartbeat"]
+    if beats:
+        conn.execute(delete(O).where(O.c.id.in_(beats)))
+    kept = [r.id for r in rows if r.kind != "heartbeat"]
+    if kept:
         conn.execute(
             update(O)
-            .where(O.c.id.in_([r.id for r in rows]))
+            .where(O.c.id.in_(kept))
             .values(
                 status=DELIVERED, delivered_us=now(), attempts=O.c.attempts + 1, lease_until_us=None, last_error=None
             )

@@ -129,6 +129,9 @@ def test_heartbeats_go_out_when_nothing_was_sent_for_the_period(net: Net, receiv
     kinds = [{p["name"]: p for p in s.json()["entry"][0]["resource"]["parameter"]}["type"]["valueCode"]
              for s in receiver.signals]  # fmt: skip
     assert kinds == ["handshake", "heartbeat"] and receiver.kept == {}
+    assert _heartbeat_rows(n, sub["id"]) == 0  # a delivered heartbeat is forgotten …
+    assert dispatcher.queue_heartbeats(later + 30_000_000) == 0  # … and still counts for its period
+    assert dispatcher.queue_heartbeats(later + 62_000_000) == 1  # the next period's
     bad = {**body, "channel": {**body["channel"], "extension": [{"url": BACKPORT + "backport-heartbeat-period",
                                                                  "valueUnsignedInt": 0}]}}  # fmt: skip
     assert n.call("a-doc", "POST", "Subscription", bad).status_code == 422
@@ -266,3 +269,13 @@ def test_amqp_messages_wait_in_the_broker_for_a_consumer_that_is_away(net: Net) 
         channel.queue_delete(queue=queue)
         channel.exchange_delete(exchange=exchange)
         connection.close()
+
+
+def _heartbeat_rows(n: Net, sub_id: str) -> int:
+    from sqlalchemy import func, select
+
+    from fhir_server.storage.schema import subscription_outbox as O
+
+    with n.services.repo.engine.connect() as conn:
+        query = select(func.count()).where(O.c.subscription == sub_id, O.c.kind == "heartbeat")
+        return int(conn.execute(query).scalar_one())
