@@ -70,11 +70,21 @@ def required(route: Route, req: FhirRequest) -> list[tuple[str, str]]:
     return [(res_type, letter)]
 
 
+def _contexts(principal: Principal) -> tuple[str, ...]:
+    """The scope contexts that grant a token anything: ``system/`` for a client; ``user/`` for a
+    person, and ``patient/`` only with a patient in context (a launch, a choice on the picker, a
+    resident's own) — ``patient/`` scopes are about the patient in context, and without one they
+    would otherwise grant the person's whole institution."""
+    if not principal.person:
+        return ("system",)
+    return ("user", "patient") if principal.patient else ("user",)
+
+
 def check(principal: Principal | None, route: Route, req: FhirRequest) -> None:
     """Raise 403 naming the scope (or role) that would allow the request; nothing when auth is off."""
     if principal is None or route.interaction in PUBLIC:
         return
-    contexts = ("user", "patient") if principal.person else ("system",)
+    contexts = _contexts(principal)
     perms = permissions(principal.roles) if principal.person else None
     for res_type, letters in required(route, req):
         missing = [c for c in letters if not any(principal.scopes.allows(x, res_type, c) for x in contexts)]

@@ -621,3 +621,14 @@ def test_data_sent_abroad_is_pseudonymized_and_in_the_ledger(world: World) -> No
         p["valueString"] == export_id for e in w.get("sup", "$export-ledger").get_json()["parameter"] for p in e["part"]
         if p["name"] == "export_id"
     )  # fmt: skip
+
+
+def test_patient_scopes_grant_nothing_without_a_patient_in_context(world: World) -> None:
+    """SMART: ``patient/`` scopes are about the patient in context. A practitioner's token holding
+    them without a launch (or a choice on the picker) must not read the institution's records."""
+    w = world
+    w.mint("a-expert-patient-scopes", "plat", "patient/*.rs", "a-expert")
+    resp = w.get("a-expert-patient-scopes", f"Observation/{w.oa}")
+    assert resp.status_code == 403 and "user/Observation.r" in resp.get_json()["issue"][0]["diagnostics"]
+    assert w.get("a-expert-patient-scopes", "Patient").status_code == 403
+    assert w.get("a-expert", f"Observation/{w.oa}").status_code == 200  # the same person with user/ scopes
