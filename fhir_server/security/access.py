@@ -80,6 +80,14 @@ def _contexts(principal: Principal) -> tuple[str, ...]:
     return ("user", "patient") if principal.patient else ("user",)
 
 
+def may_read(principal: Principal | None, res_type: str) -> bool:
+    """Whether the token's scopes allow reading ``res_type`` at all: what ``_include`` and
+    ``_revinclude`` may add to a search, whose own check covered only the searched type."""
+    if principal is None:
+        return True
+    return any(principal.scopes.allows(c, res_type, "r") for c in _contexts(principal))
+
+
 def check(principal: Principal | None, route: Route, req: FhirRequest) -> None:
     """Raise 403 naming the scope (or role) that would allow the request; nothing when auth is off."""
     if principal is None or route.interaction in PUBLIC:

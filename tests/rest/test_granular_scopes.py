@@ -278,3 +278,19 @@ def test_a_query_the_server_cannot_enforce_is_refused(world: World, query: str) 
     assert resp.status_code == 400, resp.get_json()
     assert resp.get_json()["error"] == "invalid_scope"
     assert "system/Observation.rs?" in resp.get_json()["error_description"]
+
+
+def test_includes_leave_out_types_the_scopes_do_not_let_the_token_read(world: World) -> None:
+    """A token that may read Observations but not Patients gets no Patient by ``_include``: the
+    search's own check covered only the searched type."""
+    w = world
+    w.mint("obs-only", "a-sys", "system/Observation.rs")
+    resp = w.get("obs-only", "Observation?code=X,Y&_include=Observation:subject")
+    assert resp.status_code == 200, resp.get_json()
+    entries = resp.get_json()["entry"]
+    assert {e["resource"]["resourceType"] for e in entries if e["search"]["mode"] != "outcome"} == {"Observation"}
+    [outcome] = [e["resource"] for e in entries if e["search"]["mode"] == "outcome"]
+    assert "included Patient resources left out" in outcome["issue"][0]["diagnostics"]
+    assert w.get("obs-only", f"Patient/{w.pa}").status_code == 403
+    found = w.all_ids("a", "Observation?code=X,Y&_include=Observation:subject")  # a token that may read both
+    assert w.pa in found

@@ -20,6 +20,7 @@ from fhir_server.rest.bundles import bundle, page_link, raw_resource
 from fhir_server.rest.interactions.common import count_param, require_type
 from fhir_server.rest.messages import FhirRequest, FhirResponse
 from fhir_server.search.engine import Cursor
+from fhir_server.security.access import may_read
 from fhir_server.storage.repository import StoredVersion
 
 
@@ -64,9 +65,16 @@ def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
         before = Cursor(page.keys[0], page.versions[0].rid, before=True)
         links.append(("previous", page_link(ctx.base_url, path, query + [("_cursor", encode_cursor(before))])))
     entries = [entry(ctx, v, "match", summary, elements) for v in page.versions]
-    entries += [entry(ctx, v, "include", summary, elements) for v in page.included]
-    if page.warnings:
-        outcome = operation_outcome(Issue("warning", "not-supported", w) for w in page.warnings)
+    included = [v for v in page.included if may_read(ctx.principal, v.res_type)]
+    entries += [entry(ctx, v, "include", summary, elements) for v in included]
+    warnings = list(page.warnings)
+    left_out = sorted({v.res_type for v in page.included} - {v.res_type for v in included})
+    if left_out:
+        warnings.append(
+            f"included {', '.join(left_out)} resources left out: the token's scopes do not allow reading them"
+        )
+    if warnings:
+        outcome = operation_outcome(Issue("warning", "not-supported", w) for w in warnings)
         entries.append({"resource": outcome, "search": {"mode": "outcome"}})
     return FhirResponse(200, resource=bundle("searchset", entries, links, total))
 
