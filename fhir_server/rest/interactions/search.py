@@ -67,15 +67,13 @@ def handle(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
     entries = [entry(ctx, v, "match", summary, elements) for v in page.versions]
     included = [v for v in page.included if may_read(ctx.principal, v.res_type)]
     entries += [entry(ctx, v, "include", summary, elements) for v in included]
-    warnings = list(page.warnings)
+    issues = [Issue("warning", "not-supported", w) for w in page.warnings]
     left_out = sorted({v.res_type for v in page.included} - {v.res_type for v in included})
     if left_out:
-        warnings.append(
-            f"included {', '.join(left_out)} resources left out: the token's scopes do not allow reading them"
-        )
-    if warnings:
-        outcome = operation_outcome(Issue("warning", "not-supported", w) for w in warnings)
-        entries.append({"resource": outcome, "search": {"mode": "outcome"}})
+        why = f"included {', '.join(left_out)} resources left out: the token's scopes do not allow reading them"
+        issues.append(Issue("warning", "suppressed", why))
+    if issues:
+        entries.append({"resource": operation_outcome(issues), "search": {"mode": "outcome"}})
     return FhirResponse(200, resource=bundle("searchset", entries, links, total))
 
 
