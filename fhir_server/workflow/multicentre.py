@@ -20,7 +20,7 @@ from typing import Any
 
 from fhir_server.errors import FhirError
 from fhir_server.util.clock import instant
-from fhir_server.util.fhirdate import parse_range
+from fhir_server.util.fhirdate import date_range
 from fhir_server.workflow import machine as m
 
 CN = "http://fhir.telefhir.cn"
@@ -54,24 +54,14 @@ def is_multicentre(resource: dict[str, Any] | None) -> bool:
 
 def deadline_us(task: dict[str, Any]) -> int | None:
     """When the Task's answer is due (``restriction.period.end``), or None."""
-    end = ((task.get("restriction") or {}).get("period") or {}).get("end")
-    if not isinstance(end, str):
-        return None
-    try:
-        return parse_range(end)[1]
-    except ValueError:
-        return None
+    bounds = date_range(((task.get("restriction") or {}).get("period") or {}).get("end"))
+    return bounds[1] if bounds else None
 
 
 def occurrence_start(request: dict[str, Any]) -> int | None:
     """When a request's consultation starts (``occurrenceDateTime``, ``occurrencePeriod.start``), or None."""
-    when = request.get("occurrenceDateTime") or (request.get("occurrencePeriod") or {}).get("start")
-    if not isinstance(when, str):
-        return None
-    try:
-        return parse_range(when)[0]
-    except ValueError:
-        return None
+    bounds = date_range(request.get("occurrenceDateTime") or (request.get("occurrencePeriod") or {}).get("start"))
+    return bounds[0] if bounds else None
 
 
 def ensure_deadline(task: dict[str, Any], now: int, hours: float) -> None:
