@@ -275,18 +275,16 @@ class FollowUpReminders:
         return len(reminders)
 
 
+def _concept_text(concept: dict[str, Any]) -> str | None:
+    """A CodeableConcept's text, else its first coding's display."""
+    return concept.get("text") or next((c["display"] for c in concept.get("coding") or () if c.get("display")), None)
+
+
 def _reminder(
     plan_id: str, plan: dict[str, Any], activity: dict[str, Any], at: int, owner: str | None
 ) -> dict[str, Any]:
     detail = activity.get("detail") or {}
-    what = (
-        detail.get("description")
-        or (detail.get("code") or {}).get("text")
-        or next(
-            (c.get("display") for c in (detail.get("code") or {}).get("coding") or () if c.get("display")),
-            "随访 follow-up",
-        )
-    )
+    what = detail.get("description") or _concept_text(detail.get("code") or {}) or "随访 follow-up"
     when = instant(at)
     recipients: list[dict[str, Any]] = []
     for ref in [*(detail.get("performer") or ()), plan.get("author"), plan.get("subject")]:

@@ -32,7 +32,6 @@ from tests.conftest import fresh_database
 from tests.e2e.institutions import Network, two_institutions
 from tests.rest.workflow_network import (
     NUMBER,
-    STATUS,
     TASK_STATUS,
     consent,
     diagnosis_request,
@@ -40,6 +39,7 @@ from tests.rest.workflow_network import (
     evaluation,
     example,
     referral,
+    stepped,
 )
 
 USERS = (("a-doc", "a", "requesting-doctor"), ("b-expert", "b", "expert"))
@@ -67,11 +67,7 @@ class Http:
         """Read the Task, set its business status (and the Task.status that goes with it) and PUT it."""
         got = self.call(who, "GET", f"Task/{task_id}")
         assert got.status_code == 200, got.text
-        task = got.json()
-        task["businessStatus"] = {"coding": [{"system": STATUS, "code": business}]}
-        task["status"] = TASK_STATUS[business]
-        task.update(extra)
-        return self.call(who, "PUT", f"Task/{task_id}", task)
+        return self.call(who, "PUT", f"Task/{task_id}", stepped(got.json(), business, **extra))
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])

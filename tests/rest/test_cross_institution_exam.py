@@ -17,9 +17,7 @@ OUTSIDER = "wf-outsider"
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
-    for n in network(request, tmp_path_factory):
-        n.join(OUTSIDER, "outsider-doc", "requesting-doctor")
-        yield n
+    yield from network(request, tmp_path_factory, joined=((OUTSIDER, "outsider-doc", "requesting-doctor"),))
 
 
 def test_an_exam_at_another_institution_comes_back_with_its_images(net: Net) -> None:

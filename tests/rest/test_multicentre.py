@@ -25,8 +25,7 @@ HOUR_US = 3_600_000_000
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
-    for n in network(request, tmp_path_factory):
-        n.join(C, "c-expert", "expert")
+    for n in network(request, tmp_path_factory, joined=((C, "c-expert", "expert"),)):
         for who, org in (("a-doc", A), ("b-expert", B), ("c-expert", C)):
             practitioner = {"resourceType": "Practitioner", "id": who, "name": [{"text": who}]}
             assert n.call("plat", "PUT", f"Practitioner/{who}", practitioner).status_code in (200, 201)

@@ -20,9 +20,7 @@ CLINIC = "wf-clinic"  # the patient's community clinic, neither sender nor recei
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
-    for n in network(request, tmp_path_factory):
-        n.join(CLINIC, "clinic-doc", "requesting-doctor")
-        yield n
+    yield from network(request, tmp_path_factory, joined=((CLINIC, "clinic-doc", "requesting-doctor"),))
 
 
 def test_a_referral_up_and_back_down_with_the_discharge_summary(net: Net) -> None:

@@ -299,15 +299,20 @@ def test_the_operations_are_declared_and_defined(net: Net) -> None:
         assert {p["name"] for p in definition["parameter"] if p["use"] == "in"} == set(spec)
 
 
+def _booked(n: Net, days_ahead: int) -> tuple[Calendar, dict[str, Any], dict[str, Any]]:
+    """A consultation of A booked with B's expert ``days_ahead``: the calendar, the Appointment, the request."""
+    cal = Calendar(n, days_ahead)
+    _, request = consultation(n)
+    booking = _booking(n, cal.slot(0), request["id"], request["subject"]["reference"])
+    booked = n.call("a-doc", "POST", "Appointment/$book", booking)
+    assert booked.status_code == 200, booked.get_json()
+    return cal, booked.get_json()["entry"][0]["resource"], request
+
+
 def test_booking_a_consultation_opens_its_virtual_encounter_with_a_room(net: Net) -> None:
     n = net
-    cal = Calendar(n, 9)
-    slot = cal.slot(0)
-    _, request = consultation(n)
+    _, appointment, request = _booked(n, 9)
     patient = request["subject"]["reference"]
-    booked = n.call("a-doc", "POST", "Appointment/$book", _booking(n, slot, request["id"], patient))
-    assert booked.status_code == 200, booked.get_json()
-    appointment = booked.get_json()["entry"][0]["resource"]
     found = n.call("a-doc", "GET", f"Encounter?appointment=Appointment/{appointment['id']}").get_json()
     [encounter] = [e["resource"] for e in found["entry"]]
     assert encounter["class"]["code"] == "VR" and encounter["status"] == "planned"
@@ -331,11 +336,7 @@ def test_the_expert_accepts_declines_or_proposes_another_time(net: Net) -> None:
     """Issue 6, item 1: the invited institution accepts, rejects with a reason or proposes a time —
     an AppointmentResponse, whose status the booker then sees on the Appointment."""
     n = net
-    cal = Calendar(n, 10)
-    _, request = consultation(n)
-    patient = request["subject"]["reference"]
-    booked = n.call("a-doc", "POST", "Appointment/$book", _booking(n, cal.slot(0), request["id"], patient))
-    appointment = booked.get_json()["entry"][0]["resource"]
+    cal, appointment, _ = _booked(n, 10)
     expert = f"Practitioner/{cal.expert}"
     start = dt.datetime.fromisoformat(appointment["start"].replace("Z", "+00:00")) + dt.timedelta(days=1)
     later = {"start": start.isoformat(), "end": (start + dt.timedelta(minutes=30)).isoformat()}

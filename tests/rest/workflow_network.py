@@ -62,13 +62,23 @@ class Net:
 
     def move(self, who: str, task_id: str, business: str, **extra: Any) -> Any:
         task = self.call(who, "GET", f"Task/{task_id}").get_json()
-        task["businessStatus"] = {"coding": [{"system": STATUS, "code": business}]}
-        task["status"] = TASK_STATUS[business]
-        task.update(extra)
-        return self.call(who, "PUT", f"Task/{task_id}", task)
+        return self.call(who, "PUT", f"Task/{task_id}", stepped(task, business, **extra))
 
 
-def network(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, **settings: Any) -> Iterator[Net]:
+def stepped(task: dict[str, Any], business: str, **extra: Any) -> dict[str, Any]:
+    """``task`` moved to ``business`` (and the Task.status that goes with it), ``extra`` set."""
+    task["businessStatus"] = {"coding": [{"system": STATUS, "code": business}]}
+    task["status"] = TASK_STATUS[business]
+    task.update(extra)
+    return task
+
+
+def network(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    joined: tuple[tuple[str, str, str], ...] = (),
+    **settings: Any,
+) -> Iterator[Net]:
     from fhir_server.security.authcode import AccountUser
 
     with in_process(
@@ -100,6 +110,8 @@ def network(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
                 ).status_code
                 == 201
             )
+        for org, username, role in joined:  # more institutions, each with one person
+            n.join(org, username, role)
         yield n
 
 
