@@ -424,7 +424,9 @@ def _network_type(address: str) -> str:
 
 def _recorded(when: datetime) -> str:
     """An R4 ``instant`` in UTC with microseconds: events of one request stay ordered."""
-    return when.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    if when.tzinfo is not UTC:
+        when = when.astimezone(UTC)
+    return when.isoformat(timespec="microseconds")[:-6] + "Z"  # without its "+00:00"
 
 
 def _event(

@@ -2,13 +2,13 @@
 
 Why only a spool write: a request must not pay for its audit record's database write (measured:
 the batched appends took 18% of a worker's time, ``docs/performance.md``). Each worker builds
-the BALP events of an interaction (``balp.py``) and appends them to its own spool file, one line
-per event: the search columns as a JSON array, a tab, and the record's JSON as it will be stored
-(``store.serialize``), so the writer neither parses nor re-serialises it. One ``os.write`` with
-``O_APPEND`` per interaction: once it returns, the operating system holds the lines, so the
-events survive the worker dying. The audit writer process (``writer.py``) moves
-them into the store. A spool file is closed and a new one started every ``max_bytes``, so the
-writer can remove what it has stored.
+the BALP events of an interaction (``balp.py``, filled into templates by ``templates.py``) and
+appends them to its own spool file, one line per event: the search columns as a JSON array, a
+tab, and the record's JSON as it will be stored (``store.serialize``), so the writer neither
+parses nor re-serialises it. One ``os.write`` with ``O_APPEND`` per interaction: once it
+returns, the operating system holds the lines, so the events survive the worker dying. The
+audit writer process (``writer.py``) moves them into the store. A spool file is closed and a
+new one started every ``max_bytes``, so the writer can remove what it has stored.
 """
 
 from __future__ import annotations
@@ -18,17 +18,12 @@ import os
 import pathlib
 import socket
 import threading
-from datetime import UTC, datetime, timedelta
-
-import orjson
 
 from fhir_server.audit import balp
-from fhir_server.audit.store import columns, serialize
+from fhir_server.audit.templates import EventTemplates
 
 log = logging.getLogger(__name__)
 SPOOL_MAX_BYTES = 16 * 1024 * 1024
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 
 
 def spool_prefix() -> str:
@@ -47,6 +42,7 @@ class AuditRecorder:
         self._fd = -1
         self._written = 0
         self._number = 0
+        self.templates = EventTemplates()
 
     def _open(self) -> None:
         """A new spool file (also after a fork: a child never writes into its parent's file)."""
@@ -60,12 +56,10 @@ class AuditRecorder:
 
     def record(self, interaction: balp.Interaction, requester: balp.Requester, server: balp.Server) -> None:
         try:
-            events = balp.build_events(interaction, requester, server)
+            line = self.templates.lines(interaction, requester, server)
         except ValueError:
             log.exception("audit event for %s could not be built", interaction.kind)
             return
-        recorded_us = (interaction.recorded - _EPOCH) // _MICROSECOND  # exact, as ``recorded`` is written
-        line = b"".join(orjson.dumps(columns(e, recorded_us)) + b"\t" + serialize(e) + b"\n" for e in events)
         with self._lock:
             if self._pid != os.getpid() or self._written >= self.max_bytes:
                 self._open()

@@ -61,6 +61,10 @@ COLUMNS = (
 )  # fmt: skip
 
 
+#: the longest text each of these columns keeps (the rest of a longer value is cut)
+LIMITS = {"type_code": 64, "subtype_code": 64, "patient": 128, "entity": 256, "organization": 128}
+
+
 def serialize(event: dict[str, Any]) -> bytes:
     """The stored JSON of an event: ``resourceType`` first, no ``id`` (the number is the id)."""
     return orjson.dumps({"resourceType": "AuditEvent", **{k: v for k, v in event.items() if k not in _DROPPED}})
@@ -112,15 +116,15 @@ def columns(event: dict[str, Any], recorded_us: int | None = None) -> tuple[Any,
     )
     return (
         recorded_us if recorded_us is not None else _instant_us(event["recorded"]),
-        str((event.get("type") or {}).get("code", ""))[:64],
-        next((str(s.get("code"))[:64] for s in event.get("subtype") or []), None),
+        str((event.get("type") or {}).get("code", ""))[: LIMITS["type_code"]],
+        next((str(s.get("code"))[: LIMITS["subtype_code"]] for s in event.get("subtype") or []), None),
         event.get("action"),
         str(event.get("outcome", "0")),
-        patient[:128] if patient else None,
+        patient[: LIMITS["patient"]] if patient else None,
         (who.get("reference") or (who.get("identifier") or {}).get("value") or who.get("display") or None),
         (client.get("network") or {}).get("address"),
-        data[:256] if data else None,
-        institution[:128] if isinstance(institution, str) else None,
+        data[: LIMITS["entity"]] if data else None,
+        institution[: LIMITS["organization"]] if isinstance(institution, str) else None,
     )
 
 
