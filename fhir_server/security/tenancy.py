@@ -128,6 +128,24 @@ class Access:
             return true() if rows is None else rows
         return granted if rows is None else and_(rows, granted)
 
+    def owns_readable(self, row: Any, at_us: int) -> bool:
+        """Whether ``row`` (its access columns: a ``StoredVersion`` or ``RowAccess``) is visible
+        for the plainest reason: one of its own institution's rows, in a category its roles read,
+        with labels they are cleared for. The own-institution branch of :meth:`_rows`, in Python,
+        so that a read by id of such a row needs no predicate, which PostgreSQL plans anew for
+        every read (``Session.read_current``). False means "ask the predicate", never "hidden";
+        an access with more to it (a patient in context, scopes with a query) always asks.
+        ``tests/unit/test_tenancy_shortcut.py`` checks that it accepts no row the predicate hides."""
+        if self.platform or self.own_records or self.organization is None:
+            return self.platform and self.scopes is None
+        if self.patient is not None or self.scopes is not None or row.tenant != self.organization:
+            return False
+        if not row.category & self.readable & ~cat.CATALOGUE:
+            return False
+        if row.labels & lab.ALL & ~self.clearance:
+            return False
+        return self.minors or not RowAccess.is_minor(row, at_us)
+
     def tenancy(self, res: Any) -> ColumnElement[bool] | None:
         """The rows it may see whatever its scopes' queries (None: every row), to tell a row the
         queries refuse (403) from one it may not know of (404)."""

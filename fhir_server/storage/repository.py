@@ -245,18 +245,20 @@ class Session:
         self.flush()
         # On the driver's cursor: SQLAlchemy's result set-up cost more than the query (read benchmark).
         driver = self.conn.connection.driver_connection
-        if self.access is not None:  # the same SQL with the access predicate, compiled once per access
+        binary = {"binary": True} if self.repo.postgres else {}  # content without hex decoding (storage/engine.py)
+        row = driver.execute(self.repo.read_sql, (res_type, res_id), **binary).fetchone()
+        if row is None:
+            return None
+        found = row_to_version(row)
+        if self.access is not None and not self.access.owns_readable(found, now_us()):
+            # not simply one of its own rows: the read again with the access predicate (compiled
+            # once per access), which PostgreSQL plans anew each time (storage/engine.py)
             sql, params = self.repo.read_statement(self.access, res_type, res_id)
-            if self.repo.postgres:
-                row = driver.execute(sql, params, binary=True).fetchone()
-            else:
-                row = driver.execute(sql, params).fetchone()
-            return self.present(row_to_version(row)) if row else None
-        if self.repo.postgres:  # binary results: content without hex decoding (storage/engine.py)
-            row = driver.execute(_pyformat(_READ_CURRENT), (res_type, res_id), binary=True).fetchone()
-        else:
-            row = driver.execute(_READ_CURRENT, (res_type, res_id)).fetchone()
-        return self.present(row_to_version(row)) if row else None
+            row = driver.execute(sql, params, **binary).fetchone()
+            if row is None:
+                return None
+            found = row_to_version(row)
+        return self.present(found)
 
     def read_version(self, res_type: str, res_id: str, version: int) -> StoredVersion | None:
         current = self.read_current(res_type, res_id)
@@ -498,6 +500,8 @@ class Repository:
         self.indexer = indexer
         self.flush_size = flush_size
         self.postgres = is_postgres(engine)
+        #: a read by type and id, in the driver's placeholders
+        self.read_sql = _pyformat(_READ_CURRENT) if self.postgres else _READ_CURRENT
         self.rid_block_size = 500
         self._rid_block: list[int] = []
         #: resource type -> hook run by every create, update and delete of that type
