@@ -23,6 +23,7 @@ import os
 import pathlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -55,66 +56,96 @@ def _owner(name: str) -> tuple[str, int]:
     return stem + "-", int(stem.rsplit("-", 1)[1])
 
 
+@dataclass
+class _Read:
+    """The complete lines read from one spool file past its offset."""
+
+    path: pathlib.Path
+    #: the committed offset (None: the file has no offset row yet)
+    offset: int | None
+    new_position: int
+    rows: list[tuple[tuple[Any, ...], str]]
+    #: a whole chunk was read: more may follow
+    full: bool
+
+
 class AuditWriter:
     def __init__(self, store: AuditStore, spool_dir: pathlib.Path, forward: Forward | None = None) -> None:
         self.store = store
         self.spool_dir = spool_dir
         self.forward = forward
         self.host_prefix = spool_prefix().rsplit("-", 2)[0] + "-"  # spool-<this host>-
+        #: the committed offsets, loaded once and then kept in step with the commits (this writer
+        #: is the only one that moves them); None: to be loaded (again, after a failed pass)
+        self._offsets: dict[str, int] | None = None
 
-    def _offsets(self) -> dict[str, int]:
+    def _load_offsets(self) -> dict[str, int]:
         with self.store.engine.connect() as conn:
             return {row.name: int(row.offset) for row in conn.execute(select(O.c.name, O.c.offset))}
 
     def drain(self) -> int:
-        """One pass over every spool file; the number of events stored."""
+        """One pass over every spool file; the number of events stored. One transaction stores
+        what every file holds (a transaction per file cost a writer pass per worker)."""
         if not self.spool_dir.is_dir():
             return 0
         files = sorted(p for p in self.spool_dir.glob("spool-*.ndjson"))
-        offsets = self._offsets()
-        stored = 0
-        for path in files:
-            stored += self._drain_file(path, offsets)
-        self._remove_finished(files, offsets)
+        try:
+            if self._offsets is None:
+                self._offsets = self._load_offsets()
+            stored = 0
+            while True:
+                reads = [r for r in (self._read(path, self._offsets) for path in files) if r is not None]
+                if reads:
+                    stored += self._store(reads, self._offsets)
+                if not any(r.full for r in reads):
+                    break
+            self._remove_finished(files, self._offsets)
+        except BaseException:
+            self._offsets = None  # what was committed is known again from the database
+            raise
         return stored
 
-    def _drain_file(self, path: pathlib.Path, offsets: dict[str, int]) -> int:
-        """Store the complete lines of ``path`` past its offset; ``offsets`` follows the commits."""
-        stored = 0
+    @staticmethod
+    def _read(path: pathlib.Path, offsets: dict[str, int]) -> _Read | None:
+        """The complete lines of ``path`` past its offset (at most ``CHUNK`` bytes), or None."""
         offset = offsets.get(path.name)
         position = offset or 0
-        while True:
-            with path.open("rb") as f:
-                f.seek(position)
-                chunk = f.read(CHUNK)
-            end = chunk.rfind(b"\n") + 1
-            if end == 0:
-                return stored
-            rows: list[tuple[tuple[Any, ...], str]] = []
-            for line in chunk[:end].splitlines():
-                head, tab, content = line.partition(b"\t")
-                try:
-                    if not tab or not content.startswith(PREFIX.encode()):
-                        raise ValueError("not a spool line")
-                    cols = tuple(orjson.loads(head))
-                    cols += (None,) * (len(COLUMNS) - len(cols))  # a line spooled before a column was added
-                    rows.append((cols, content.decode("utf-8")))
-                except ValueError:  # orjson.JSONDecodeError and UnicodeDecodeError are ValueErrors
-                    log.error("audit spool %s: an unreadable line after byte %d was skipped", path.name, position)
-            new_position = position + end
-            with begin_write(self.store.engine) as conn:
-                ids = self.store.append_rows_on(conn, rows) if rows else []
-                if offset is None:
-                    conn.execute(insert(O).values(name=path.name, offset=new_position))
-                    offset = new_position
+        with path.open("rb") as f:
+            f.seek(position)
+            chunk = f.read(CHUNK)
+        end = chunk.rfind(b"\n") + 1
+        if end == 0:
+            return None
+        rows: list[tuple[tuple[Any, ...], str]] = []
+        for line in chunk[:end].splitlines():
+            head, tab, content = line.partition(b"\t")
+            try:
+                if not tab or not content.startswith(PREFIX.encode()):
+                    raise ValueError("not a spool line")
+                cols = tuple(orjson.loads(head))
+                cols += (None,) * (len(COLUMNS) - len(cols))  # a line spooled before a column was added
+                rows.append((cols, content.decode("utf-8")))
+            except ValueError:  # orjson.JSONDecodeError and UnicodeDecodeError are ValueErrors
+                log.error("audit spool %s: an unreadable line after byte %d was skipped", path.name, position)
+        return _Read(path, offset, position + end, rows, len(chunk) == CHUNK)
+
+    def _store(self, reads: list[_Read], offsets: dict[str, int]) -> int:
+        """Append the reads' events and move their offsets in one transaction."""
+        rows = [row for r in reads for row in r.rows]
+        with begin_write(self.store.engine) as conn:
+            ids = self.store.append_rows_on(conn, rows) if rows else []
+            for r in reads:
+                if r.offset is None:
+                    conn.execute(insert(O).values(name=r.path.name, offset=r.new_position))
                 else:
-                    conn.execute(update(O).where(O.c.name == path.name).values(offset=new_position))
-                if rows and self.forward is not None:
-                    # spooled for the repository before the commit: a failed commit sends them
-                    # again with the retry (at-least-once), a crash after it never loses them
-                    self.forward([orjson.loads(with_id(int(i), c)) for i, (_, c) in zip(ids, rows, strict=True)])
-            position = offsets[path.name] = new_position
-            stored += len(rows)
+                    conn.execute(update(O).where(O.c.name == r.path.name).values(offset=r.new_position))
+            if rows and self.forward is not None:
+                # spooled for the repository before the commit: a failed commit sends them
+                # again with the retry (at-least-once), a crash after it never loses them
+                self.forward([orjson.loads(with_id(int(i), c)) for i, (_, c) in zip(ids, rows, strict=True)])
+        for r in reads:
+            offsets[r.path.name] = r.new_position
+        return len(rows)
 
     def _remove_finished(self, files: list[pathlib.Path], offsets: dict[str, int]) -> None:
         newest: dict[str, str] = {}
@@ -130,6 +161,7 @@ class AuditWriter:
             path.unlink()
             with begin_write(self.store.engine) as conn:
                 conn.execute(delete(O).where(O.c.name == path.name))
+            offsets.pop(path.name, None)
 
     def run(self, interval: float, stopping: Callable[[], bool], after: Callable[[], Any] | None = None) -> None:
         """Drain every ``interval`` seconds until ``stopping()``; then once more. ``after`` runs

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from fhir_server.audit import balp
+from fhir_server.audit import recorder as recorder_module
 from fhir_server.audit.recorder import AuditRecorder
 from fhir_server.audit.store import YEAR_US, AuditStore
 from fhir_server.audit.writer import AuditWriter
@@ -139,3 +140,28 @@ def test_an_unreachable_database_keeps_the_events_in_the_spool(store: AuditStore
     with pytest.raises(Exception):  # noqa: B017 - whatever the driver raises: the pass fails
         AuditWriter(unreachable, tmp_path).drain()
     assert AuditWriter(store, tmp_path).drain() == 1 and store.count() == 1
+
+
+def test_a_failed_pass_is_stored_by_the_next_one_from_the_committed_offsets(
+    store: AuditStore, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workers = [AuditRecorder(tmp_path), AuditRecorder(tmp_path)]
+    writer = AuditWriter(store, tmp_path)
+    workers[0].record(_read(), balp.Requester(client_id="c1"), SERVER)
+    with monkeypatch.context() as patched:  # a second worker's spool file (another process)
+        patched.setattr(recorder_module, "spool_prefix", lambda: "spool-node2-77-")
+        workers[1].record(_read(), balp.Requester(client_id="c1"), SERVER)
+    assert len(list(tmp_path.glob("spool-*"))) == 2
+    assert writer.drain() == 2  # both files, one transaction
+    for recorder in workers:
+        recorder.record(_read("Patient/p2"), balp.Requester(client_id="c1"), SERVER)
+
+    def refuse(*_args: object) -> None:
+        raise RuntimeError("the database refused")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "append_rows_on", refuse)
+        with pytest.raises(RuntimeError):
+            writer.drain()
+    assert writer.drain() == 2 and writer.drain() == 0
+    assert store.count() == 4 and store.verify().ok
