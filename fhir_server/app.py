@@ -174,14 +174,23 @@ def _auditor(
     """Who asked (the token's client, user and institution, the client's address), for the
     request's audit records."""
     token = (authorization or "").partition(" ")[2].strip() or None
-    requester = balp.Requester(
-        client_id=principal.client_id if principal else None,
-        user=principal.user if principal else None,
-        organization=principal.organization if principal else None,
-        network_address=req.client_address,
-        token=token,
-    )
+    if principal is None:
+        requester = _requester(None, None, None, req.client_address, token)
+    else:
+        requester = _requester(principal.client_id, principal.user, principal.organization, req.client_address, token)
     return RequestAuditor(recorder, requester, server, req.headers.get("x-request-id"))
+
+
+@functools.lru_cache(maxsize=4096)
+def _requester(
+    client_id: str | None, user: str | None, organization: str | None, address: str | None, token: str | None
+) -> balp.Requester:
+    """One ``Requester`` per client, user, address and token: a keep-alive client's requests
+    share it, and the audit's caches keyed on it (balp, audit/templates.py) find it by identity
+    instead of comparing its fields."""
+    return balp.Requester(
+        client_id=client_id, user=user, organization=organization, network_address=address, token=token
+    )
 
 
 def _restriction(principal: Principal | None, settings: Settings) -> Any:

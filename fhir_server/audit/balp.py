@@ -38,8 +38,9 @@ import base64
 import functools
 import ipaddress
 import re
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Any
 
@@ -423,10 +424,25 @@ def _network_type(address: str) -> str:
 
 
 def _recorded(when: datetime) -> str:
-    """An R4 ``instant`` in UTC with microseconds: events of one request stay ordered."""
-    if when.tzinfo is not UTC:
-        when = when.astimezone(UTC)
-    return when.isoformat(timespec="microseconds")[:-6] + "Z"  # without its "+00:00"
+    """An R4 ``instant`` in UTC with microseconds: events of one request stay ordered. (What
+    ``isoformat`` gives, with the date and time to the second formatted once per second: every
+    request's audit record writes one.)"""
+    global _second
+    seconds, fraction = divmod((when - _EPOCH) // _MICROSECOND, 1_000_000)
+    cached = _second
+    if cached[0] != seconds:
+        t = time.gmtime(seconds)
+        cached = _second = (
+            seconds,
+            f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}",
+        )
+    return f"{cached[1]}.{fraction:06d}Z"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+#: (a second since the epoch, its date and time): the last one formatted
+_second: tuple[int, str] = (-1, "")
 
 
 def _event(
