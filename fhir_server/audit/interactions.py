@@ -131,10 +131,11 @@ class RequestAuditor:
     def release(self, failure: tuple[int, str] | None) -> None:
         """Record the buffered entries; if the transaction failed, each entry that had
         succeeded is recorded with the transaction's failure (it was rolled back)."""
-        for item in self.buffer or ():
-            if failure is not None and item.status < 400:
-                item = replace(item, status=failure[0], detail=f"rolled back with the transaction: {failure[1]}")
-            self.recorder.record(item, self.requester, self.server)
+        items = self.buffer or []
+        if failure is not None:
+            detail = f"rolled back with the transaction: {failure[1]}"
+            items = [replace(i, status=failure[0], detail=detail) if i.status < 400 else i for i in items]
+        self.recorder.record_all(items, self.requester, self.server)
         self.buffer = []
 
     def _emit(self, item: balp.Interaction) -> None:

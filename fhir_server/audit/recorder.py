@@ -5,10 +5,11 @@ the batched appends took 18% of a worker's time, ``docs/performance.md``). Each 
 the BALP events of an interaction (``balp.py``, filled into templates by ``templates.py``) and
 appends them to its own spool file, one line per event: the search columns as a JSON array, a
 tab, and the record's JSON as it will be stored (``store.serialize``), so the writer neither
-parses nor re-serialises it. One ``os.write`` with ``O_APPEND`` per interaction: once it
-returns, the operating system holds the lines, so the events survive the worker dying. The
-audit writer process (``writer.py``) moves them into the store. A spool file is closed and a
-new one started every ``max_bytes``, so the writer can remove what it has stored.
+parses nor re-serialises it. One ``os.write`` with ``O_APPEND`` per interaction (per
+transaction for all its entries): once it returns, the operating system holds the lines, so the
+events survive the worker dying. The audit writer process (``writer.py``) moves them into the
+store. A spool file is closed and a new one started every ``max_bytes``, so the writer can
+remove what it has stored.
 """
 
 from __future__ import annotations
@@ -55,10 +56,18 @@ class AuditRecorder:
         self._written = 0
 
     def record(self, interaction: balp.Interaction, requester: balp.Requester, server: balp.Server) -> None:
-        try:
-            line = self.templates.lines(interaction, requester, server)
-        except ValueError:
-            log.exception("audit event for %s could not be built", interaction.kind)
+        self.record_all([interaction], requester, server)
+
+    def record_all(self, interactions: list[balp.Interaction], requester: balp.Requester, server: balp.Server) -> None:
+        """The events of several interactions (a transaction's entries) in one write."""
+        lines = []
+        for interaction in interactions:
+            try:
+                lines.append(self.templates.lines(interaction, requester, server))
+            except ValueError:
+                log.exception("audit event for %s could not be built", interaction.kind)
+        line = b"".join(lines)
+        if not line:
             return
         with self._lock:
             if self._pid != os.getpid() or self._written >= self.max_bytes:
