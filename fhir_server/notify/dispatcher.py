@@ -32,7 +32,6 @@ from fhir_server.notify.channels.websocket import WebsocketHub
 from fhir_server.notify.outbox import Notification
 from fhir_server.notify.retry import RetryPolicy, notice_failure
 from fhir_server.notify.subscriptions import ACTIVATING, Subscription, Subscriptions, amqp_address
-from fhir_server.security.tenancy import institution_access
 from fhir_server.storage.engine import begin_write
 from fhir_server.storage.repository import Repository, StoredVersion
 from fhir_server.storage.schema import counters
@@ -249,12 +248,12 @@ class Dispatcher:
             self.hub.send(sub.id, body.decode())
 
     def _focus(self, sub: Subscription, row: Notification) -> StoredVersion | None:
-        """The focus as the subscription's institution may see it now (None: it may not)."""
+        """The focus as the subscription may show it now (None: it may not)."""
         if not row.focus or "/_history/" not in row.focus:
             return None
         ref, _, version = row.focus.partition("/_history/")
         res_type, _, res_id = ref.partition("/")
-        with self.repo.session(access=institution_access(sub.owner), side=True) as session:
+        with self.repo.session(access=sub.view(), side=True) as session:
             if session.read_current(res_type, res_id) is None:
                 return None  # not (or no longer) visible to the subscriber
             return session.read_version(res_type, res_id, int(version))

@@ -32,6 +32,7 @@ that institution's access (security/tenancy.py), so nothing it could not read is
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -48,7 +49,7 @@ from fhir_server.model import get_model
 from fhir_server.notify import outbox
 from fhir_server.notify.prefilter import may_match
 from fhir_server.notify.topics import TOPICS, Topic
-from fhir_server.security.tenancy import institution_access
+from fhir_server.security.tenancy import Access, access_of_basis, basis_json, institution_access
 from fhir_server.storage.repository import Repository, Session, StoredVersion
 from fhir_server.storage.schema import resources
 from fhir_server.util.fhirdate import parse_range
@@ -64,6 +65,9 @@ HEARTBEAT_URL = BACKPORT + "backport-heartbeat-period"
 HANDSHAKE_CHANNELS = ("rest-hook", "amqp")
 #: session.scratch key: the Subscription the dispatcher activates after its handshake
 ACTIVATING = "subscription-handshake-done"
+#: the access of whoever wrote the Subscription (security/tenancy.py ``basis_json``), kept on it by
+#: the server: what it notifies is what they may see, within their roles and scopes
+ACCESS_URL = "http://fhir.telefhir.cn/StructureDefinition/subscription-access"
 CHANNEL_SYSTEM = "http://fhir.telefhir.cn/CodeSystem/subscription-channel-type"
 CHANNELS = ("rest-hook", "websocket", "amqp")
 PAYLOADS = ("empty", "id-only", "full-resource")
@@ -89,6 +93,13 @@ class Subscription:
     end_us: int | None
     #: seconds without any notification after which a heartbeat is sent (None: never)
     heartbeat_s: int | None = None
+    #: the ``subscription-access`` extension's JSON (None: written by the platform or before it)
+    access_basis: str | None = None
+
+    def view(self) -> Access | None:
+        """What it may notify: the access of whoever wrote it, else its institution's system's
+        (None: the platform's, unrestricted)."""
+        return _view(self.owner, self.access_basis)
 
     def live(self, now_us: int) -> bool:
         return self.status == "active" and (self.end_us is None or now_us < self.end_us)
@@ -149,7 +160,55 @@ def parse(resource: dict[str, Any], res_id: str, owner: str | None) -> Subscript
         mime=mime,
         end_us=end_us,
         heartbeat_s=_heartbeat(channel, topic is not None),
+        access_basis=next(
+            (str(e.get("valueString")) for e in _extensions(resource) if e.get("url") == ACCESS_URL), None
+        ),
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _view(owner: str | None, basis: str | None) -> Access | None:
+    if basis is None:
+        return institution_access(owner)
+    try:
+        return access_of_basis(fjson.loads(basis))
+    except ValueError:
+        log.error("a Subscription of %s has an unreadable %s: it notifies nothing", owner, ACCESS_URL)
+        return NOTHING
+
+
+#: sees no row: what a subscription whose recorded access cannot be read notifies
+NOTHING = Access(organization="", readable=0, clearance=0, minors=False)
+
+
+def subscribed_type(resource: Any) -> str | None:
+    """The resource type a Subscription resource asks to be told of (None: it names none)."""
+    criteria = resource.get("criteria") if isinstance(resource, dict) else None
+    if not isinstance(criteria, str):
+        return None
+    topic = TOPICS.get(criteria)
+    if topic is not None:
+        return topic.resource_type
+    res_type = criteria.split("?", 1)[0]
+    return res_type if res_type and "://" not in res_type else None
+
+
+def record_access(session: Session, resource: dict[str, Any], current: StoredVersion | None) -> None:
+    """Put the writer's access on ``resource`` (what a client sent in its place is dropped). A
+    write with unrestricted access (the platform's clients, the server's own status changes; an
+    access built from no token) keeps what the stored version has: it never widens what an
+    institution's subscription sees."""
+    kept = [e for e in resource.get("extension") or () if not (isinstance(e, dict) and e.get("url") == ACCESS_URL)]
+    basis = session.access.basis if session.access is not None else None
+    if basis is not None:
+        kept.append({"url": ACCESS_URL, "valueString": fjson.dumps(basis_json(basis)).decode()})
+    else:
+        stored = _content(current)
+        kept += [e for e in _extensions(stored) if e.get("url") == ACCESS_URL] if stored else []
+    if kept:
+        resource["extension"] = kept
+    else:
+        resource.pop("extension", None)
 
 
 def _heartbeat(channel: dict[str, Any], topic: bool) -> int | None:
@@ -257,6 +316,7 @@ class Subscriptions:
         self._next_load = 0.0  # this process sees the change at its next transaction
         if resource is None:
             return
+        record_access(session, resource, current)
         sub = parse(resource, res_id, None)
         try:
             self.search.search(session, sub.resource_type, [*sub.filters, ("_id", "-")], 1)
@@ -388,7 +448,7 @@ class Subscriptions:
             session.after_commit.append(self.on_queued)
 
     def _matching(self, session: Session, sub: Subscription, ids: list[str]) -> set[str]:
-        with session.acting(institution_access(sub.owner)):
+        with session.acting(sub.view()):
             return self._search_ids(session, sub.resource_type, list(sub.filters), ids)
 
     def _search_ids(self, session: Session, res_type: str, filters: list[tuple[str, str]], ids: list[str]) -> set[str]:
@@ -436,8 +496,8 @@ def _reaches_beyond(name: str) -> bool:
 
 
 def _visible_to(session: Session, sub: Subscription, ids: list[str]) -> set[str]:
-    """Of ``ids``, those the subscription's institution may see."""
-    access = institution_access(sub.owner)
+    """Of ``ids``, those the subscription may tell of (:meth:`Subscription.view`)."""
+    access = sub.view()
     query = select(resources.c.res_id).where(
         resources.c.res_type == sub.resource_type, resources.c.res_id.in_(ids), resources.c.deleted.is_(False)
     )

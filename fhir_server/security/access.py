@@ -104,6 +104,32 @@ def check(principal: Principal | None, route: Route, req: FhirRequest) -> None:
             )
         if perms is not None:
             _check_roles(perms, route, res_type, letters)
+    subscribed = _subscribed(route, req)
+    if subscribed is None:
+        return
+    if not all(any(principal.scopes.allows(x, subscribed, c) for x in contexts) for c in "rs"):
+        raise FhirError(
+            "forbidden",
+            f"The access token's scopes ({principal.scopes or 'none'}) do not allow reading {subscribed}, "
+            f"which the Subscription is about: it needs {contexts[0]}/{subscribed}.rs",
+        )
+    mask = cat.possible(subscribed, subscribed in _compartment_types())
+    if perms is not None and not (perms.allows(subscribed, mask, "r") and perms.allows(subscribed, mask, "s")):
+        raise FhirError(
+            "forbidden",
+            f"Your roles ({', '.join(perms.roles) or 'none'}) do not read {subscribed}, "
+            "which the Subscription is about",
+        )
+
+
+def _subscribed(route: Route, req: FhirRequest) -> str | None:
+    """The type a Subscription written is about: the writer must be able to read and search it,
+    as it tells them of that type's resources (what they may see of them: notify/subscriptions.py)."""
+    if req.res_type != "Subscription" or route.interaction not in ("create", "update"):
+        return None
+    from fhir_server.notify.subscriptions import subscribed_type
+
+    return subscribed_type(req.resource)
 
 
 def check_rows(ctx: RequestContext, route: Route, req: FhirRequest) -> None:

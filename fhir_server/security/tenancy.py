@@ -100,6 +100,10 @@ class Access:
     user: str | None = None
     #: SMART scopes with a query: the rows they allow (security/granular.py); None: the types alone
     scopes: ScopeFilter | None = None
+    #: what it was built from (a token's shape, and its scopes when they have a query), to build
+    #: it again for work done later on the token's behalf: a Subscription notifies what whoever
+    #: wrote it may see (notify/subscriptions.py); None: built otherwise
+    basis: Basis | None = field(default=None, compare=False, repr=False)
     #: statements built from this access, kept with it (an Access lives as long as its token's
     #: shape is in use: :func:`access_for` caches them)
     cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -341,6 +345,13 @@ def _access(
     person: bool,
     desk: bool = False,
 ) -> Access:
+    shape = (organization, roles, patient, contexts, user, person, desk)
+    access = _access_of(shape)
+    return access if access is UNRESTRICTED else replace(access, basis=(shape, None))
+
+
+def _access_of(shape: tuple[Any, ...]) -> Access:
+    organization, roles, patient, contexts, user, person, desk = shape
     org = organization_id(organization)
     resident = user is not None and user.startswith("Patient/")
     if resident:
@@ -378,7 +389,48 @@ def _within_scopes(shape: tuple[Any, ...], scopes: ScopeSet) -> Access:
     access = _access(*shape)
     person = shape[5]
     limits = ScopeFilter.of(scopes, ("user", "patient") if person else ("system",))
-    return access if limits is None else replace(access, scopes=limits, cache={})
+    return access if limits is None else replace(access, scopes=limits, cache={}, basis=(shape, str(scopes)))
+
+
+#: (the shape :func:`access_for` reads from a token, the token's scopes when they have a query)
+Basis = tuple[tuple[Any, ...], str | None]
+
+
+def basis_json(basis: Basis) -> dict[str, Any]:
+    """An access's basis as JSON (kept on a Subscription)."""
+    (organization, roles, patient, contexts, user, person, desk), scope = basis
+    return {
+        "organization": organization, "roles": list(roles), "patient": patient, "contexts": sorted(contexts),
+        "user": user, "person": person, "desk": desk, "scope": scope,
+    }  # fmt: skip
+
+
+def access_of_basis(data: dict[str, Any]) -> Access:
+    """The access :func:`basis_json` describes, as it is built for a token of that shape now
+    (the roles' permissions as they are today); ``ValueError`` for what is not such a basis."""
+    try:
+        shape = (
+            _text(data["organization"]), tuple(str(r) for r in data["roles"]), _text(data["patient"]),
+            frozenset(str(c) for c in data["contexts"]), _text(data["user"]), bool(data["person"]),
+            bool(data["desk"]),
+        )  # fmt: skip
+        scope = _text(data.get("scope"))
+        if scope is None:
+            return _access(*shape)
+        from fhir_server.security.scopes import ScopeError, ScopeSet
+
+        try:
+            return _within_scopes(shape, ScopeSet.parse(scope))
+        except ScopeError as exc:
+            raise ValueError(str(exc)) from None
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not an access basis: {exc}") from None
+
+
+def _text(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a string")
+    return value
 
 
 # -- the access columns of a row being written -----------------------------------------------

@@ -76,6 +76,17 @@ def topic_subscription(
     return sub
 
 
+def classic_subscription(endpoint: str, criteria: str) -> dict[str, Any]:
+    """An R4 criteria subscription whose rest-hook is PUT each resource."""
+    return {
+        "resourceType": "Subscription",
+        "status": "requested",
+        "reason": f"changes of {criteria}",
+        "criteria": criteria,
+        "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json"},
+    }
+
+
 def _move(n: Net, who: str, task_id: str, business: str) -> None:
     resp = n.move(who, task_id, business)
     assert resp.status_code == 200, resp.get_json()
@@ -183,13 +194,7 @@ def test_consultation_steps_reach_a_rest_hook_once_each_in_order(net: Net, recei
 
 def test_an_institution_is_told_only_of_what_it_may_see(net: Net, receiver: Receiver) -> None:
     n = net
-    classic = {
-        "resourceType": "Subscription",
-        "status": "requested",
-        "reason": "every task",
-        "criteria": "Task?",
-        "channel": {"type": "rest-hook", "endpoint": receiver.url, "payload": "application/fhir+json"},
-    }
+    classic = classic_subscription(receiver.url, "Task?")
     sub = n.post("b-admin", classic)
     # the platform subscribes with the same criteria: one shared search, each told what it may see
     own = n.post("plat", {**classic, "channel": {**classic["channel"], "endpoint": receiver.url + "/a"}})
@@ -279,3 +284,61 @@ def _heartbeat_rows(n: Net, sub_id: str) -> int:
     with n.services.repo.engine.connect() as conn:
         query = select(func.count()).where(O.c.subscription == sub_id, O.c.kind == "heartbeat")
         return int(conn.execute(query).scalar_one())
+
+
+OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+LAB_ONLY = f"system/Observation.rs?category={OBSERVATION_CATEGORY}|laboratory"
+ACCESS_URL = "http://fhir.telefhir.cn/StructureDefinition/subscription-access"
+
+
+def _client_token(n: Net, client_id: str, scope: str) -> None:
+    security = n.services.security
+    security.clients.save(client_id, secret="s3cret-s3cret", organization=f"Organization/{A}", scope=scope)
+    n.tokens[client_id] = security.tokens.issue(security.clients.get(client_id), scope)
+
+
+def _observation(patient: str, category: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": category}]}],
+        "code": {"text": category},
+        "subject": {"reference": f"Patient/{patient}"},
+    }
+
+
+def test_a_subscription_tells_only_what_its_writers_scopes_allow(net: Net, receiver: Receiver) -> None:
+    n = net
+    _client_token(n, "a-lab", f"{LAB_ONLY} system/Patient.rs system/Subscription.cruds")
+    classic = classic_subscription(receiver.url, "Observation?status=final")
+    # a client cannot choose the access it notifies with: the server puts the writer's
+    classic["extension"] = [{"url": ACCESS_URL, "valueString": '{"organization": null}'}]
+    sub = n.post("a-lab", classic)
+    (recorded,) = [e for e in sub["extension"] if e["url"] == ACCESS_URL]
+    basis = json.loads(recorded["valueString"])
+    assert basis["organization"] == f"Organization/{A}" and LAB_ONLY in basis["scope"]
+    # the platform's update (or the server's own) keeps the writer's access, whatever it sends
+    unextended = {k: v for k, v in sub.items() if k != "extension"}
+    replaced = n.call("plat", "PUT", f"Subscription/{sub['id']}", unextended)
+    assert replaced.status_code == 200 and replaced.get_json()["extension"] == [recorded]
+
+    patient = n.post("plat", {"resourceType": "Patient", "managingOrganization": {"reference": f"Organization/{A}"}})
+    lab = n.post("plat", _observation(patient["id"], "laboratory"))["id"]
+    vital = n.post("plat", _observation(patient["id"], "vital-signs"))["id"]
+    _deliver(n)
+    told = [(r.method, r.path) for r in receiver.kept.values() if r.headers.get("X-Subscription-Id") == sub["id"]]
+    # one notification, the laboratory result's: A's system sees the vital signs, this token does not
+    assert told == [("PUT", f"/hook/Observation/{lab}")], (told, vital)
+    n.call("plat", "DELETE", f"Subscription/{sub['id']}")
+
+
+def test_a_subscription_to_what_its_writer_may_not_read_is_refused(net: Net, receiver: Receiver) -> None:
+    n = net
+    _client_token(n, "a-patients", "system/Patient.rs system/Subscription.cruds")
+    classic = classic_subscription(receiver.url, "Observation?status=final")
+    refused = n.call("a-patients", "POST", "Subscription", classic)
+    assert refused.status_code == 403 and "system/Observation.rs" in refused.get_json()["issue"][0]["diagnostics"]
+    diagnoses = {**classic, "criteria": "Condition?"}  # an administrator reads no diagnoses
+    by_role = n.call("b-admin", "POST", "Subscription", diagnoses)
+    assert by_role.status_code == 403 and "do not read Condition" in by_role.get_json()["issue"][0]["diagnostics"]
+    assert n.call("a-patients", "POST", "Subscription", {**classic, "criteria": "Patient?"}).status_code == 201

@@ -172,3 +172,20 @@ def test_the_roles_table_of_the_security_docs_is_the_code() -> None:
         letters = " | ".join(perms.letters.get(c, "") or "–" for c in columns)
         cleared = labels.describe(role.clearance | (labels.MINOR if role.minors else 0))
         assert f"| `{code}` {role.display} | {letters} | {cleared} |" in doc, code
+
+
+def test_an_access_is_built_again_from_its_basis() -> None:
+    from fhir_server.security import tenancy
+    from fhir_server.security.scopes import ScopeSet
+
+    person = tenancy._access("Organization/h1", ("expert",), None, frozenset({"user"}), "Practitioner/7", True)
+    scopes = ScopeSet.parse("system/Observation.rs?category=laboratory system/Subscription.cruds")
+    client = tenancy._within_scopes(("Organization/h1", (), None, frozenset({"system"}), None, False, False), scopes)
+    for access in (person, client):
+        assert access.basis is not None
+        again = tenancy.access_of_basis(json.loads(json.dumps(tenancy.basis_json(access.basis))))
+        assert again == access and again.basis == access.basis
+    with pytest.raises(ValueError):
+        tenancy.access_of_basis({"organization": 5})
+    with pytest.raises(ValueError):
+        tenancy.access_of_basis({**tenancy.basis_json(client.basis), "scope": "system/Observation.xyz"})

@@ -20,7 +20,6 @@ from fhir_server.rest.bundles import bundle
 from fhir_server.rest.interactions.common import read_live, require_id
 from fhir_server.rest.messages import FhirRequest, FhirResponse
 from fhir_server.rest.operations.inputs import STRING, Inputs
-from fhir_server.security.tenancy import institution_access
 from fhir_server.storage.repository import Session, StoredVersion
 from fhir_server.storage.schema import counters
 from fhir_server.util.clock import instant
@@ -56,12 +55,12 @@ def events(req: FhirRequest, ctx: RequestContext) -> FhirResponse:
         since_start = _events_since_start(session, sub.id)
         found = outbox.events(session.conn, sub.id, since, until)[:MAX_EVENTS]
         resources: list[StoredVersion] = []
-        if content == "full-resource":
-            with session.acting(institution_access(sub.owner)):
-                for event in found:
+        if content == "full-resource":  # what the subscription may show, and the caller may see
+            for event in found:
+                with session.acting(sub.view()):
                     version = _focus(session, event.focus)
-                    if version is not None:
-                        resources.append(version)
+                if version is not None and session.read_current(version.res_type, version.res_id) is not None:
+                    resources.append(version)
     return FhirResponse(
         200, resource=payload.history(ctx.base_url, sub, "query-event", since_start, found, resources, content)
     )
