@@ -23,7 +23,7 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -165,7 +165,7 @@ class EventTemplates:
         interaction's events, one per patient as :func:`balp.build_events` makes them;
         ``ValueError`` for an input it refuses."""
         balp._check(interaction, requester, server)
-        recorded_us = (interaction.recorded - _EPOCH) // _MICROSECOND
+        recorded_us = (interaction.recorded - balp._EPOCH) // balp._MICROSECOND
         patients = tuple(dict.fromkeys(interaction.patients)) or (None,)
         return b"".join(self._line(interaction, requester, server, p, recorded_us) for p in patients)
 
@@ -189,7 +189,3 @@ class EventTemplates:
         for i, limit in template.marked_columns:
             cols[i] = template.columns[i].fill(values)[:limit]
         return b"%b\t%b\n" % (orjson.dumps(cols), content)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)

@@ -26,8 +26,10 @@ notification goes out when nothing was sent to the subscription for that long
 
 Why matching happens in the writing transaction: the outbox row of each event is committed with
 the change it announces (notify/outbox.py), so neither exists without the other, whichever door
-the change came in by. A subscription sees what its institution sees: matches are searched under
-that institution's access (security/tenancy.py), so nothing it could not read is announced to it.
+the change came in by. A subscription sees what whoever wrote it may see: the server keeps their
+access on it (``subscription-access``, :func:`record_access`) and matches are searched under it
+(security/tenancy.py), so nothing they could not read is announced to them; one written before
+that rule sees what its institution's system sees.
 """
 
 from __future__ import annotations
