@@ -175,6 +175,12 @@ def _csp_source(uri: str | None) -> str:
     return f"{scheme}://{parts.netloc}" if _HOST.fullmatch(parts.netloc) else ""
 
 
+def _redirect(location: str, status: int = 303) -> Response:
+    out = Response(status=status)
+    out.headers["Location"] = location
+    return out
+
+
 def _message_page(title: str, message: str, status: int) -> Response:
     body = f"<!doctype html><title>{html.escape(title)}</title><p>{html.escape(message)}</p>"
     return _page(body, status)
@@ -187,6 +193,9 @@ def _client_id(continuation: str) -> str | None:
 
 #: the purpose of the picker form's token (security/sessions.py ``form_token``)
 _PICKER = "patient-picker"
+_UNKNOWN_LAUNCH = (
+    "The launch context is unknown, has expired, or was made for another person: open the app again from the EHR."
+)
 _SIGNED_OUT = "登录已失效,请从应用重新开始 / Your sign-in has ended: open the app again."
 _NOT_BOUND = "此表单对您的登录无效,请从应用重新开始 / This form is not valid for your sign-in: open the app again."
 _NOT_YOURS = "您不能选择此患者 / You may not choose this patient."
@@ -300,18 +309,12 @@ def register(
         user = signed_in()
         launch = request.args.get("launch")
         if user is not None and launch and security.launches.context(launch, user.user.username) is None:
-            return _page(
-                "<!doctype html><title>Error</title><p>The launch context is unknown, has expired, or was "
-                "made for another person: open the app again from the EHR.</p>",
-                400,
-            )
+            return _message_page("Error", _UNKNOWN_LAUNCH, 400)
         decision = oauth.authorization(_http_request(), user)
         if decision.error:
-            return _page(f"<!doctype html><title>Error</title><p>{html.escape(decision.error)}</p>", 400)
+            return _message_page("Error", decision.error, 400)
         if decision.redirect:
-            out = Response(status=decision.status)
-            out.headers["Location"] = decision.redirect
-            return out
+            return _redirect(decision.redirect, decision.status)
         if decision.choose_patient and user is not None:
             return picker(user, request.query_string.decode(), decision, "", None)
         page = _login_page(decision.client_name or "", decision.scope, request.query_string.decode())
@@ -322,17 +325,12 @@ def register(
         """The picker again: a name search, or the next page."""
         continuation = request.args.get("continue", "")
         user = signed_in()
-        if user is None:  # signed out meanwhile: the authorization request starts over
-            out = Response(status=303)
-            out.headers["Location"] = f"authorize?{continuation}"
-            return out
-        decision = oauth.pending(_http_request_from_query(continuation), user)
-        if decision.error:
+        decision = oauth.pending(_http_request_from_query(continuation), user) if user is not None else None
+        if decision is not None and decision.error:
             return _message_page("Error", decision.error, 400)
-        if not decision.choose_patient:  # nothing to choose (a resident): the flow goes on
-            out = Response(status=303)
-            out.headers["Location"] = f"authorize?{continuation}"
-            return out
+        # signed out meanwhile, or nothing to choose (a resident): the authorization request goes on
+        if user is None or decision is None or not decision.choose_patient:
+            return _redirect(f"authorize?{continuation}")
         name = request.args.get("name", "").strip()[:100]
         return picker(user, continuation, decision, name, _after(request.args.get("after")))
 
@@ -363,9 +361,7 @@ def register(
             decision = oauth.patient_chosen(http, user, patient)
         if decision.error or not decision.redirect:
             return _message_page("Error", decision.error or "no redirect", 400)
-        out = Response(status=303)
-        out.headers["Location"] = decision.redirect
-        return out
+        return _redirect(decision.redirect)
 
     @app.post("/auth/login")
     def login() -> Response:
@@ -383,8 +379,7 @@ def register(
             return _page(page, 401, decision.redirect_uri)
         record("login", 200, None, client_id, result.user.username if result.user else username)
         session = security.sessions.open(result.user.username if result.user else username, request.remote_addr)
-        out = Response(status=303)
-        out.headers["Location"] = f"authorize?{continuation}"
+        out = _redirect(f"authorize?{continuation}")
         out.set_cookie(COOKIE, session, httponly=True, samesite="Lax", secure=request.is_secure, path="/auth")
         return out
 

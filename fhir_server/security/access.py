@@ -95,31 +95,40 @@ def check(principal: Principal | None, route: Route, req: FhirRequest) -> None:
     contexts = _contexts(principal)
     perms = permissions(principal.roles) if principal.person else None
     for res_type, letters in required(route, req):
-        missing = [c for c in letters if not any(principal.scopes.allows(x, res_type, c) for x in contexts)]
+        missing = _missing(principal, contexts, res_type, letters)
         if missing:
             raise FhirError(
                 "forbidden",
                 f"The access token's scopes ({principal.scopes or 'none'}) do not allow "
-                f"{route.interaction} on {res_type}: it needs {contexts[0]}/{res_type}.{''.join(missing)}",
+                f"{route.interaction} on {res_type}: it needs {contexts[0]}/{res_type}.{missing}",
             )
         if perms is not None:
             _check_roles(perms, route, res_type, letters)
     subscribed = _subscribed(route, req)
     if subscribed is None:
         return
-    if not all(any(principal.scopes.allows(x, subscribed, c) for x in contexts) for c in "rs"):
+    if _missing(principal, contexts, subscribed, "rs"):
         raise FhirError(
             "forbidden",
             f"The access token's scopes ({principal.scopes or 'none'}) do not allow reading {subscribed}, "
             f"which the Subscription is about: it needs {contexts[0]}/{subscribed}.rs",
         )
-    mask = cat.possible(subscribed, subscribed in _compartment_types())
-    if perms is not None and not (perms.allows(subscribed, mask, "r") and perms.allows(subscribed, mask, "s")):
+    if perms is not None and not all(perms.allows(subscribed, _categories(subscribed), c) for c in "rs"):
         raise FhirError(
             "forbidden",
             f"Your roles ({', '.join(perms.roles) or 'none'}) do not read {subscribed}, "
             "which the Subscription is about",
         )
+
+
+def _missing(principal: Principal, contexts: tuple[str, ...], res_type: str, letters: str) -> str:
+    """The letters of ``letters`` no scope of the token grants on ``res_type``."""
+    return "".join(c for c in letters if not any(principal.scopes.allows(x, res_type, c) for x in contexts))
+
+
+def _categories(res_type: str) -> int:
+    """The data categories a resource of ``res_type`` may be of (every one for ``*``)."""
+    return cat.ALL if res_type == "*" else cat.possible(res_type, res_type in _compartment_types())
 
 
 def _subscribed(route: Route, req: FhirRequest) -> str | None:
@@ -151,8 +160,7 @@ def _check_roles(perms: Permissions, route: Route, res_type: str, letters: str) 
     elif route.interaction in NAMED_OPERATIONS:
         refused = list(letters)  # an operation only a role that names it may run
     else:
-        mask = cat.ALL if res_type == "*" else cat.possible(res_type, res_type in _compartment_types())
-        refused = [c for c in letters if not perms.allows(res_type, mask, c)]
+        refused = [c for c in letters if not perms.allows(res_type, _categories(res_type), c)]
     if refused:
         raise FhirError(
             "forbidden",

@@ -326,8 +326,9 @@ class OAuthServer(_AuthorizationServer):  # type: ignore[misc]
         grant = self._grant(request, user)
         if isinstance(grant, Authorization):
             return grant
-        if user is None or _wants_patient(grant, user):
-            return self._pending(grant, user)
+        waiting = self._pending(grant, user)
+        if user is None or waiting.choose_patient:
+            return waiting
         status, _body, headers = self.create_authorization_response(request, grant_user=user, grant=grant)
         return Authorization(redirect=dict(headers).get("Location"), status=status)
 

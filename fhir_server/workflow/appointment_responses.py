@@ -60,9 +60,8 @@ def after_write(session: Session, written: StoredVersion, previous: StoredVersio
     status = response.get("participantStatus")
     if status not in STATUSES:
         return
-    ref = str(response["appointment"]["reference"]).split("/_history")[0]
     with session.unrestricted():  # the server's own change of the booker's record
-        current = session.read_current("Appointment", ref.split("/", 1)[1])
+        current = session.read_current("Appointment", _appointment_id(response["appointment"]["reference"]))
         if current is None or current.deleted:
             return
         appointment = current.resource()
@@ -80,10 +79,15 @@ def _appointment(session: Session, response: dict[str, Any], res_id: str) -> dic
     ref = (response.get("appointment") or {}).get("reference")
     if not isinstance(ref, str) or not ref.startswith("Appointment/"):
         raise _invalid(res_id, "appointment must reference the Appointment it answers", "appointment")
-    found = session.read_current("Appointment", ref.split("/_history")[0].split("/", 1)[1])
+    found = session.read_current("Appointment", _appointment_id(ref))
     if found is None or found.deleted:
         raise _invalid(res_id, f"{ref} does not exist", "appointment")
     return found.resource()
+
+
+def _appointment_id(reference: str) -> str:
+    """``Appointment/5`` or ``Appointment/5/_history/2`` → ``5``."""
+    return reference.split("/_history")[0].split("/", 1)[1]
 
 
 def _actors(appointment: dict[str, Any]) -> list[str]:
